@@ -1,0 +1,115 @@
+"""The interface every execution backend implements.
+
+A backend runs job directories somewhere (this machine's GPU slots, a Slurm
+cluster) and answers questions about them. It never owns truth: the store
+does. The orchestrator hands a backend :class:`LaunchSpec`s, polls all active
+jobs in one call per interval, and reconciles the answers with the store, on
+every interval and after a restart alike.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+BackendStatus = Literal["QUEUING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot be reached now (slurmctld down, ...): retry later, lose nothing."""
+
+
+@dataclass
+class LaunchSpec:
+    """What a backend needs to start one job."""
+
+    job_id: str
+    job_dir: Path
+    agent: str
+    user: str
+    gpu_count: int
+    max_runtime_seconds: int | None
+    correlation_id: str
+    name: str = ""
+    #: Backend ids of parents that must complete first (Slurm ``afterok``).
+    after_ok: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class BackendJobState:
+    """One job as the backend sees it now."""
+
+    status: BackendStatus
+    exit_code: int | None = None
+    #: Why it ended when not COMPLETED: ``timeout``, ``cancelled``, ``lost``, a Slurm reason...
+    reason: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GpuPool:
+    """A pool of GPUs a job can be sent to (``jobs/resources/available``)."""
+
+    name: str
+    backend: str
+    gpu_model: str
+    total: int
+    free: int
+    memory_mb: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """Runs job directories. Implementations: ``local`` and ``slurm``."""
+
+    name: str = ""
+
+    async def start(self) -> None:
+        """Acquire what the backend needs (called once at server start)."""
+
+    async def stop(self) -> None:
+        """Release it; running jobs keep running (they outlive the server)."""
+
+    def supported_features(self) -> set[str]:
+        """What this backend can do, for the UI and the orchestrator to read, not guess.
+
+        Known features: ``cancel``, ``arrays`` (``submit_array``), ``dependencies``
+        (parents passed as ``after_ok`` and enforced by the backend itself),
+        ``gpu_slots`` (the orchestrator must respect :meth:`free_slots`).
+        """
+        return {"cancel"}
+
+    def free_slots(self, gpu_count: int) -> int | None:
+        """How many more jobs needing ``gpu_count`` GPUs could start now; None: no limit here."""
+        return None
+
+    @abstractmethod
+    async def submit(self, spec: LaunchSpec) -> str:
+        """Start (or enqueue) a job; return the backend's id for it.
+
+        Raises :class:`BackendUnavailable` when it cannot be reached; the job
+        then stays QUEUED and is submitted again later.
+        """
+
+    async def submit_array(self, specs: list[LaunchSpec], parallel_limit: int | None) -> list[str]:
+        """Submit jobs of one agent as one unit; the default submits them one by one."""
+        return [await self.submit(spec) for spec in specs]
+
+    @abstractmethod
+    async def poll(self, backend_ids: list[str]) -> dict[str, BackendJobState]:
+        """The state of many jobs in one call; an id missing from the answer is unknown."""
+
+    @abstractmethod
+    async def cancel(self, backend_id: str) -> None:
+        """Ask the backend to end a job; the next poll confirms it."""
+
+    async def resources(self) -> list[GpuPool]:
+        """The GPU pools this backend offers."""
+        return []
+
+    async def health(self) -> dict[str, Any]:
+        """``{"ok": bool, ...}`` with the reason when not ok."""
+        return {"ok": True}

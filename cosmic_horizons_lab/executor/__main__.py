@@ -1,0 +1,68 @@
+"""Entry point: ``python -m cosmic_horizons_lab.executor <job-dir>``.
+
+Exit status is the contract with the backend: 0 when the agent returned, 1
+when it raised (the error and traceback are in ``events.jsonl`` and the log),
+2 when the job directory itself is unusable.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import traceback
+from pathlib import Path
+
+from .context import JOB_DIR_ENV, JobContext, append_record
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m cosmic_horizons_lab.executor <job-dir>", file=sys.stderr)
+        return 2
+    job_dir = Path(argv[0]).resolve()
+    try:
+        job = JobContext.load(job_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"cannot load {job_dir}/job.json: {exc}", file=sys.stderr)
+        return 2
+    os.environ[JOB_DIR_ENV] = str(job_dir)
+    job.outputs.mkdir(parents=True, exist_ok=True)
+    append_record(job_dir, {"type": "started", "pid": os.getpid(), "host": socket.gethostname()})
+
+    from .registry import get_agent
+
+    agent_cls = get_agent(job.agent)
+    if agent_cls is None:
+        append_record(job_dir, {"type": "error", "error": f"unknown agent {job.agent!r}"})
+        return 1
+    try:
+        import cosmic_horizons_lab.executor as package
+
+        package.args = dict(job.params.get("args") or {})
+        result = agent_cls().run(job)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if code == 0:
+            append_record(job_dir, {"type": "result", "result": None})
+            return 0
+        append_record(job_dir, {"type": "error", "error": f"exited with status {code}"})
+        return code
+    except BaseException as exc:  # the job's failure, whatever it is, is reported not lost
+        tb = traceback.format_exc()
+        print(tb, file=sys.stderr, flush=True)
+        append_record(
+            job_dir,
+            {"type": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": tb[-4000:]},
+        )
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    append_record(job_dir, {"type": "result", "result": result})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

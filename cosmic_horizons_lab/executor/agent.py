@@ -1,0 +1,67 @@
+"""The contract every workload (agent) fulfils.
+
+An agent class is cheap to import: the server imports every agent to serve its
+parameter schema and to validate submissions, so heavy libraries (torch,
+pyuvdata, astropy) are imported inside ``run`` or in the science modules it
+calls, never at the top of an agent module.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from .context import JobContext
+
+#: Parameters every agent accepts; an agent's own schema adds to these.
+COMMON_PARAMS: dict[str, Any] = {
+    "gpu_count": {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": 8,
+        "default": 1,
+        "description": "GPUs to allocate; 0 runs on the CPU.",
+    },
+    "max_runtime": {
+        "type": "string",
+        "description": "Wall-clock limit: HH:MM:SS, or a number with a unit (48h, 90m, 30s).",
+        "examples": ["04:00:00", "48h", "90m"],
+    },
+    "retries": {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": 5,
+        "default": 0,
+        "description": "How often a job lost to a crash or restart is started again.",
+    },
+}
+
+
+class Agent(ABC):
+    """One kind of job: a name, a parameter schema and a ``run`` method.
+
+    ``params_schema`` holds only the agent's own parameters (JSON Schema
+    ``properties`` plus optional ``required``); ``schema()`` merges the common
+    ones and closes the object, so an unknown parameter is refused at
+    submission rather than ignored at run time.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    requires_dataset: ClassVar[bool] = True
+    params_schema: ClassVar[dict[str, Any]] = {"properties": {}}
+
+    @classmethod
+    def schema(cls) -> dict[str, Any]:
+        own = cls.params_schema
+        return {
+            "type": "object",
+            "title": f"{cls.name} parameters",
+            "properties": {**COMMON_PARAMS, **own.get("properties", {})},
+            "required": list(own.get("required", [])),
+            "additionalProperties": False,
+        }
+
+    @abstractmethod
+    def run(self, job: JobContext) -> dict[str, Any]:
+        """Do the work; return the job's result (JSON-serialisable), or raise."""

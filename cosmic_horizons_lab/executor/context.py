@@ -1,0 +1,129 @@
+"""What an agent sees of its job: inputs, parameters, where to write, how to report.
+
+The executor runs on a compute node that may share nothing with the server but
+the job directory, so everything an agent needs is in ``job.json`` and everything
+it says goes to ``events.jsonl`` (appended, one JSON object a line, flushed at
+once so the server's tailer sees progress live).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+JOB_DIR_ENV = "COSMIC_HORIZONS_JOB_DIR"
+EVENTS_FILE = "events.jsonl"
+JOB_FILE = "job.json"
+LOG_FILE = "stdout.log"
+OUTPUTS_DIR = "outputs"
+EXIT_FILE = "exit_code"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def append_record(job_dir: Path, record: dict[str, Any]) -> None:
+    """Append one record to the job's ``events.jsonl``.
+
+    One ``write`` of one line on a file opened in append mode is atomic enough
+    for a single writer and never leaves the server's tailer a half line it
+    would then parse: the tailer only consumes complete lines.
+    """
+    record.setdefault("ts", _now())
+    line = json.dumps(record, separators=(",", ":"), default=str) + "\n"
+    with open(job_dir / EVENTS_FILE, "a", encoding="utf-8") as fh:
+        fh.write(line)
+        fh.flush()
+
+
+@dataclass
+class DatasetRef:
+    """The dataset a job reads: its id, the path to read and its format."""
+
+    id: str
+    path: Path
+    format: str
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> "DatasetRef | None":
+        if not data:
+            return None
+        return cls(id=data["id"], path=Path(data["path"]), format=data.get("format", ""))
+
+
+@dataclass
+class JobContext:
+    """Everything an agent needs, loaded from ``job.json``.
+
+    ``inputs`` are the output folders of the job's parents in a pipeline, in
+    the order of ``depends_on``: an ImageReconstruction stage finds AlphaCal's
+    calibrated visibilities there.
+    """
+
+    job_dir: Path
+    job_id: str
+    agent: str
+    params: dict[str, Any]
+    dataset: DatasetRef | None = None
+    inputs: list[Path] = field(default_factory=list)
+    correlation_id: str = ""
+    user: str = ""
+    server_root: Path | None = None
+    _last_report: float = 0.0
+
+    @property
+    def outputs(self) -> Path:
+        return self.job_dir / OUTPUTS_DIR
+
+    @classmethod
+    def load(cls, job_dir: Path) -> "JobContext":
+        data = json.loads((job_dir / JOB_FILE).read_text(encoding="utf-8"))
+        root = data.get("server_root")
+        return cls(
+            job_dir=job_dir,
+            job_id=data["id"],
+            agent=data["agent"],
+            params=data.get("params") or {},
+            dataset=DatasetRef.from_json(data.get("dataset")),
+            inputs=[Path(p) for p in data.get("inputs") or []],
+            correlation_id=data.get("correlation_id") or "",
+            user=data.get("user") or "",
+            server_root=Path(root) if root else None,
+        )
+
+    def report(self, progress: float | None = None, **metrics: Any) -> None:
+        """Record progress (a fraction 0..1) and metrics; the server turns them into events."""
+        report(progress, _job_dir=self.job_dir, **metrics)
+
+
+def peak_host_memory_bytes() -> int:
+    """Peak resident memory of this process (the CPU stand-in for peak VRAM)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def report(progress: float | None = None, _job_dir: Path | None = None, **metrics: Any) -> None:
+    """Report a job's progress and metrics from inside the job.
+
+    Works from an agent or a user's Script job alike: the job directory comes
+    from the environment the executor sets, so a script needs no handle.
+    Outside a job (a script run by hand) it does nothing, so the same script
+    runs both ways.
+    """
+    job_dir = _job_dir or (Path(os.environ[JOB_DIR_ENV]) if JOB_DIR_ENV in os.environ else None)
+    if job_dir is None:
+        return
+    record: dict[str, Any] = {"type": "progress", "metrics": metrics}
+    if progress is not None:
+        p = float(progress)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"progress must be a fraction between 0 and 1, got {progress!r}")
+        record["progress"] = p
+    record["t"] = time.time()
+    append_record(job_dir, record)

@@ -1,0 +1,36 @@
+"""Where agent names resolve to classes.
+
+Built-in agents are listed by import path and loaded on first use; other
+packages add agents through the ``cosmic_horizons_lab.agents`` entry-point
+group, so a lab can ship its own workload without forking this one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+from importlib.metadata import entry_points
+
+from .agent import Agent
+
+BUILTIN_AGENTS: dict[str, str] = {
+    "Script": "cosmic_horizons_lab.executor.script:ScriptAgent",
+}
+
+
+def _load(ref: str) -> type[Agent]:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@cache
+def agents() -> dict[str, type[Agent]]:
+    """All agents by name, built-ins first; an entry point cannot shadow a built-in."""
+    found = {name: _load(ref) for name, ref in BUILTIN_AGENTS.items()}
+    for ep in entry_points(group="cosmic_horizons_lab.agents"):
+        found.setdefault(ep.name, ep.load())
+    return found
+
+
+def get_agent(name: str) -> type[Agent] | None:
+    return agents().get(name)
