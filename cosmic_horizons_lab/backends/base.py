@@ -9,10 +9,11 @@ every interval and after a restart alike.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from traitlets.config import LoggingConfigurable
 
 BackendStatus = Literal["QUEUING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
 
@@ -62,10 +63,21 @@ class GpuPool:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-class Backend(ABC):
-    """Runs job directories. Implementations: ``local`` and ``slurm``."""
+class Backend(LoggingConfigurable):
+    """Runs job directories. Implementations: ``local`` and ``slurm``.
+
+    A backend is a traitlets ``Configurable`` with its own config section
+    (``c.LocalBackend.slots``, ``c.SlurmBackend.partition``...), created by the
+    extension with ``parent=`` the extension app, ``work_dir`` and ``python``
+    (the interpreter that runs the executor: the server's own).
+    """
 
     name: str = ""
+
+    def __init__(self, *, work_dir: Path, python: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.work_dir = Path(work_dir)
+        self.python = python
 
     async def start(self) -> None:
         """Acquire what the backend needs (called once at server start)."""
@@ -86,7 +98,6 @@ class Backend(ABC):
         """How many more jobs needing ``gpu_count`` GPUs could start now; None: no limit here."""
         return None
 
-    @abstractmethod
     async def submit(self, spec: LaunchSpec) -> str:
         """Start (or enqueue) a job; return the backend's id for it.
 
@@ -98,13 +109,13 @@ class Backend(ABC):
         """Submit jobs of one agent as one unit; the default submits them one by one."""
         return [await self.submit(spec) for spec in specs]
 
-    @abstractmethod
     async def poll(self, backend_ids: list[str]) -> dict[str, BackendJobState]:
         """The state of many jobs in one call; an id missing from the answer is unknown."""
+        raise NotImplementedError
 
-    @abstractmethod
     async def cancel(self, backend_id: str) -> None:
         """Ask the backend to end a job; the next poll confirms it."""
+        raise NotImplementedError
 
     async def resources(self) -> list[GpuPool]:
         """The GPU pools this backend offers."""
