@@ -1,0 +1,17 @@
+// Bundle each anywidget view (src/widgets/*.ts, not common) into one ES
+// module under cosmic_horizons_lab/static/, with no import left to fetch.
+import { build } from 'esbuild';
+import { copyFileSync, mkdirSync } from 'node:fs';
+
+const out = '../cosmic_horizons_lab/static';
+mkdirSync(out, { recursive: true });
+await build({
+  entryPoints: ['progress', 'queue', 'heatmap', 'timeline'].map(n => `src/widgets/${n}.ts`),
+  bundle: true,
+  format: 'esm',
+  target: 'es2020',
+  minify: true,
+  outdir: out,
+  logLevel: 'warning'
+});
+copyFileSync('src/widgets/widgets.css', `${out}/widgets.css`);

@@ -1,0 +1,149 @@
+/**
+ * The REST API and the event stream, through JupyterLab's ServerConnection so
+ * that the token, cookies and XSRF are handled as for Lab's own requests.
+ */
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+
+import { IEvent } from './jobs';
+
+export const API_PATH = 'cosmic-horizons/api';
+
+/** An error answered by the API: `{"error", "message", "field"}`. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly error: string,
+    message: string,
+    readonly field: string | null = null
+  ) {
+    super(message);
+  }
+}
+
+export async function requestAPI<T = any>(
+  path: string,
+  init: RequestInit = {},
+  settings: ServerConnection.ISettings = ServerConnection.makeSettings()
+): Promise<T> {
+  const url = URLExt.join(settings.baseUrl, API_PATH, path);
+  let response: Response;
+  try {
+    response = await ServerConnection.makeRequest(url, init, settings);
+  } catch (error) {
+    throw new ApiError(0, 'network', String(error));
+  }
+  const text = await response.text();
+  let body: any = null;
+  if (text) {
+    try {
+      body = JSON.parse(text);
+    } catch {
+      body = text;
+    }
+  }
+  if (!response.ok) {
+    throw new ApiError(
+      response.status,
+      body?.error ?? 'http_error',
+      body?.message ?? response.statusText,
+      body?.field ?? null
+    );
+  }
+  return body as T;
+}
+
+export type ConnectionState = 'connecting' | 'open' | 'closed';
+
+/**
+ * The caller's live events over one WebSocket. Reconnects (with back-off)
+ * with `after=<last id>`, so nothing is missed; drops duplicates by id.
+ */
+export class EventStream {
+  lastId: number;
+  private socket: WebSocket | null = null;
+  private retry = 0;
+  private timer: number | undefined;
+  private disposed = false;
+
+  constructor(
+    private readonly onEvents: (events: IEvent[]) => void,
+    private readonly onState: (state: ConnectionState) => void = () => undefined,
+    after = 0,
+    private readonly settings: ServerConnection.ISettings = ServerConnection.makeSettings()
+  ) {
+    this.lastId = after;
+  }
+
+  connect(): void {
+    if (this.disposed) {
+      return;
+    }
+    let url = URLExt.join(this.settings.wsUrl, API_PATH, 'events');
+    const query: Record<string, string> = {};
+    if (this.lastId > 0) {
+      query.after = String(this.lastId);
+    }
+    // Browsers send cookies with WebSockets but no headers: a token goes in the query.
+    if (this.settings.token && this.settings.appendToken) {
+      query.token = this.settings.token;
+    }
+    url += URLExt.objectToQueryString(query);
+    this.onState('connecting');
+    const socket = new this.settings.WebSocket(url);
+    this.socket = socket;
+    socket.onopen = () => {
+      this.retry = 0;
+      this.onState('open');
+    };
+    socket.onmessage = message => {
+      let data: any;
+      try {
+        data = JSON.parse(message.data);
+      } catch {
+        return;
+      }
+      const events: IEvent[] = (Array.isArray(data) ? data : [data]).filter(
+        (e: IEvent) => e && typeof e.id === 'number' && e.id > this.lastId
+      );
+      if (events.length) {
+        events.sort((a, b) => a.id - b.id);
+        this.lastId = events[events.length - 1].id;
+        this.onEvents(events);
+      }
+    };
+    socket.onclose = () => {
+      if (this.socket !== socket) {
+        return;
+      }
+      this.socket = null;
+      this.onState('closed');
+      this.schedule();
+    };
+  }
+
+  private schedule(): void {
+    if (this.disposed) {
+      return;
+    }
+    const delay = Math.min(10000, 250 * 2 ** this.retry++);
+    this.timer = window.setTimeout(() => this.connect(), delay);
+  }
+
+  /** Drop the socket now and reconnect (used by tests, and after sleep). */
+  reconnect(): void {
+    const socket = this.socket;
+    this.socket = null;
+    socket?.close();
+    window.clearTimeout(this.timer);
+    this.connect();
+  }
+
+  dispose(): void {
+    this.disposed = true;
+    window.clearTimeout(this.timer);
+    const socket = this.socket;
+    this.socket = null;
+    socket?.close();
+  }
+}

@@ -1,0 +1,38 @@
+/**
+ * The Cosmic Horizons JupyterLab extension: a left-sidebar panel listing the
+ * caller's jobs live, with cancel, log tail, outputs and the GPU heatmap.
+ */
+import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import { LabIcon } from '@jupyterlab/ui-components';
+
+import { JobsPanel } from './panel';
+
+export { JobsPanel } from './panel';
+export { EventStream, requestAPI, ApiError } from './api';
+
+const ICON_SVG = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" width="16">
+  <g class="jp-icon3" fill="#616161">
+    <circle cx="12" cy="12" r="2.5"/>
+    <path d="M12 3a9 9 0 1 0 9 9h-2a7 7 0 1 1-7-7V3z"/>
+    <path d="M12 7a5 5 0 1 0 5 5h-2a3 3 0 1 1-3-3V7z"/>
+  </g></svg>`;
+
+export const cosmicIcon = new LabIcon({ name: 'cosmic-horizons:icon', svgstr: ICON_SVG });
+
+const plugin: JupyterFrontEndPlugin<void> = {
+  id: 'cosmic-horizons-lab:sidebar',
+  description: 'Cosmic Horizons jobs and GPUs in the left sidebar.',
+  autoStart: true,
+  activate: (app: JupyterFrontEnd) => {
+    const panel = new JobsPanel({
+      openPath: path => void app.commands.execute('filebrowser:open-path', { path })
+    });
+    panel.title.icon = cosmicIcon;
+    app.shell.add(panel, 'left', { rank: 850 });
+    panel.start();
+    // For the browser tests and benchmarks: the panel's state, read-only use.
+    (window as any).cosmicHorizonsPanel = panel;
+  }
+};
+
+export default plugin;

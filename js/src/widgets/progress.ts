@@ -1,0 +1,83 @@
+/** The view of JobProgress: one job's status, progress, metrics, and cancel. */
+import { formatDuration, isTerminal, parseTime, shortId } from '../jobs';
+import { h, RenderProps, stamp } from './common';
+
+function render({ model, el }: RenderProps): () => void {
+  const root = h('div', 'chw chw-progress');
+  const head = h('div', 'chw-head');
+  const status = h('span', 'chw-status');
+  const name = h('span', 'chw-name');
+  const id = h('span', 'chw-id');
+  const cancel = h('button', 'chw-button chw-cancel', 'Cancel');
+  head.append(status, name, id, cancel);
+  const track = h('div', 'chw-track');
+  const bar = h('div', 'chw-bar');
+  track.append(bar);
+  const meta = h('div', 'chw-meta');
+  const error = h('div', 'chw-error');
+  const preview = h('img', 'chw-preview');
+  root.append(head, track, meta, error, preview);
+  el.append(root);
+
+  cancel.addEventListener('click', () => {
+    cancel.disabled = true;
+    model.send({ action: 'cancel' });
+  });
+
+  let previewUrl = '';
+  const update = () => {
+    const job = model.get('job') ?? {};
+    const st: string = job.status ?? 'QUEUED';
+    root.dataset.status = st;
+    root.dataset.jobId = job.id ?? '';
+    status.textContent = st;
+    status.dataset.status = st;
+    name.textContent = [job.agent, job.dataset_id].filter(Boolean).join(' · ');
+    id.textContent = job.id ? shortId(job.id) : '';
+    id.title = job.id ?? '';
+    cancel.style.display = isTerminal(st) ? 'none' : '';
+    const p = Math.max(0, Math.min(1, Number(job.progress ?? 0)));
+    bar.style.width = `${(p * 100).toFixed(1)}%`;
+    bar.dataset.status = st;
+    const parts = [`${Math.round(p * 100)}%`];
+    const start = parseTime(job.started_at);
+    const end = parseTime(job.completed_at);
+    if (start) {
+      parts.push(formatDuration((end ?? Date.now() / 1000) - start));
+    }
+    for (const [k, v] of Object.entries(job.metrics ?? {})) {
+      parts.push(`${k}: ${typeof v === 'number' ? +v.toPrecision(4) : String(v)}`);
+    }
+    meta.textContent = parts.join(' · ');
+    error.textContent = job.error ? String(job.error) : '';
+    stamp(root);
+  };
+  const updatePreview = () => {
+    const png = model.get('preview');
+    if (previewUrl) {
+      URL.revokeObjectURL(previewUrl);
+      previewUrl = '';
+    }
+    if (png && png.byteLength) {
+      previewUrl = URL.createObjectURL(new Blob([png], { type: 'image/png' }));
+      preview.src = previewUrl;
+      preview.alt = model.get('preview_alt') ?? 'quick-look image';
+      preview.style.display = '';
+    } else {
+      preview.style.display = 'none';
+    }
+  };
+  model.on('change:job', update);
+  model.on('change:preview', updatePreview);
+  update();
+  updatePreview();
+  return () => {
+    model.off('change:job', update);
+    model.off('change:preview', updatePreview);
+    if (previewUrl) {
+      URL.revokeObjectURL(previewUrl);
+    }
+  };
+}
+
+export default { render };

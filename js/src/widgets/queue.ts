@@ -1,0 +1,121 @@
+/** The view of JobQueue: a table of jobs, patched row by row, with cancel. */
+import { isTerminal, shortId } from '../jobs';
+import { h, RenderProps, stamp } from './common';
+
+const COLUMNS = ['status', 'agent', 'dataset', 'id', 'progress', 'created', ''];
+
+function render({ model, el }: RenderProps): () => void {
+  const root = h('div', 'chw chw-queue');
+  const bar = h('div', 'chw-head');
+  const title = h('span', 'chw-name', 'Jobs');
+  const counts = h('span', 'chw-counts');
+  const onlyActive = h('label', 'chw-filter');
+  const checkbox = h('input');
+  checkbox.type = 'checkbox';
+  onlyActive.append(checkbox, document.createTextNode(' active only'));
+  const refresh = h('button', 'chw-button chw-refresh', 'Refresh');
+  bar.append(title, counts, onlyActive, refresh);
+  const message = h('div', 'chw-error');
+  const scroller = h('div', 'chw-scroll');
+  const table = h('table', 'chw-table');
+  const thead = h('thead');
+  const headRow = h('tr');
+  for (const c of COLUMNS) {
+    headRow.append(h('th', '', c));
+  }
+  thead.append(headRow);
+  const tbody = h('tbody');
+  table.append(thead, tbody);
+  scroller.append(table);
+  root.append(bar, message, scroller);
+  el.append(root);
+
+  const rows = new Map<string, { tr: HTMLTableRowElement; sig: string }>();
+
+  tbody.addEventListener('click', event => {
+    const button = (event.target as HTMLElement).closest('button.chw-cancel') as HTMLButtonElement;
+    if (button) {
+      button.disabled = true;
+      model.send({ action: 'cancel', id: button.dataset.jobId });
+    }
+  });
+  refresh.addEventListener('click', () => model.send({ action: 'refresh' }));
+  checkbox.addEventListener('change', () => {
+    model.set('active_only', checkbox.checked);
+    model.save_changes();
+    update();
+  });
+
+  const rowHtml = (job: any) => {
+    const p = Math.max(0, Math.min(1, Number(job.progress ?? 0)));
+    const created = job.created_at ? new Date(job.created_at).toLocaleTimeString() : '';
+    const cancel = isTerminal(job.status)
+      ? ''
+      : `<button class="chw-button chw-cancel" data-job-id="${esc(job.id)}">Cancel</button>`;
+    return (
+      `<td><span class="chw-status" data-status="${esc(job.status)}">${esc(job.status)}</span></td>` +
+      `<td>${esc(job.agent ?? '')}</td><td>${esc(job.dataset_id ?? '')}</td>` +
+      `<td class="chw-id" title="${esc(job.id)}">${esc(shortId(job.id))}</td>` +
+      `<td><div class="chw-track"><div class="chw-bar" data-status="${esc(job.status)}" style="width:${(p * 100).toFixed(1)}%"></div></div></td>` +
+      `<td>${esc(created)}</td><td>${cancel}</td>`
+    );
+  };
+
+  const update = () => {
+    const jobs: any[] = model.get('jobs') ?? [];
+    const active = checkbox.checked;
+    checkbox.checked = !!model.get('active_only');
+    const shown = active ? jobs.filter(j => !isTerminal(j.status)) : jobs;
+    const running = jobs.filter(j => j.status === 'RUNNING').length;
+    const queued = jobs.filter(j => !isTerminal(j.status) && j.status !== 'RUNNING').length;
+    counts.textContent = `${jobs.length} jobs · ${running} running · ${queued} waiting`;
+    message.textContent = model.get('error') ?? '';
+    root.dataset.connected = String(!!model.get('connected'));
+    const seen = new Set<string>();
+    let previous: HTMLTableRowElement | null = null;
+    for (const job of shown) {
+      seen.add(job.id);
+      const sig = `${job.status}|${job.progress}|${job.agent}|${job.dataset_id}|${job.created_at}`;
+      let row = rows.get(job.id);
+      if (!row) {
+        const tr = h('tr');
+        tr.dataset.jobId = job.id;
+        row = { tr, sig: '' };
+        rows.set(job.id, row);
+      }
+      if (row.sig !== sig) {
+        row.tr.innerHTML = rowHtml(job);
+        row.tr.dataset.status = job.status;
+        row.sig = sig;
+      }
+      const expected: Element | null = previous ? previous.nextElementSibling : tbody.firstElementChild;
+      if (expected !== row.tr) {
+        tbody.insertBefore(row.tr, expected);
+      }
+      previous = row.tr;
+    }
+    for (const [id, row] of rows) {
+      if (!seen.has(id)) {
+        row.tr.remove();
+        rows.delete(id);
+      }
+    }
+    stamp(root);
+  };
+  const events = ['change:jobs', 'change:error', 'change:connected', 'change:active_only'];
+  for (const e of events) {
+    model.on(e, update);
+  }
+  update();
+  return () => {
+    for (const e of events) {
+      model.off(e, update);
+    }
+  };
+}
+
+function esc(value: unknown): string {
+  return String(value ?? '').replace(/[&<>"']/g, c => `&#${c.charCodeAt(0)};`);
+}
+
+export default { render };
