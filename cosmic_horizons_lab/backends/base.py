@@ -105,6 +105,9 @@ class Backend(LoggingConfigurable):
         then stays QUEUED and is submitted again later.
         """
 
+    async def adopt(self, backend_id: str, spec: LaunchSpec) -> None:
+        """Re-attach to a job submitted before a server restart, before it is polled."""
+
     async def submit_array(self, specs: list[LaunchSpec], parallel_limit: int | None) -> list[str]:
         """Submit jobs of one agent as one unit; the default submits them one by one."""
         return [await self.submit(spec) for spec in specs]

@@ -170,7 +170,7 @@ def _rfi(cfg: RFIConfig, shape: tuple[int, int, int], scale: float,
         blob = np.where(r2 <= 1.0, rng.uniform(lo, hi) * (1.0 - 0.5 * r2), 0.0)
         profile = np.maximum(profile, blob)
     mask = profile > 0
-    strength = rng.uniform(0.5, 1.5, size=(nb, 1, 1))
+    strength = rng.uniform(0.7, 1.3, size=(nb, 1, 1))
     phase = rng.uniform(0, 2 * np.pi, size=(nb, nt, nf))
     rfi = scale * strength * profile[None] * np.exp(1j * phase)
     return rfi, np.broadcast_to(mask, (nb, nt, nf)).copy()
@@ -276,7 +276,7 @@ SIM_PRESETS: dict[str, dict[str, Any]] = {
                        "blobs) with a known mask.",
         "config": SimConfig(
             n_times=64, integration_s=10.0, n_channels=64, freq_start_hz=36.3e9,
-            channel_width_hz=125e3, noise_jy=0.05, seed=7, delay_ns=1.0,
+            channel_width_hz=125e3, noise_jy=0.4, seed=7, delay_ns=1.0,
             rfi=RFIConfig(channel_stripes=4, time_bursts=4, blobs=4),
         ),
     },

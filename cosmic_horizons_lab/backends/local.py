@@ -1,0 +1,226 @@
+"""The local backend: GPU slots on this machine, one OS process per job.
+
+Each job runs as ``/bin/sh -c '<python> -m cosmic_horizons_lab.executor <dir>;
+echo $? > <dir>/exit_code'`` in its own session, so it outlives a server
+restart and its exit status is on disk even when nobody waited for it. What a
+new server needs to re-attach (pid, process start time, slots) is in
+``<dir>/local.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from traitlets import Float
+
+from ..executor.context import EXIT_FILE, LOG_FILE
+from .base import Backend, BackendJobState, GpuPool, LaunchSpec
+
+LAUNCH_FILE = "local.json"
+# The shell records the executor's exit status atomically; a job killed as a
+# group (cancel, timeout) leaves none, and the backend knows why it killed it.
+WRAPPER = 'cd "$1" && "$0" -m cosmic_horizons_lab.executor "$1"; echo $? > "$1/.exit_code.tmp" && mv "$1/.exit_code.tmp" "$1/exit_code"'
+
+
+@dataclass
+class _Running:
+    job_dir: Path
+    pid: int
+    create_time: float
+    slots: list[int]
+    started: float
+    max_runtime: int | None
+    proc: asyncio.subprocess.Process | None = None
+    killed_for: str | None = None
+    kill_task: asyncio.Task | None = field(default=None, repr=False)
+
+
+class LocalBackend(Backend):
+    """Runs jobs as processes in GPU (or CPU) slots of this machine."""
+
+    name = "local"
+
+    kill_grace_seconds = Float(
+        5.0, help="Seconds between SIGTERM and SIGKILL when a job is cancelled or times out."
+    ).tag(config=True)
+
+    def __init__(self, *, slots: int, gpus: list[dict[str, Any]], on_exit: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        #: One entry per slot: the GPU index it owns, or None for a CPU slot.
+        self.gpus = gpus
+        self.slot_count = slots
+        self._free: list[int] = list(range(slots))
+        self._jobs: dict[str, _Running] = {}
+        self._on_exit = on_exit
+
+    # -- capacity -----------------------------------------------------------------
+    def _slots_needed(self, gpu_count: int) -> int:
+        # On a GPU machine a job takes one slot per GPU; on a CPU machine one slot.
+        return max(1, gpu_count) if self.gpus else 1
+
+    def free_slots(self, gpu_count: int) -> int | None:
+        return len(self._free) // self._slots_needed(gpu_count)
+
+    def max_gpus(self) -> int | None:
+        """The most GPUs one job can get here; None on a CPU-only machine (it runs on the CPU)."""
+        return self.slot_count if self.gpus else None
+
+    def supported_features(self) -> set[str]:
+        return {"cancel", "gpu_slots", "timeout"}
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def submit(self, spec: LaunchSpec) -> str:
+        need = self._slots_needed(spec.gpu_count)
+        if len(self._free) < need:
+            raise RuntimeError("no free slot: the orchestrator must check free_slots() first")
+        slots, self._free = self._free[:need], self._free[need:]
+        env = dict(os.environ)
+        env.update(spec.env)
+        env["COSMIC_HORIZONS_CORRELATION_ID"] = spec.correlation_id
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(self.gpus[s]["index"]) for s in slots) if self.gpus else ""
+        env["PYTHONUNBUFFERED"] = "1"
+        log = open(spec.job_dir / LOG_FILE, "ab")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "/bin/sh", "-c", WRAPPER, self.python, str(spec.job_dir),
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+                env=env, start_new_session=True,
+            )
+        except Exception:
+            self._free.extend(slots)
+            raise
+        finally:
+            log.close()
+        try:
+            create_time = psutil.Process(proc.pid).create_time()
+        except psutil.NoSuchProcess:
+            create_time = 0.0
+        run = _Running(spec.job_dir, proc.pid, create_time, slots, time.time(), spec.max_runtime_seconds, proc)
+        (spec.job_dir / LAUNCH_FILE).write_text(
+            json.dumps({"pid": proc.pid, "create_time": create_time, "slots": slots, "started": run.started})
+        )
+        backend_id = str(proc.pid)
+        self._jobs[backend_id] = run
+        asyncio.get_running_loop().create_task(self._reap(proc))
+        return backend_id
+
+    async def _reap(self, proc: asyncio.subprocess.Process) -> None:
+        await proc.wait()
+        if self._on_exit is not None:
+            self._on_exit()
+
+    async def adopt(self, backend_id: str, spec: LaunchSpec) -> None:
+        """Re-attach to a job a previous server started (its process may be gone)."""
+        if backend_id in self._jobs:
+            return
+        try:
+            info = json.loads((spec.job_dir / LAUNCH_FILE).read_text())
+        except (OSError, ValueError):
+            info = {"pid": int(backend_id), "create_time": 0.0, "slots": [], "started": time.time()}
+        slots = [s for s in info.get("slots", []) if s in self._free]
+        self._free = [s for s in self._free if s not in slots]
+        self._jobs[backend_id] = _Running(
+            spec.job_dir, info["pid"], info.get("create_time", 0.0), slots,
+            info.get("started", time.time()), spec.max_runtime_seconds,
+        )
+
+    def _alive(self, run: _Running) -> bool:
+        if run.proc is not None:
+            return run.proc.returncode is None
+        try:
+            p = psutil.Process(run.pid)
+            return p.status() != psutil.STATUS_ZOMBIE and (
+                not run.create_time or abs(p.create_time() - run.create_time) < 1.0
+            )
+        except psutil.NoSuchProcess:
+            return False
+
+    async def poll(self, backend_ids: list[str]) -> dict[str, BackendJobState]:
+        states: dict[str, BackendJobState] = {}
+        now = time.time()
+        for bid in backend_ids:
+            run = self._jobs.get(bid)
+            if run is None:
+                continue
+            if self._alive(run):
+                if run.max_runtime and now - run.started > run.max_runtime and run.killed_for is None:
+                    self._kill(run, "timeout")
+                states[bid] = BackendJobState("RUNNING")
+                continue
+            states[bid] = self._ended(run)
+            self._release(bid)
+        return states
+
+    def _ended(self, run: _Running) -> BackendJobState:
+        code: int | None = None
+        try:
+            code = int((run.job_dir / EXIT_FILE).read_text().strip())
+        except (OSError, ValueError):
+            if run.proc is not None and run.proc.returncode is not None and run.killed_for is None:
+                code = run.proc.returncode
+        if run.killed_for == "cancelled":
+            return BackendJobState("CANCELLED", code, "cancelled")
+        if run.killed_for == "timeout":
+            return BackendJobState("FAILED", code, "timeout", {"max_runtime_seconds": run.max_runtime})
+        if code is None:
+            return BackendJobState("FAILED", None, "lost", {"detail": "the job's process ended without an exit status"})
+        if code == 0:
+            return BackendJobState("COMPLETED", 0)
+        return BackendJobState("FAILED", code, "exit_code", {"exit_code": code})
+
+    def _release(self, bid: str) -> None:
+        run = self._jobs.pop(bid, None)
+        if run is None:
+            return
+        if run.kill_task is not None:
+            run.kill_task.cancel()
+        self._free.extend(s for s in run.slots if s not in self._free)
+        self._free.sort()
+
+    def _kill(self, run: _Running, why: str) -> None:
+        run.killed_for = why
+        try:
+            os.killpg(run.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        run.kill_task = asyncio.get_running_loop().create_task(self._kill_later(run))
+
+    async def _kill_later(self, run: _Running) -> None:
+        await asyncio.sleep(self.kill_grace_seconds)
+        try:
+            os.killpg(run.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    async def cancel(self, backend_id: str) -> None:
+        run = self._jobs.get(backend_id)
+        if run is not None and run.killed_for is None:
+            self._kill(run, "cancelled")
+
+    async def resources(self) -> list[GpuPool]:
+        if not self.gpus:
+            return [
+                GpuPool(
+                    name="local-cpu", backend=self.name, gpu_model="none (CPU)", total=0, free=0,
+                    detail={"cpu_slots": self.slot_count, "cpu_slots_free": len(self._free)},
+                )
+            ]
+        models = {g["name"] for g in self.gpus}
+        return [
+            GpuPool(
+                name="local", backend=self.name, gpu_model=", ".join(sorted(models)),
+                total=self.slot_count, free=len(self._free),
+                memory_mb=int(min(g["memory_total_mb"] for g in self.gpus)),
+            )
+        ]
+
+    async def health(self) -> dict[str, Any]:
+        return {"ok": True, "slots": self.slot_count, "free": len(self._free), "running": len(self._jobs)}

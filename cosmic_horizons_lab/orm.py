@@ -1,0 +1,150 @@
+"""The tables. The store is the truth about every job; backends are reconciled to it.
+
+Schema changes go through versioned migrations in ``migrations/versions`` —
+never ``create_all`` on a live database — so an upgrade keeps existing jobs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """Timezone-aware UTC in and out, whatever the database keeps.
+
+    SQLite has no time zones; PostgreSQL has ``timestamptz``. Either way the
+    application only ever sees aware UTC datetimes.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    user: Mapped[str] = mapped_column(sa.String(255), index=True)
+    parallel_limit: Mapped[int | None] = mapped_column(sa.Integer)
+    kind: Mapped[str] = mapped_column(sa.String(16), default="batch")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        sa.UniqueConstraint("user", "idempotency_key", name="uq_jobs_user_idempotency_key"),
+        sa.Index("ix_jobs_user_created", "user", "created_at"),
+        sa.Index("ix_jobs_server_status", "server_id", "status", "priority", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    user: Mapped[str] = mapped_column(sa.String(255))
+    agent: Mapped[str] = mapped_column(sa.String(64))
+    dataset_id: Mapped[str | None] = mapped_column(sa.String(255), index=True)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    progress: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    priority: Mapped[int] = mapped_column(sa.Integer, default=5)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    reason: Mapped[str | None] = mapped_column(sa.String(64))
+    notes: Mapped[str | None] = mapped_column(sa.Text)
+    webhook_url: Mapped[str | None] = mapped_column(sa.Text)
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
+    correlation_id: Mapped[str] = mapped_column(sa.String(128))
+    batch_id: Mapped[str | None] = mapped_column(sa.ForeignKey("batches.id"), index=True)
+    depends_on: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    backend: Mapped[str] = mapped_column(sa.String(32))
+    #: The server that manages this job (several single-user servers may share one database).
+    server_id: Mapped[str] = mapped_column(sa.String(255))
+    backend_job_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    gpu_count: Mapped[int] = mapped_column(sa.Integer, default=1)
+    max_runtime_seconds: Mapped[int | None] = mapped_column(sa.Integer)
+    estimated_runtime_minutes: Mapped[int | None] = mapped_column(sa.Integer)
+    retries: Mapped[int] = mapped_column(sa.Integer, default=0)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Run(Base):
+    """One attempt at running a job: what the backend was given and what came back."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(sa.ForeignKey("jobs.id"), index=True)
+    attempt: Mapped[int] = mapped_column(sa.Integer)
+    backend: Mapped[str] = mapped_column(sa.String(32))
+    backend_job_id: Mapped[str | None] = mapped_column(sa.String(64))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    exit_code: Mapped[int | None] = mapped_column(sa.Integer)
+    reason: Mapped[str | None] = mapped_column(sa.String(64))
+    #: Bytes of the job's events.jsonl already turned into events (exactly-once tailing).
+    events_offset: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    submitted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Event(Base):
+    __tablename__ = "events"
+    __table_args__ = (
+        sa.Index("ix_events_user_id", "user", "id"),
+        sa.Index("ix_events_job_id", "job_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    type: Mapped[str] = mapped_column(sa.String(64))
+    job_id: Mapped[str | None] = mapped_column(sa.String(32))
+    user: Mapped[str] = mapped_column(sa.String(255))
+    ts: Mapped[datetime] = mapped_column(UTCDateTime)
+    correlation_id: Mapped[str | None] = mapped_column(sa.String(128))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+class GpuSample(Base):
+    """One telemetry sample of one GPU: what the heatmap and utilisation metrics read."""
+
+    __tablename__ = "gpu_samples"
+    __table_args__ = (sa.Index("ix_gpu_samples_ts", "ts"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime)
+    gpu_index: Mapped[int] = mapped_column(sa.Integer)
+    gpu_uuid: Mapped[str] = mapped_column(sa.String(64))
+    utilization: Mapped[float] = mapped_column(sa.Float)
+    memory_used_mb: Mapped[float] = mapped_column(sa.Float)
+    memory_total_mb: Mapped[float] = mapped_column(sa.Float)
