@@ -26,7 +26,18 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from .client import ApiError, Client
+try:
+    from .client import ApiError, Client
+except ModuleNotFoundError as _missing:  # client.py lands with issue 2; until then only client= works
+    if _missing.name != f"{__package__}.client":
+        raise
+
+    class ApiError(Exception):  # type: ignore[no-redef]
+        def __init__(self, status: int, error: str, message: str, field: str | None = None) -> None:
+            super().__init__(message)
+            self.status, self.error, self.message, self.field = status, error, message, field
+
+    Client = None  # type: ignore[assignment,misc]
 
 if TYPE_CHECKING:
     from .widgets import GpuHeatmap, JobProgress, JobQueue, Timeline
@@ -641,10 +652,13 @@ class Lab:
         return body
 
     def _download(self, url: str) -> bytes:
-        full = urllib.parse.urljoin(self.url if self.url.endswith("/") else self.url + "/", url.lstrip("/") if not url.startswith("http") else url)
-        if not url.startswith("http") and url.startswith("/"):
+        if url.startswith(("http://", "https://")):
+            full = url
+        elif url.startswith("/"):
             parts = urllib.parse.urlparse(self.url)
             full = f"{parts.scheme}://{parts.netloc}{url}"
+        else:
+            full = urllib.parse.urljoin(self.url.rstrip("/") + "/", url)
         request = urllib.request.Request(full)
         if self.token:
             request.add_header("Authorization", f"token {self.token}")
