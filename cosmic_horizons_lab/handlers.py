@@ -311,6 +311,15 @@ class GpuHistoryHandler(APIBase):
         self.reply(self.app.telemetry.history(seconds))
 
 
+class LatestEventHandler(APIBase):
+    """The caller's newest event id: where a client that wants only new events starts."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.reply({"last_event_id": await self.app.store.last_event_id(self.owner)})
+
+
 class HealthHandler(APIBase):
     @web.authenticated
     @authorized
@@ -433,5 +442,6 @@ def routes() -> list[tuple[str, type]]:
         (r"gpus/history", GpuHistoryHandler),
         (r"health", HealthHandler),
         (r"openapi.json", OpenAPIHandler),
+        (r"events/latest", LatestEventHandler),
         (r"events", EventStreamHandler),
     ]

@@ -144,9 +144,12 @@ class Store:
             rows: Sequence[Event] = (await session.scalars(query)).all()
         return [event_to_json(ev) for ev in rows]
 
-    async def last_event_id(self) -> int:
+    async def last_event_id(self, user: str | None = None) -> int:
+        query = sa.select(sa.func.max(Event.id))
+        if user is not None:
+            query = query.where(Event.user == user)
         async with self.read() as session:
-            return (await session.scalar(sa.select(sa.func.max(Event.id)))) or 0
+            return (await session.scalar(query)) or 0
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
