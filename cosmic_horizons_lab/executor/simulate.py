@@ -22,25 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from .skymodel import Source, predict
 from .visibilities import VisibilitySet, from_uvdata, quiet, write_uvfits
 
-C = 299_792_458.0
 ANTENNA_FILE = Path(__file__).resolve().parent.parent / "data" / "vla_antennas.json"
 POL_CODES = {"RR": -1, "LL": -2, "RL": -3, "LR": -4, "XX": -5, "YY": -6}
-
-
-@dataclass(frozen=True)
-class Source:
-    """A sky component at offset (l, m) from the phase centre, in radians.
-
-    ``fwhm`` > 0 makes it a circular Gaussian of that full width at half maximum (radians).
-    """
-
-    l: float
-    m: float
-    flux: float
-    spectral_index: float = 0.0
-    fwhm: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -117,27 +103,6 @@ def uvw_from_hour_angle(baselines_ecef: np.ndarray, longitude: float, hour_angle
     v = -sd * ch * x + sd * sh * y + cd * z
     w = cd * ch * x - cd * sh * y + sd * z
     return np.stack([u, v, w], axis=-1)
-
-
-def predict(uvw_m: np.ndarray, freqs: np.ndarray, sources: tuple[Source, ...] | list[Source],
-            ref_freq: float | None = None) -> np.ndarray:
-    """Model visibilities of a list of components: ``uvw_m`` (..., 3) -> (..., F) complex128."""
-    ref = float(ref_freq or freqs[0])
-    lam = C / np.asarray(freqs, float)
-    out = np.zeros(uvw_m.shape[:-1] + (len(freqs),), np.complex128)
-    u = uvw_m[..., 0, None] / lam
-    v = uvw_m[..., 1, None] / lam
-    w = uvw_m[..., 2, None] / lam
-    for s in sources:
-        n = np.sqrt(1.0 - s.l**2 - s.m**2)
-        phase = -2j * np.pi * (u * s.l + v * s.m + w * (n - 1.0))
-        amp = s.flux * (np.asarray(freqs) / ref) ** s.spectral_index
-        term = amp * np.exp(phase)
-        if s.fwhm > 0:
-            sig = s.fwhm / np.sqrt(8 * np.log(2))
-            term = term * np.exp(-2 * np.pi**2 * sig**2 * (u**2 + v**2))
-        out += term
-    return out
 
 
 def _rfi(cfg: RFIConfig, shape: tuple[int, int, int], scale: float,
