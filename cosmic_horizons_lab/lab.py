@@ -137,26 +137,26 @@ def find_server(url: str | None = None, token: str | None = None) -> tuple[str, 
 class Output:
     """One output file of a job: ``name``, ``size``, ``sha256``, ``url``; ``load()`` reads it."""
 
-    def __init__(self, lab: "Lab", job_id: str, entry: dict[str, Any]) -> None:
+    def __init__(self, lab: "Lab", job_id: str, entry: dict[str, Any], directory: str | None = None) -> None:
         self.lab = lab
         self.job_id = job_id
         self.entry = entry
-        self.name: str = str(entry.get("name") or entry.get("path") or "")
-        self.size: int | None = entry.get("size")
+        #: Path below the job's outputs/ folder.
+        self.name: str = str(entry.get("path") or entry.get("name") or "")
+        self.size: int | None = entry.get("size_bytes", entry.get("size"))
         self.sha256: str | None = entry.get("sha256")
         self.url: str | None = entry.get("url") or entry.get("download_url")
-        self.path: str | None = entry.get("path")
+        self.directory = directory
 
     def __repr__(self) -> str:
         return f"<Output {self.name} ({self.size} bytes) of job {self.job_id}>"
 
     def local_path(self) -> Path | None:
         """The file itself, when this kernel shares the server's filesystem."""
-        root = self.lab.server_info.get("root_dir")
-        for candidate in (self.entry.get("local_path"), self.path and root and Path(root) / self.path):
-            if candidate and Path(candidate).is_file():
-                return Path(candidate)
-        return None
+        if not self.directory:
+            return None
+        candidate = Path(self.directory) / self.name
+        return candidate if candidate.is_file() else None
 
     def read_bytes(self) -> bytes:
         local = self.local_path()
@@ -325,14 +325,15 @@ class Job:
         """The job's log (stdout and stderr) from byte ``offset``."""
         body = self.lab.client.request("GET", f"jobs/{_q(self.id)}/logs?offset={int(offset)}")
         if isinstance(body, dict):
-            return str(body.get("text", body.get("data", body.get("content", ""))))
+            return str(body.get("data", body.get("text", "")))
         return str(body)
 
     def outputs(self) -> Outputs:
         """The job's output files (name, size, sha256, url); each ``.load()``-s as a Python object."""
         body = self.lab.client.outputs(self.id)
-        entries = body if isinstance(body, list) else body.get("outputs", body.get("files", body.get("items", [])))
-        return Outputs(Output(self.lab, self.id, e) for e in entries)
+        entries = body if isinstance(body, list) else body.get("files", body.get("outputs", body.get("items", [])))
+        directory = body.get("directory") if isinstance(body, dict) else None
+        return Outputs(Output(self.lab, self.id, e, directory) for e in entries)
 
     def output(self, name: str) -> Any:
         """One output file, loaded (see :meth:`Output.load`)."""

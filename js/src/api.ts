@@ -130,6 +130,15 @@ export class EventStream {
     this.timer = window.setTimeout(() => this.connect(), delay);
   }
 
+  /** Close the socket and stay closed until connect() (tests use it to drop the stream). */
+  disconnect(): void {
+    window.clearTimeout(this.timer);
+    const socket = this.socket;
+    this.socket = null;
+    socket?.close();
+    this.onState('closed');
+  }
+
   /** Drop the socket now and reconnect (used by tests, and after sleep). */
   reconnect(): void {
     const socket = this.socket;

@@ -3,6 +3,7 @@
  * cancel, a log tail and output links; and the GPU heatmap. Plain DOM in a
  * Lumino widget; rows are keyed by job id and patched in place.
  */
+import { PageConfig } from '@jupyterlab/coreutils';
 import { Widget } from '@lumino/widgets';
 
 import { ApiError, ConnectionState, EventStream, requestAPI } from './api';
@@ -302,16 +303,17 @@ export class JobsPanel extends Widget {
     const box = row.el.querySelector('.ch-outputs') as HTMLElement;
     try {
       const body = await requestAPI<any>(`jobs/${encodeURIComponent(id)}/outputs`);
-      const files: any[] = Array.isArray(body) ? body : body?.outputs ?? body?.files ?? body?.items ?? [];
+      const files: any[] = Array.isArray(body) ? body : body?.files ?? body?.outputs ?? [];
+      const folder = relativeToRoot(body?.directory);
       box.replaceChildren(
         ...files.map(file => {
           const a = document.createElement('a');
           a.className = 'ch-output';
-          const name = String(file.name ?? file.path ?? file.url);
-          a.textContent = `${name} (${formatBytes(Number(file.size ?? 0))})`;
-          const path: string | undefined = file.path ?? file.server_path;
-          const url: string | undefined = file.url ?? file.download_url;
-          a.href = url ?? '#';
+          const name = String(file.path ?? file.name ?? file.url);
+          a.textContent = `${name} (${formatBytes(Number(file.size_bytes ?? file.size ?? 0))})`;
+          const path = folder !== undefined ? (folder ? `${folder}/${name}` : name) : undefined;
+          a.href = file.url ?? '#';
+          a.title = path ? `Open ${path} in JupyterLab` : 'Download';
           a.addEventListener('click', event => {
             if (path && this.options.openPath) {
               event.preventDefault();
@@ -390,6 +392,19 @@ export class JobsPanel extends Widget {
     }
     super.dispose();
   }
+}
+
+/** A server path as a path relative to Lab's root, or undefined when outside it. */
+function relativeToRoot(directory: string | undefined): string | undefined {
+  const root = PageConfig.getOption('serverRoot');
+  if (!directory || !root) {
+    return undefined;
+  }
+  const r = root.replace(/\/+$/, '');
+  if (directory === r) {
+    return '';
+  }
+  return directory.startsWith(r + '/') ? directory.slice(r.length + 1) : undefined;
 }
 
 function formatBytes(n: number): string {
