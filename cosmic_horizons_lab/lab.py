@@ -22,22 +22,10 @@ import sys
 import threading
 import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-try:
-    from .client import ApiError, Client
-except ModuleNotFoundError as _missing:  # client.py lands with issue 2; until then only client= works
-    if _missing.name != f"{__package__}.client":
-        raise
-
-    class ApiError(Exception):  # type: ignore[no-redef]
-        def __init__(self, status: int, error: str, message: str, field: str | None = None) -> None:
-            super().__init__(message)
-            self.status, self.error, self.message, self.field = status, error, message, field
-
-    Client = None  # type: ignore[assignment,misc]
+from .client import ApiError, Client
 
 if TYPE_CHECKING:
     from .widgets import GpuHeatmap, JobProgress, JobQueue, Timeline
@@ -162,9 +150,8 @@ class Output:
         local = self.local_path()
         if local is not None:
             return local.read_bytes()
-        if not self.url:
-            raise FileNotFoundError(f"output {self.name} of job {self.job_id} has no download URL")
-        return self.lab._download(self.url)
+        path = urllib.parse.quote(self.name)
+        return self.lab.client.request("GET", f"jobs/{_q(self.job_id)}/outputs/{path}", raw=True)
 
     def load(self) -> Any:
         """The file as a Python object: JSON → dict/list, FITS → astropy HDUList,
@@ -318,12 +305,11 @@ class Job:
     # -- results
     def events(self, after: int = 0) -> list[dict[str, Any]]:
         """The job's events so far (replayed from the server's store)."""
-        body = self.lab.client.events(self.id, after=after)
-        return body.get("items", body.get("events", body)) if isinstance(body, dict) else body
+        return self.lab.client.events(self.id, after=after)
 
     def logs(self, offset: int = 0) -> str:
         """The job's log (stdout and stderr) from byte ``offset``."""
-        body = self.lab.client.request("GET", f"jobs/{_q(self.id)}/logs?offset={int(offset)}")
+        body = self.lab.client.logs(self.id, offset=int(offset))
         if isinstance(body, dict):
             return str(body.get("data", body.get("text", "")))
         return str(body)
@@ -390,11 +376,8 @@ class Job:
             self._widget = JobProgress(self)
         return self._widget
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        try:
-            return self.widget()._repr_mimebundle_(include=include, exclude=exclude)
-        except Exception:
-            return {"text/plain": repr(self)}
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        return _widget_bundle(self, self.widget, include, exclude)
 
 
 class _ProgressBar:
@@ -426,6 +409,16 @@ class _ProgressBar:
             sys.stderr.write(text + ("\n" if final else ""))
             sys.stderr.flush()
             self._last_text = text
+
+
+def _widget_bundle(owner: Any, make_widget: Any, include: Any, exclude: Any) -> Any:
+    """The live widget's display data, with the owner's repr as its plain text."""
+    try:
+        bundle = make_widget()._repr_mimebundle_(include=include, exclude=exclude)
+    except Exception:  # no anywidget, or no view bundle: a plain repr still shows something
+        return {"text/plain": repr(owner)}
+    data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
+    return {**data, "text/plain": repr(owner)}, metadata
 
 
 def _in_kernel() -> bool:
@@ -468,11 +461,8 @@ class Batch(list):
             self._timeline = Timeline(self.lab, self)
         return self._timeline
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        try:
-            return self.timeline()._repr_mimebundle_(include=include, exclude=exclude)
-        except Exception:
-            return {"text/plain": repr(self)}
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        return _widget_bundle(self, self.timeline, include, exclude)
 
 
 # --------------------------------------------------------------------------- the lab
@@ -492,7 +482,7 @@ class Lab:
             client = Client(url, token=token)
         else:
             info = {}
-        self.url = url or getattr(client, "url", None)
+        self.url = url or getattr(client, "base_url", None)
         self.token = token if token is not None else getattr(client, "token", None)
         self.server_info: dict[str, Any] = info
         self.client = client
@@ -511,7 +501,7 @@ class Lab:
             if self._feed is None:
                 from .widgets.live import EventFeed
 
-                self._feed = EventFeed(self.client.subscribe)
+                self._feed = EventFeed(self.client.subscribe, self._latest_event_id)
             return self._feed
 
     @property
@@ -560,20 +550,17 @@ class Lab:
             params = entry.pop("params", None)
             top = {k: entry.pop(k) for k in SUBMISSION_FIELDS if k in entry}
             submissions.append(_submission(agent, dataset_id, params, entry, **top))
-        body: dict[str, Any] = {"jobs": submissions}
-        if parallel_limit is not None:
-            body["parallelLimit"] = int(parallel_limit)
-        answer = self.client.request("POST", "jobs/submit-batch", body)
+        answer = self.client.submit_batch(submissions, parallel_limit)
         return Batch(self, [Job(self, r) for r in answer.get("jobs", [])], answer.get("batch_id"))
 
-    def pipeline(self, stages: Sequence[dict[str, Any]], **fields: Any) -> Batch:
+    def pipeline(self, stages: Sequence[dict[str, Any]], *, parallel_limit: int | None = None) -> Batch:
         """Submit stages with dependencies (e.g. AlphaCal → ImageReconstruction → AnomalyDetection).
 
         Each stage is a dict with ``agent``, ``params`` and optionally ``name``,
         ``dataset_id`` and ``depends_on`` (names of earlier stages), as
         ``POST pipelines`` takes it. Displays as a live timeline.
         """
-        answer = self.client.request("POST", "pipelines", {"stages": list(stages), **fields})
+        answer = self.client.submit_pipeline(list(stages), parallel_limit)
         records = answer.get("jobs", answer) if isinstance(answer, dict) else answer
         batch_id = answer.get("pipeline_id", answer.get("batch_id")) if isinstance(answer, dict) else None
         return Batch(self, [Job(self, r) for r in records], batch_id)
@@ -606,7 +593,7 @@ class Lab:
 
     def resources(self) -> Any:
         """GPU pools: backend, model, total and free GPUs."""
-        return self.client.request("GET", "jobs/resources/available")
+        return self.client.resources()
 
     # -- widgets
     def queue(self, *, limit: int = 1000, agent: str | None = None, dataset_id: str | None = None,
@@ -646,25 +633,14 @@ class Lab:
             page += 1
         return records[:limit]
 
+    def _latest_event_id(self) -> int:
+        return int(self.client.request("GET", "events/latest")["last_event_id"])
+
     def _gpu_history(self, seconds: float) -> dict[str, Any]:
-        body = self.client.gpu_history(seconds)
+        body = self.client.gpu_history(int(seconds))
         if isinstance(body, dict) and "gpus" not in body:
             body = {**body, **{k: v for k, v in self.client.gpus().items() if k in ("gpus", "available", "reason")}}
         return body
-
-    def _download(self, url: str) -> bytes:
-        if url.startswith(("http://", "https://")):
-            full = url
-        elif url.startswith("/"):
-            parts = urllib.parse.urlparse(self.url)
-            full = f"{parts.scheme}://{parts.netloc}{url}"
-        else:
-            full = urllib.parse.urljoin(self.url.rstrip("/") + "/", url)
-        request = urllib.request.Request(full)
-        if self.token:
-            request.add_header("Authorization", f"token {self.token}")
-        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - the server's own URL
-            return response.read()
 
 
 def _q(value: str) -> str:

@@ -165,8 +165,9 @@ class EventFeed:
     references any more stops receiving events without being told.
     """
 
-    def __init__(self, subscribe: Callable[..., Any]) -> None:
+    def __init__(self, subscribe: Callable[..., Any], latest: Callable[[], int] | None = None) -> None:
         self._subscribe = subscribe
+        self._latest = latest
         self._listeners: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._subscription: Any = None
@@ -177,7 +178,10 @@ class EventFeed:
         with self._lock:
             self._listeners.add(listener)
             if self._subscription is None:
-                self._subscription = self._subscribe(self.dispatch, after=None)
+                # The starting point is read here, before the caller reads any snapshot:
+                # nothing that happens after the snapshot can fall before the stream.
+                after = self._latest() if self._latest is not None else None
+                self._subscription = self._subscribe(self.dispatch, after=after)
 
     def remove(self, listener: Listener) -> None:
         with self._lock:

@@ -29,7 +29,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     });
     panel.title.icon = cosmicIcon;
     app.shell.add(panel, 'left', { rank: 850 });
-    panel.start();
+    void panel.start();
     // For the browser tests and benchmarks: the panel's state, read-only use.
     (window as any).cosmicHorizonsPanel = panel;
   }

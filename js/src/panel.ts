@@ -81,7 +81,13 @@ export class JobsPanel extends Widget {
   }
 
   /** Open the event stream first, then load the list: no change falls between. */
-  start(): void {
+  async start(): Promise<void> {
+    try {
+      const latest = await requestAPI<any>('events/latest');
+      this.stream.lastId = Number(latest?.last_event_id ?? 0);
+    } catch {
+      // An older server: replay from the start, which also misses nothing.
+    }
     this.stream.connect();
     void this.reload();
     void this.refreshGpus();
