@@ -136,6 +136,7 @@ class CosmicHorizons(ExtensionApp):
     # -- wiring ------------------------------------------------------------------------
     def initialize_settings(self) -> None:
         self.ready = asyncio.Event()
+        self._start_lock = asyncio.Lock()
         self.bus = EventBus()
         self.outputs = OutputIndex()
         self.datasets = DatasetRegistry(self.datasets_path)
@@ -181,13 +182,27 @@ class CosmicHorizons(ExtensionApp):
         self.handlers.extend((url_path_join(API_PREFIX, pattern), handler) for pattern, handler in routes())
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
-        await self.store.open()
-        await self.execution_backend.start()
-        await self.orchestrator.start()
-        await self.telemetry.start()
-        self.ready.set()
+        await self.ensure_started()
+
+    async def ensure_started(self) -> None:
+        """Open the store, re-attach to running jobs, start the loop — once.
+
+        jupyter-server calls this after its loop starts; the first request
+        calls it too, so an embedding that never runs the server's start hook
+        (a test harness, another launcher) still works.
+        """
+        async with self._start_lock:
+            if self.ready.is_set():
+                return
+            await self.store.open()
+            await self.execution_backend.start()
+            await self.orchestrator.start()
+            await self.telemetry.start()
+            self.ready.set()
 
     async def stop_extension(self) -> None:
+        if not self.ready.is_set():
+            return
         await self.orchestrator.stop()
         await self.telemetry.stop()
         await self.execution_backend.stop()

@@ -69,7 +69,7 @@ class APIBase(ExtensionHandlerMixin, APIHandler):
         if self.correlation_id:
             self.set_header("X-Correlation-ID", self.correlation_id)
         await ensure_async(super().prepare())
-        await self.app.ready.wait()
+        await self.app.ensure_started()
 
     def json_body(self) -> Any:
         if len(self.request.body) > self.app.max_body_bytes:
@@ -356,6 +356,7 @@ class EventStreamHandler(ExtensionHandlerMixin, JupyterHandler, websocket.WebSoc
         return self.current_user.username
 
     async def pre_get(self) -> None:
+        await self.extensionapp.ensure_started()
         user = self.current_user
         allowed = await ensure_async(self.authorizer.is_authorized(self, user, "read", AUTH_RESOURCE))
         if not allowed:

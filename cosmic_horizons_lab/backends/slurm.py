@@ -670,6 +670,12 @@ class SlurmBackend(Backend):
         if spec.after_ok:
             self._after_ok[backend_id] = list(spec.after_ok)
 
+    async def adopt(self, backend_id: str, spec: LaunchSpec) -> None:
+        """Re-attach to a job submitted before a restart: only what poll() reads locally."""
+        self._job_dirs[backend_id] = Path(spec.job_dir)
+        if spec.after_ok:
+            self._after_ok[backend_id] = list(spec.after_ok)
+
     async def submit(self, spec: LaunchSpec) -> str:
         job_dir = Path(spec.job_dir)
         script = job_dir / "slurm.sbatch"
@@ -852,7 +858,7 @@ class SlurmBackend(Backend):
             state.exit_code = exit_code_of(code, sig)
             detail["exit_code_raw"] = f"{code}:{sig}" if code is not None else None
         if status == "FAILED" and reason == "failed":
-            state.reason = e.reason if e.reason and e.reason != "None" else "failed"
+            state.reason = _failed_reason(state.exit_code, e.reason)
         self._decorate(backend_id, state)
         return state
 
@@ -879,8 +885,8 @@ class SlurmBackend(Backend):
             uid = words[2]
             detail["cancelled_by_uid"] = int(uid) if uid.isdigit() else uid
             detail["cancelled_by"] = _user_name(uid)
-        if status == "FAILED" and reason == "failed" and slurm_reason not in ("", "None"):
-            state.reason = slurm_reason
+        if status == "FAILED" and reason == "failed":
+            state.reason = _failed_reason(state.exit_code, slurm_reason)
         self._decorate(backend_id, state)
         return state
 
@@ -968,6 +974,11 @@ class SlurmBackend(Backend):
                     state = self._from_sacct(bid, row)
                     if queued is not None and state.status not in TERMINAL:
                         state = queued  # accounting has not caught up with the controller yet
+                    elif queued is not None:
+                        # accounting may lag on some fields: keep what the queue said
+                        for key, value in queued.detail.items():
+                            if key != "source":
+                                state.detail.setdefault(key, value)
                     if state.status in TERMINAL:
                         self._finish(bid, state, result)
                     else:
@@ -978,8 +989,9 @@ class SlurmBackend(Backend):
                     self._finish(bid, queued, result)
                 elif rows is None:
                     # accounting unreachable: say what we last knew, declare nothing lost
-                    if bid in self._last:
-                        result[bid] = self._last[bid]
+                    result[bid] = self._last.get(bid) or BackendJobState(
+                        status="QUEUING", detail={"source": "unconfirmed"}
+                    )
                 else:
                     since = self._missing_since.setdefault(bid, now)
                     if now - since >= self.lost_grace_seconds:
@@ -992,8 +1004,12 @@ class SlurmBackend(Backend):
                             },
                         )
                         self._finish(bid, lost, result)
-                    elif bid in self._last:
-                        result[bid] = self._last[bid]
+                    else:
+                        # still within the grace: what we last knew, never "unknown" (which
+                        # a caller may take for lost)
+                        result[bid] = self._last.get(bid) or BackendJobState(
+                            status="QUEUING", detail={"source": "unconfirmed"}
+                        )
         return result
 
     def _finish(self, bid: str, state: BackendJobState, result: dict[str, BackendJobState]) -> None:
@@ -1107,6 +1123,16 @@ class SlurmBackend(Backend):
 
 
 _SLURM_COMMANDS = {"sbatch", "squeue", "sacct", "scancel", "sinfo", "scontrol"}
+
+
+def _failed_reason(exit_code: int | None, slurm_reason: str) -> str:
+    """Plain FAILED: ``exit_code`` (as the local backend says) for a non-zero exit, else
+    Slurm's reason (``JobLaunchFailure``, ``RaisedSignal:9(Killed)``...)."""
+    if exit_code is not None and exit_code > 0:
+        return "exit_code"
+    if slurm_reason and slurm_reason not in ("None", "NonZeroExitCode"):
+        return slurm_reason
+    return "signal" if exit_code is not None and exit_code < 0 else "failed"
 
 
 def _valid_env_name(name: str) -> bool:

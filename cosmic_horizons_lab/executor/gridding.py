@@ -122,21 +122,23 @@ def ifft2_unnormalised(grid: torch.Tensor) -> torch.Tensor:
 
 def _grid_chunk(grid_flat: torch.Tensor, nv: int, nu: int, u: torch.Tensor, v: torch.Tensor,
                 vis: torch.Tensor, kernel: Kernel) -> None:
-    """Add one chunk of visibilities (already in grid-cell units) to ``grid_flat`` (Nv*Nu, 2)."""
+    """Add one chunk of visibilities (grid-cell units, float64) to ``grid_flat`` (Nv*Nu complex).
+
+    Positions stay float64 until the offset from the first covered cell is
+    taken: that offset is small, so the kernel can be evaluated in float32
+    without losing the accuracy a float32 grid keeps anyway.
+    """
     half = kernel.support / 2
-    k = torch.arange(kernel.support, device=u.device)
+    k = torch.arange(kernel.support, device=u.device, dtype=torch.float32)
     u0 = torch.floor(u - half) + 1
     v0 = torch.floor(v - half) + 1
-    cu = u0[:, None] + k  # (n, W) cell indices
-    cv = v0[:, None] + k
-    ku = kernel.values(cu - u[:, None]).to(torch.float32)
-    kv = kernel.values(cv - v[:, None]).to(torch.float32)
-    iu = torch.remainder(cu.long(), nu)
-    iv = torch.remainder(cv.long(), nv)
+    ku = kernel.values((u0 - u).to(torch.float32)[:, None] + k)  # (n, W)
+    kv = kernel.values((v0 - v).to(torch.float32)[:, None] + k)
+    ik = k.long()
+    iu = torch.remainder(u0.long()[:, None] + ik, nu)
+    iv = torch.remainder(v0.long()[:, None] + ik, nv)
     idx = (iv[:, :, None] * nu + iu[:, None, :]).reshape(-1)
-    wgt = (kv[:, :, None] * ku[:, None, :])  # (n, W, W)
-    contrib = torch.stack([(wgt * vis.real[:, None, None]).reshape(-1),
-                           (wgt * vis.imag[:, None, None]).reshape(-1)], dim=1)
+    contrib = ((kv * vis[:, None])[:, :, None] * ku[:, None, :]).reshape(-1)
     grid_flat.index_add_(0, idx, contrib)
 
 
@@ -187,18 +189,17 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
             lo, hi = 0, len(vals)
         if hi <= lo:
             continue
-        grid = torch.zeros((nv * nu, 2), dtype=torch.float32, device=device)
+        grid = torch.zeros(nv * nu, dtype=torch.complex64, device=device)
         for s in range(lo, hi, step):
             e = min(hi, s + step)
             u = torch.from_numpy(u_pix[s:e]).to(device, torch.float64)
             v = torch.from_numpy(v_pix[s:e]).to(device, torch.float64)
             val = torch.from_numpy(vals[s:e]).to(device)
             if use_w:
-                wk = kernel.values(torch.from_numpy(plane - w_pix[s:e]).to(device)).to(torch.float32)
+                wk = kernel.values(torch.from_numpy(plane - w_pix[s:e]).to(device, torch.float32))
                 val = val * wk
             _grid_chunk(grid, nv, nu, u, v, val, kernel)
-        g = torch.view_as_complex(grid.view(nv, nu, 2))
-        plane_img = ifft2_unnormalised(g)
+        plane_img = ifft2_unnormalised(grid.view(nv, nu))
         # centre crop: pixel offsets -n/2 .. n/2-1 live at the two ends of the FFT output
         plane_img = torch.roll(plane_img, shifts=(oy, ox), dims=(0, 1))[:geom.npix_y, :geom.npix_x]
         plane_img = plane_img.to(torch.complex128)
