@@ -59,7 +59,7 @@ def _bins(n: int, width: int) -> np.ndarray:
 
 
 def stefcal(vis: torch.Tensor, model: torch.Tensor, weight: torch.Tensor, n_ant: int,
-            i1: torch.Tensor, i2: torch.Tensor, max_iter: int = 200, tol: float = 1e-7
+            i1: torch.Tensor, i2: torch.Tensor, max_iter: int = 200, tol: float = 1e-6
             ) -> tuple[torch.Tensor, int]:
     """Solve gains for a batch of cells.
 

@@ -15,6 +15,9 @@ from .agent import Agent
 
 BUILTIN_AGENTS: dict[str, str] = {
     "Script": "cosmic_horizons_lab.executor.script:ScriptAgent",
+    "AlphaCal": "cosmic_horizons_lab.executor.alphacal:AlphaCalAgent",
+    "ImageReconstruction": "cosmic_horizons_lab.executor.reconstruction:ImageReconstructionAgent",
+    "AnomalyDetection": "cosmic_horizons_lab.executor.anomaly:AnomalyDetectionAgent",
 }
 
 
