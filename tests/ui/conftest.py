@@ -121,13 +121,19 @@ class LabServer:
 def start_lab(root: Path, state: Path, extra: list[str] | None = None) -> LabServer:
     port = free_port()
     token = secrets.token_hex(16)
-    for name in ("runtime", "config", "data"):
+    for name in ("runtime", "config", "data", "workspaces"):
         (state / name).mkdir(parents=True, exist_ok=True)
+    # No "get notified about news?" toast over the screenshots.
+    notification = state / "settings" / "@jupyterlab" / "apputils-extension"
+    notification.mkdir(parents=True, exist_ok=True)
+    (notification / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
     env = {
         **os.environ,
         "JUPYTER_RUNTIME_DIR": str(state / "runtime"),
         "JUPYTER_CONFIG_DIR": str(state / "config"),
         "JUPYTER_PLATFORM_DIRS": "1",
+        "JUPYTERLAB_SETTINGS_DIR": str(state / "settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(state / "workspaces"),
         "PYTHONUNBUFFERED": "1",
     }
     # Each kernel finds this server in JUPYTER_RUNTIME_DIR's list: Lab() needs no argument.

@@ -1,0 +1,98 @@
+"""The notebook widgets in a real notebook, in headless Chromium.
+
+A notebook run top to bottom shows a JobQueue and a JobProgress that follow a
+job to COMPLETED live (updates come from the kernel's background threads over
+the comm channel), and a GPU heatmap in its "no GPU" state.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import copy_to_docs, screenshot
+
+pytestmark = pytest.mark.ui
+
+CELLS = [
+    "from cosmic_horizons_lab.lab import Lab\nlab = Lab()\nlab",
+    "queue = lab.queue()\nqueue",
+    'job = lab.submit("Script", params={"path": "fast.py"})\njob',
+    "gpus = lab.gpus()\ngpus",
+]
+
+WATCH = """
+() => {
+  window.__seen = [];
+  new MutationObserver(records => {
+    for (const r of records) {
+      const el = r.target;
+      if (el.classList && el.classList.contains('chw-progress')) {
+        window.__seen.push(el.dataset.status);
+      }
+    }
+  }).observe(document.body, {subtree: true, attributes: true, attributeFilter: ['data-status']});
+}
+"""
+
+
+def write_notebook(path, cells) -> None:
+    nb = {
+        "cells": [{"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {}, "outputs": [],
+                   "source": src} for i, src in enumerate(cells)],
+        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+        "nbformat": 4, "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(nb))
+
+
+def run_all(page, n_cells: int) -> None:
+    """Wait for the kernel to be idle, then run every cell (Shift+Enter from the first)."""
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+    page.locator(".jp-Notebook .jp-Cell").first.locator(".jp-InputPrompt").click()
+    for _ in range(n_cells):
+        page.keyboard.press("Shift+Enter")
+
+
+def test_queue_and_progress_render_and_update_live(page, lab_server) -> None:
+    write_notebook(lab_server.root / "widgets.ipynb", CELLS)
+    page.goto(lab_server.lab_url("lab/tree/widgets.ipynb"))
+    page.wait_for_selector(".jp-Notebook", timeout=60_000)
+    page.evaluate(WATCH)
+    run_all(page, len(CELLS))
+    progress = page.locator(".chw-progress").first
+    progress.wait_for(timeout=60_000)
+    page.wait_for_selector(".chw-progress[data-status='COMPLETED']", timeout=60_000)
+    job_id = progress.get_attribute("data-job-id")
+    assert job_id
+    seen = page.evaluate("window.__seen")
+    assert seen[-1] == "COMPLETED" and any(s != "COMPLETED" for s in seen), seen  # it moved, live
+    page.wait_for_selector(f".chw-queue tr[data-job-id='{job_id}'][data-status='COMPLETED']", timeout=30_000)
+    assert lab_server.request("GET", f"jobs/{job_id}")["status"] == "COMPLETED"
+    # The GPU heatmap: this machine has no GPU, and says so.
+    page.wait_for_selector(".chw-heatmap[data-state='none']", timeout=30_000)
+    assert "No GPU on this server" in page.locator(".chw-heatmap .chw-nogpu").inner_text()
+    screenshot(page, "widget-progress", selector=".chw-progress")
+    screenshot(page, "widget-queue", selector=".chw-queue")
+    screenshot(page, "widget-heatmap-nogpu", selector=".chw-heatmap")
+    screenshot(page, "notebook-widgets")
+    for name in ("widget-progress", "widget-queue", "widget-heatmap-nogpu", "notebook-widgets"):
+        copy_to_docs(name)
+
+
+def test_cancel_from_the_queue_widget(page, lab_server) -> None:
+    cells = [
+        "from cosmic_horizons_lab.lab import Lab\nlab = Lab()",
+        'job = lab.submit("Script", params={"path": "slow.py"})\nqueue = lab.queue()\nqueue',
+    ]
+    write_notebook(lab_server.root / "cancel.ipynb", cells)
+    page.goto(lab_server.lab_url("lab/tree/cancel.ipynb"))
+    page.wait_for_selector(".jp-Notebook", timeout=60_000)
+    run_all(page, len(cells))
+    running = page.locator(".chw-queue tr[data-status='RUNNING']").first
+    running.wait_for(timeout=60_000)
+    job_id = running.get_attribute("data-job-id")
+    running.locator("button.chw-cancel").click()
+    page.wait_for_selector(f".chw-queue tr[data-job-id='{job_id}'][data-status='CANCELLED']", timeout=30_000)
+    assert lab_server.wait_status(job_id, {"CANCELLED"}, timeout=20)["status"] == "CANCELLED"
