@@ -196,7 +196,7 @@ async def test_token_requests_without_a_named_user_all_belong_to_the_owner(jp_se
 BAD_SUBMISSIONS = [
     ({"agent": "NoSuchAgent"}, 422, "agent"),
     ({"params": {}}, 422, "agent"),
-    (SEED_PAYLOAD, 422, "agent"),
+    (SEED_PAYLOAD, 422, "dataset_id"),  # AlphaCal exists; this archive has no such dataset
     ({"agent": "Script", "params": {"path": "job.py", "gpu_count": 9}}, 422, "params.gpu_count"),
     ({"agent": "Script", "params": {"path": "job.py", "gpu_count": -1}}, 422, "params.gpu_count"),
     ({"agent": "Script", "params": {"path": "job.py", "gpu_count": "2"}}, 422, "params.gpu_count"),

@@ -159,8 +159,8 @@ def test_state_mapping_table():
 
 
 def test_sacct_and_small_parsers():
-    text = "5_[2-5%2]|5|CANCELLED by 0|0:0|0:0|JobArrayTaskLimit|root||gpu|None|2026|00:00:00\n" \
-           "7|7|FAILED|0:9|0:0|None|root|vm|gpu|x|y|00:00:01\n"  # fmt: skip
+    text = "5_[2-5%2]|5|CANCELLED by 0|0:0|0:0|JobArrayTaskLimit|root||gpu|None|2026|00:00:00|0\n" \
+           "7|7|FAILED|0:9|0:0|None|root|vm|gpu|x|y|00:00:01|0\n"  # fmt: skip
     rows = parse_sacct(text)
     assert sacct_lookup(rows, "5_3")["State"] == "CANCELLED by 0"
     assert sacct_lookup(rows, "5_7") is None

@@ -49,6 +49,12 @@ def write_notebook(path, cells) -> None:
 
 def run_all(page, n_cells: int) -> None:
     """Wait for the kernel to be idle, then run every cell (Shift+Enter from the first)."""
+    # The execution indicator says "idle" before any kernel exists: wait for the kernel's own idle.
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('.jp-StatusBar-TextItem')]
+                 .some(e => /ipykernel\\) \\| Idle/.test(e.textContent))""",
+        timeout=60_000,
+    )
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
     page.locator(".jp-Notebook .jp-Cell").first.locator(".jp-InputPrompt").click()
     for _ in range(n_cells):
