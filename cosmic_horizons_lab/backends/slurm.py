@@ -336,7 +336,7 @@ class QueueSnapshot:
 
 SACCT_FIELDS = (
     "JobID", "JobIDRaw", "State", "ExitCode", "DerivedExitCode", "Reason", "User", "NodeList",
-    "Partition", "Start", "End", "Elapsed",
+    "Partition", "Start", "End", "Elapsed", "UID",
 )  # fmt: skip
 
 
@@ -528,6 +528,7 @@ class SlurmBackend(Backend):
         self._job_dirs: dict[str, Path] = {}
         self._after_ok: dict[str, list[str]] = {}
         self._cancel_requested: dict[str, float] = {}
+        self._cancelled_pending: set[str] = set()
         self._snapshot: QueueSnapshot | None = None
         self._snapshot_lock = asyncio.Lock()
         self._backoff_until = 0.0
@@ -873,6 +874,9 @@ class SlurmBackend(Backend):
             "exit_code_raw": row.get("ExitCode", ""),
             "source": "sacct",
         }
+        uid = row.get("UID", "")
+        if uid.isdigit():  # User can lag behind (it said root for a user's job right after it ended)
+            row = {**row, "User": _user_name(uid)}
         for src, dst in (("User", "user"), ("NodeList", "nodes"), ("Partition", "partition"),
                          ("Start", "start"), ("End", "end"), ("Elapsed", "elapsed")):  # fmt: skip
             value = row.get(src)
@@ -976,9 +980,13 @@ class SlurmBackend(Backend):
                         state = queued  # accounting has not caught up with the controller yet
                     elif queued is not None:
                         # accounting may lag on some fields: keep what the queue said
+                        if queued.reason == "dependency_failed" and state.status == "CANCELLED":
+                            state.reason = "dependency_failed"
+                            state.detail["slurm_reason"] = queued.detail.get("slurm_reason")
+                            self._decorate(bid, state)
                         for key, value in queued.detail.items():
-                            if key != "source":
-                                state.detail.setdefault(key, value)
+                            if key in ("user", "partition", "nodes", "dependency"):
+                                state.detail[key] = value
                     if state.status in TERMINAL:
                         self._finish(bid, state, result)
                     else:
@@ -992,6 +1000,16 @@ class SlurmBackend(Backend):
                     result[bid] = self._last.get(bid) or BackendJobState(
                         status="QUEUING", detail={"source": "unconfirmed"}
                     )
+                elif bid in self._cancelled_pending:
+                    # A pending array element that is cancelled vanishes without a trace
+                    # (no squeue entry, no accounting record): we asked, it is gone.
+                    gone = BackendJobState(
+                        status="CANCELLED",
+                        reason="cancelled",
+                        detail={"cancel_requested": True, "source": "absence",
+                                "message": "cancelled before it started; Slurm kept no record"},
+                    )  # fmt: skip
+                    self._finish(bid, gone, result)
                 else:
                     since = self._missing_since.setdefault(bid, now)
                     if now - since >= self.lost_grace_seconds:
@@ -1026,6 +1044,7 @@ class SlurmBackend(Backend):
             self._job_dirs.pop(bid, None)
             self._after_ok.pop(bid, None)
             self._cancel_requested.pop(bid, None)
+            self._cancelled_pending.discard(bid)
 
     # ------------------------------------------------------------------ cancel
 
@@ -1037,6 +1056,12 @@ class SlurmBackend(Backend):
         """
         if backend_id in self._terminal:
             return
+        # Was it pending? A pending array element that is cancelled leaves no trace at all,
+        # and its absence must then read as "cancelled", not as "lost".
+        try:
+            entry = (await self._queue_snapshot()).lookup(backend_id)
+        except BackendUnavailable:
+            entry = None
         argv = self._argv(self.scancel_command, backend_id)
         rc, out, err = await self._run(argv, self.command_timeout)
         # scancel exits 0 for an unknown id but prints errors for refused ones with some versions
@@ -1046,6 +1071,8 @@ class SlurmBackend(Backend):
                 return  # gone already: the next poll reports how it ended
             self._fail(argv, rc or 1, out, err)
         self._cancel_requested[backend_id] = time.monotonic()
+        if entry is not None and map_slurm_state(entry.states, entry.reason)[0] == "QUEUING":
+            self._cancelled_pending.add(backend_id)
 
     async def _scancel_quietly(self, ids: list[str]) -> None:
         try:
