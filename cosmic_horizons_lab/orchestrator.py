@@ -18,6 +18,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -83,6 +84,12 @@ class Orchestrator:
         self._stopping = False
         self._terminal_waiters: dict[str, list[asyncio.Future]] = {}
         self._pending: list[tuple[str, Submission, str | None, str | None, asyncio.Future]] = []
+        #: ``async check(tx, user, submission)`` run inside the submission's transaction, before
+        #: the job is added; raising a LabError refuses that submission (quotas hook in here).
+        self.submit_checks: list[Callable[[Tx, str, Submission], Awaitable[None]]] = []
+        #: ``hook(tx, job, previous_status)`` run inside the transaction of every transition
+        #: (cost charging and webhook outbox rows hook in here, so they commit with the change).
+        self.transition_hooks: list[Callable[[Tx, Job, str], None]] = []
         self._writer: asyncio.Task | None = None
         self._backend_retry_at = 0.0
         self._backend_backoff = 0.0
@@ -187,6 +194,8 @@ class Orchestrator:
                             continue
                         try:
                             await self._check_parents(tx, user, sub.depends_on, "depends_on")
+                            for check in self.submit_checks:
+                                await check(tx, user, sub)
                         except LabError as exc:
                             outcomes.append((fut, exc, False))
                             continue
@@ -227,6 +236,8 @@ class Orchestrator:
         async with self.store.write() as tx:
             for i, sub in enumerate(subs):
                 await self._check_parents(tx, user, sub.depends_on, f"jobs[{i}].depends_on")
+                for check in self.submit_checks:
+                    await check(tx, user, sub)
             batch = Batch(id=_new_id(), user=user, parallel_limit=limit, kind="batch", created_at=utcnow())
             tx.session.add(batch)
             jobs = [self._add_job(tx, user, sub, correlation_id=correlation_id, batch=batch) for sub in subs]
@@ -272,6 +283,8 @@ class Orchestrator:
                 parents = [ids.get(p, p) for p in sub.depends_on]
                 outside = [p for p in sub.depends_on if p not in ids]
                 await self._check_parents(tx, user, outside, f"stages[{i}].depends_on")
+                for check in self.submit_checks:
+                    await check(tx, user, sub)
                 sub.depends_on = parents
                 jobs[names[i]] = self._add_job(
                     tx, user, sub, correlation_id=correlation_id, batch=batch, job_id=ids[names[i]]
@@ -460,6 +473,8 @@ class Orchestrator:
             body["error"] = job.error
         body.update(payload or {})
         tx.emit(EVENT_FOR[status], user=job.user, job=job, payload=body, ts=now)
+        for hook in self.transition_hooks:
+            hook(tx, job, previous)
         return True
 
     def _spec(self, job: Job, inputs: list[str]) -> LaunchSpec:
