@@ -115,7 +115,8 @@ class LabServer:
             time.sleep(0.1)
 
     def lab_url(self, path: str = "lab") -> str:
-        return f"{self.url}{path}?token={self.token}"
+        # reset: a fresh workspace, so no notebook of an earlier test reopens beside this one.
+        return f"{self.url}{path}?reset&token={self.token}"
 
 
 def start_lab(root: Path, state: Path, extra: list[str] | None = None) -> LabServer:
