@@ -107,7 +107,7 @@ class Orchestrator:
             ).all()
         for job in rows:
             if job.backend_job_id:
-                await self.backend.adopt(job.backend_job_id, self._spec(job, []))
+                await self.backend.adopt(job.backend_job_id, self._spec(job))
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
@@ -477,7 +477,7 @@ class Orchestrator:
             hook(tx, job, previous)
         return True
 
-    def _spec(self, job: Job, inputs: list[str]) -> LaunchSpec:
+    def _spec(self, job: Job, after_ok: list[str] | None = None) -> LaunchSpec:
         return LaunchSpec(
             job_id=job.id,
             job_dir=jobdir.job_dir(self.work_dir, job.user, job.id),
@@ -487,14 +487,22 @@ class Orchestrator:
             max_runtime_seconds=job.max_runtime_seconds,
             correlation_id=job.correlation_id,
             name=f"ch-{job.agent}-{job.id[:8]}",
+            after_ok=list(after_ok or []),
         )
 
     async def dispatch(self) -> None:
-        """Start the queued jobs that can start now, highest priority first, FIFO within one."""
+        """Start the queued jobs that can start now, highest priority first, FIFO within one.
+
+        A job waits for its parents; a backend that enforces dependencies itself
+        (Slurm's ``afterok``) gets it as soon as its parents are submitted. A
+        batch of one agent goes to a backend with arrays as one array whose
+        parallel limit the backend enforces; otherwise the limit is ours.
+        """
         if time.monotonic() < self._backend_retry_at:
             return
         if self.backend.free_slots(0) == 0:
             return  # every slot is busy: nothing can start, so don't even look
+        features = self.backend.supported_features()
         async with self.store.read() as session:
             queued = (
                 await session.scalars(
@@ -507,17 +515,17 @@ class Orchestrator:
             if not queued:
                 return
             batch_ids = {j.batch_id for j in queued if j.batch_id}
-            limits: dict[str, int | None] = {}
+            batches: dict[str, Batch] = {}
+            agents_in: dict[str, set[str]] = {}
             active: Counter[str] = Counter()
             if batch_ids:
-                for b in (await session.scalars(sa.select(Batch).where(Batch.id.in_(batch_ids)))).all():
-                    limits[b.id] = b.parallel_limit
-                rows = await session.execute(
-                    sa.select(Job.batch_id, sa.func.count())
-                    .where(Job.batch_id.in_(batch_ids), Job.status.in_(list(ACTIVE)))
-                    .group_by(Job.batch_id)
-                )
-                active.update(dict(rows.all()))
+                batches = {b.id: b for b in (await session.scalars(sa.select(Batch).where(Batch.id.in_(batch_ids)))).all()}
+                for batch_id, agent, status in (
+                    await session.execute(sa.select(Job.batch_id, Job.agent, Job.status).where(Job.batch_id.in_(batch_ids)))
+                ).all():
+                    agents_in.setdefault(batch_id, set()).add(agent)
+                    if status in ACTIVE:
+                        active[batch_id] += 1
             parent_ids = {p for j in queued for p in (j.depends_on or [])}
             parents: dict[str, Job] = {}
             if parent_ids:
@@ -525,25 +533,40 @@ class Orchestrator:
                     p.id: p for p in (await session.scalars(sa.select(Job).where(Job.id.in_(parent_ids)))).all()
                 }
         dependency_failed: list[Job] = []
+        arrays_sent: set[str] = set()
         for job in queued:
             deps = [parents.get(p) for p in job.depends_on or []]
             if any(d is None or d.status in (Status.FAILED, Status.CANCELLED) for d in deps):
                 dependency_failed.append(job)
                 continue
-            if any(d.status != Status.COMPLETED for d in deps):
+            waiting = [d for d in deps if d.status != Status.COMPLETED]
+            if waiting and not (
+                "dependencies" in features and all(d.backend_job_id and d.status in ACTIVE for d in waiting)
+            ):
                 continue
-            limit = limits.get(job.batch_id) if job.batch_id else None
-            if limit is not None and active[job.batch_id] >= limit:
+            after_ok = [d.backend_job_id for d in waiting]
+            batch = batches.get(job.batch_id) if job.batch_id else None
+            if (
+                batch is not None and batch.kind == "batch" and "arrays" in features
+                and len(agents_in.get(batch.id, ())) == 1 and not job.depends_on
+            ):
+                if batch.id not in arrays_sent:
+                    arrays_sent.add(batch.id)
+                    group = [j for j in queued if j.batch_id == batch.id and not j.depends_on]
+                    if await self._launch_array(group, batch.parallel_limit) is None:
+                        break
+                continue
+            limit = batch.parallel_limit if batch is not None else None
+            if limit is not None and active[batch.id] >= limit:
                 continue
             free = self.backend.free_slots(job.gpu_count)
             if free is not None and free <= 0:
                 break  # strict priority: a smaller job does not overtake a waiting bigger one
-            inputs = [str(jobdir.job_dir(self.work_dir, d.user, d.id) / "outputs") for d in deps]
-            started = await self._launch(job, inputs)
+            started = await self._launch(job, deps, after_ok)
             if started is None:
                 break  # the backend is unreachable: try again after the backoff
-            if started and job.batch_id:
-                active[job.batch_id] += 1
+            if started and batch is not None:
+                active[batch.id] += 1
         if dependency_failed:
             async with self.store.write() as tx:
                 for stale in dependency_failed:
@@ -554,9 +577,9 @@ class Orchestrator:
                             error="a job this one depends on failed or was cancelled",
                         )
 
-    async def _launch(self, job: Job, inputs: list[str]) -> bool | None:
-        """Hand one job to the backend: True started, False failed to start, None backend down."""
-        spec = self._spec(job, inputs)
+    def _prepare(self, job: Job, parents: list[Job], after_ok: list[str] | None = None) -> LaunchSpec:
+        """Write the job's ``job.json`` (its inputs are its parents' outputs) and describe its launch."""
+        spec = self._spec(job, after_ok)
         dataset = self.datasets.get(job.dataset_id) if job.dataset_id else None
         jobdir.write_job_file(
             spec.job_dir,
@@ -565,13 +588,18 @@ class Orchestrator:
                 "agent": job.agent,
                 "params": job.params,
                 "dataset": dataset.ref() if dataset else None,
-                "inputs": inputs,
+                "inputs": [str(jobdir.job_dir(self.work_dir, p.user, p.id) / "outputs") for p in parents],
                 "correlation_id": job.correlation_id,
                 "user": job.user,
                 "server_root": str(self.server_root),
                 "attempt": job.attempts + 1,
             },
         )
+        return spec
+
+    async def _launch(self, job: Job, parents: list[Job], after_ok: list[str]) -> bool | None:
+        """Hand one job to the backend: True started, False failed to start, None backend down."""
+        spec = self._prepare(job, parents, after_ok)
         try:
             backend_id = await self.backend.submit(spec)
         except BackendUnavailable as exc:
@@ -584,23 +612,51 @@ class Orchestrator:
                 self._transition(tx, current, Status.FAILED, reason="submit_failed", error=str(exc))
             return False
         self._backend_up()
+        return bool(await self._record_launch({job.id: backend_id}))
+
+    async def _launch_array(self, jobs: list[Job], parallel_limit: int | None) -> bool | None:
+        specs = [self._prepare(job, []) for job in jobs]
+        try:
+            backend_ids = await self.backend.submit_array(specs, parallel_limit)
+        except BackendUnavailable as exc:
+            self._backend_down(str(exc))
+            return None
+        except Exception as exc:
+            log.exception("backend refused an array of %d jobs", len(jobs))
+            async with self.store.write() as tx:
+                for job in jobs:
+                    current = await tx.session.get(Job, job.id)
+                    self._transition(tx, current, Status.FAILED, reason="submit_failed", error=str(exc))
+            return False
+        self._backend_up()
+        return bool(await self._record_launch({job.id: bid for job, bid in zip(jobs, backend_ids)}))
+
+    async def _record_launch(self, launched: dict[str, str]) -> int:
+        """Record what the backend accepted: a run each, QUEUING. Returns how many were recorded."""
+        taken_back: list[str] = []
+        recorded = 0
         async with self.store.write() as tx:
-            current = await tx.session.get(Job, job.id)
-            if current.status != Status.QUEUED:
-                # Cancelled while we were submitting it: take it back from the backend.
-                await self.backend.cancel(backend_id)
-                return False
-            current.attempts += 1
-            current.backend_job_id = backend_id
-            tx.session.add(
-                Run(
-                    job_id=current.id, attempt=current.attempts, backend=self.backend.name,
-                    backend_job_id=backend_id, status=Status.QUEUING.value, events_offset=0,
-                    submitted_at=utcnow(),
+            for job_id, backend_id in launched.items():
+                current = await tx.session.get(Job, job_id)
+                if current.status != Status.QUEUED:
+                    taken_back.append(backend_id)  # cancelled while we were submitting it
+                    continue
+                current.attempts += 1
+                current.backend_job_id = backend_id
+                tx.session.add(
+                    Run(
+                        job_id=current.id, attempt=current.attempts, backend=self.backend.name,
+                        backend_job_id=backend_id, status=Status.QUEUING.value, events_offset=0,
+                        submitted_at=utcnow(),
+                    )
                 )
-            )
-            self._transition(tx, current, Status.QUEUING, payload={"backend_job_id": backend_id, "attempt": current.attempts})
-        return True
+                self._transition(
+                    tx, current, Status.QUEUING, payload={"backend_job_id": backend_id, "attempt": current.attempts}
+                )
+                recorded += 1
+        for backend_id in taken_back:
+            await self.backend.cancel(backend_id)
+        return recorded
 
     def _backend_down(self, why: str) -> None:
         self.backend_error = why
