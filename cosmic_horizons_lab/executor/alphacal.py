@@ -129,7 +129,7 @@ class AlphaCalAgent(Agent):
                           solution_interval=int(params.get("solution_interval", 0)),
                           channel_bin=int(params.get("channel_bin", 1)),
                           ref_antenna=params.get("ref_antenna"), progress=cal_progress)
-        calibrated, cal_flags = apply_gains(vs, flags, cal)
+        calibrated, cal_flags, cal_weights = apply_gains(vs, flags, cal)
         dev.synchronize(device)
         cal_s = time.perf_counter() - t0
         metrics["calibration_residual"] = cal.residual
@@ -145,7 +145,7 @@ class AlphaCalAgent(Agent):
         job.report(progress=0.9, stage="writing", visibilities_processed=n_vis,
                    vram_usage=dev.peak_memory_bytes(device), **metrics)
         out = job.outputs
-        vs.vis, vs.flags = calibrated, cal_flags
+        vs.vis, vs.flags, vs.weights = calibrated, cal_flags, cal_weights
         write_uvfits(vs, out / "calibrated.uvfits", units="Jy",
                      history=f"AlphaCal: rfi_strategy={strategy}, StEFCal, "
                              f"model={[s.__dict__ for s in sources]}")

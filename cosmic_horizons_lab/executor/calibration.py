@@ -29,6 +29,10 @@ FEEDS = {"RR": (0, 0), "LL": (1, 1), "RL": (0, 1), "LR": (1, 0),
          "XX": (0, 0), "YY": (1, 1), "XY": (0, 1), "YX": (1, 0)}
 
 
+#: A gain amplitude more than this factor from its cell's median is not trusted.
+GAIN_OUTLIER = 5.0
+
+
 @dataclass
 class CalTable:
     """Gains per solution cell: ``gains[time_bin, chan_bin, antenna, feed]``."""
@@ -153,6 +157,12 @@ def solve_gains(vs: VisibilitySet, flags: np.ndarray, model: np.ndarray, device:
                 seen.index_add_(1, i1, wt.sum(dim=1))
                 seen.index_add_(1, i2, wt.sum(dim=1))
                 ok = seen > 0
+                # A dead antenna (no signal, only noise) solves to a gain near zero, and
+                # dividing by it would blow its noise up into the image: refuse gains far
+                # from the cell's typical amplitude.
+                amp = torch.where(ok, g.abs(), torch.full_like(g.real, float("nan")))
+                typical = torch.nanmedian(amp, dim=1, keepdim=True).values
+                ok = ok & (g.abs() > typical / GAIN_OUTLIER) & (g.abs() < typical * GAIN_OUTLIER)
                 g_ref = g[:, ref:ref + 1]
                 g = g * (g_ref.conj() / g_ref.abs().clamp_min(1e-30))
                 g = torch.where(ok, g, torch.ones_like(g))
@@ -178,11 +188,15 @@ def expand_gains(cal: CalTable, nt: int, nf: int) -> tuple[np.ndarray, np.ndarra
     return cal.gains[ti][:, fi], cal.valid[ti][:, fi]
 
 
-def apply_gains(vs: VisibilitySet, flags: np.ndarray, cal: CalTable) -> tuple[np.ndarray, np.ndarray]:
-    """Calibrated visibilities ``V / (g_p conj(g_q))`` and flags (bad gains flag their data).
+def apply_gains(vs: VisibilitySet, flags: np.ndarray, cal: CalTable
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Calibrated visibilities ``V / (g_p conj(g_q))``, flags and weights.
 
-    A feed that was never solved (a dataset with only RR, say) keeps unit gains,
-    which leaves the cross hands that involve it uncorrected in that feed only.
+    Bad gains flag their data. Dividing by a small gain scales the noise up,
+    so each sample's weight is multiplied by ``|g_p g_q|²`` (normalised to a
+    median of one): a band-edge channel with a tenth of the response then
+    counts a hundred times less, instead of dominating the image with noise.
+    A feed that was never solved (a dataset with only RR, say) keeps unit gains.
     """
     nb, nt, nf, _ = vs.shape
     g, ok = expand_gains(cal, nt, nf)  # (T, F, N, 2)
@@ -192,16 +206,22 @@ def apply_gains(vs: VisibilitySet, flags: np.ndarray, cal: CalTable) -> tuple[np
     solved_feed = cal.valid.any(axis=(0, 1, 2))
     out = vs.vis.copy()
     new_flags = flags.copy()
+    weights = vs.weight_cube().astype(np.float32).copy()
     for k, p in enumerate(vs.pols):
         fa, fb = FEEDS.get(POL_NAMES.get(p, ""), (0, 0))
         ga = g[:, :, i1, fa].transpose(2, 0, 1)
         gb = g[:, :, i2, fb].transpose(2, 0, 1)
         denom = ga * np.conj(gb)
         out[..., k] = (vs.vis[..., k] / np.where(denom == 0, 1, denom)).astype(np.complex64)
+        weights[..., k] *= (np.abs(denom) ** 2).astype(np.float32)
         bad = np.zeros((nb, nt, nf), bool)
         if solved_feed[fa]:
             bad |= ~ok[:, :, i1, fa].transpose(2, 0, 1)
         if solved_feed[fb]:
             bad |= ~ok[:, :, i2, fb].transpose(2, 0, 1)
         new_flags[..., k] |= bad
-    return out, new_flags
+    good = ~new_flags & (weights > 0)
+    scale = float(np.median(weights[good])) if good.any() else 1.0
+    weights /= scale if scale > 0 else 1.0
+    weights[new_flags] = 0.0
+    return out, new_flags, weights

@@ -159,10 +159,12 @@ def flag_amplitudes(amp: torch.Tensor, flags: torch.Tensor, strategy: FlagStrate
                                 strategy.window_sizes, strategy.rho)
     current = sir_operator(current, strategy.sir_eta)
     if strategy.flag_majority:
-        unflaggable = base.all(dim=(1, 2), keepdim=True)
-        current = current | (current.float().mean(dim=2, keepdim=True) > 0.5)
-        current = current | (current.float().mean(dim=1, keepdim=True) > 0.5)
-        current = (current & ~unflaggable) | base
+        # "more than half" among the samples that exist: absent ones don't count
+        valid = (~base).float()
+        for dim in (2, 1):
+            frac = ((current & ~base).float().sum(dim=dim, keepdim=True)
+                    / valid.sum(dim=dim, keepdim=True).clamp_min(1.0))
+            current = current | (frac > 0.5)
     return current
 
 

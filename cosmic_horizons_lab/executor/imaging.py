@@ -39,22 +39,43 @@ class ImagingResult:
 
 
 def visibility_rows(vs: VisibilitySet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stokes I samples as flat rows: uvw in wavelengths (n, 3), vis (n,), usable mask (n,)."""
-    vis, flags = vs.stokes_i()
+    """Stokes I samples as flat rows: uvw in wavelengths (n, 3), vis (n,), statistical
+    weight (n,), zero where the sample is unusable."""
+    vis, flags, weight = vs.stokes_i()
     lam = C / vs.freqs
     uvw = vs.uvw[:, :, None, :] / lam[None, None, :, None]
-    usable = ~flags & vs.present[:, :, None] & np.isfinite(vis)
-    return uvw.reshape(-1, 3), vis.reshape(-1), usable.reshape(-1)
+    usable = ~flags & vs.present[:, :, None] & np.isfinite(vis) & (weight > 0)
+    return uvw.reshape(-1, 3), vis.reshape(-1), np.where(usable, weight, 0.0).reshape(-1)
+
+
+def thermal_noise(vs: VisibilitySet) -> float:
+    """Noise σ (real or imaginary part) of a unit-weight Stokes I sample, from the data.
+
+    Differences of adjacent channels cancel the sky (smooth in frequency) and
+    keep the noise (independent per channel); the MAD makes it robust to RFI
+    left in the data. With one channel, adjacent integrations are used.
+    """
+    vis, flags, weight = vs.stokes_i()
+    axis = 2 if vis.shape[2] > 1 else 1
+    # scale each sample to unit weight, so the estimate is of a weight-1 sample
+    vis = vis * np.sqrt(np.maximum(weight, 0))
+    bad = flags | (weight <= 0)
+    d = np.diff(vis, axis=axis)
+    ok = ~(np.delete(bad, 0, axis=axis) | np.delete(bad, -1, axis=axis))
+    vals = np.concatenate([d.real[ok], d.imag[ok]])
+    if vals.size == 0:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(vals - np.median(vals))) / np.sqrt(2))
 
 
 def imaging_weights(uvw: np.ndarray, usable: np.ndarray, geom: ImageGeometry, scheme: str,
                     robust: float = 0.0) -> np.ndarray:
-    """Natural, uniform or Briggs weights (Briggs 1995) per row; zero where unusable.
+    """Natural, uniform or Briggs weights (Briggs 1995) per row, from the statistical ones.
 
     Uniform and Briggs count samples per uv cell of the image's grid,
     counting each sample's Hermitian mirror too, since both fill the grid.
     """
-    w = usable.astype(np.float64)
+    w = np.asarray(usable, np.float64)
     if scheme == "natural":
         return w
     nv, nu = geom.grid_shape
@@ -89,9 +110,10 @@ def make_images(vs: VisibilitySet, device: torch.device, *, npix: int = 512,
                 epsilon: float = 1e-5, do_w: bool = True, niter: int = 1000, gain: float = 0.1,
                 threshold_sigma: float = 3.0, progress=None) -> ImagingResult:
     """Dirty image, PSF, CLEAN and restored image of a visibility set (Stokes I)."""
-    uvw, vis, usable = visibility_rows(vs)
+    uvw, vis, stat_weight = visibility_rows(vs)
+    usable = stat_weight > 0
     geom = choose_geometry(uvw, usable, npix, cell_arcsec)
-    wgt = imaging_weights(uvw, usable, geom, weighting, robust)
+    wgt = imaging_weights(uvw, stat_weight, geom, weighting, robust)
     wsum = float(wgt.sum())
     if wsum <= 0:
         raise ValueError("no unflagged visibilities to image")
@@ -102,13 +124,19 @@ def make_images(vs: VisibilitySet, device: torch.device, *, npix: int = 512,
                       progress=lambda d, t: report(0.45 + 0.35 * d / t)) / wsum
     beam = fit_beam(psf)
     clean = restored = None
+    noise = thermal_noise(vs)  # of a unit-weight sample: σ² of a sample is noise² / weight
+    image_noise = noise * float(np.sqrt((wgt**2 / np.where(usable, stat_weight, 1.0)).sum())) / wsum
     if niter > 0:
-        clean = hogbom(dirty, psf, device, gain=gain, niter=niter, threshold_sigma=threshold_sigma)
+        # A residual's own σ is mostly sidelobes when the uv coverage is sparse, so the
+        # stopping level comes from the visibilities' thermal noise instead.
+        clean = hogbom(dirty, psf, device, gain=gain, niter=niter,
+                       threshold=threshold_sigma * image_noise)
         restored = restore(clean.model, clean.residual, beam)
     report(1.0)
     return ImagingResult(geometry=geom, dirty=dirty, psf=psf, beam=beam, clean=clean,
                          restored=restored, n_visibilities=int(usable.sum()),
-                         ref_freq=float(np.mean(vs.freqs)), phase_centre=vs.phase_centre)
+                         ref_freq=float(np.mean(vs.freqs)), phase_centre=vs.phase_centre,
+                         extras={"thermal_noise_jy": noise, "expected_image_noise_jy_beam": image_noise})
 
 
 def image_wcs(geom: ImageGeometry, phase_centre: tuple[float, float], freq: float,

@@ -37,7 +37,8 @@ class ImageReconstructionAgent(Agent):
             "gain": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.1,
                      "description": "CLEAN loop gain."},
             "threshold_sigma": {"type": "number", "minimum": 0, "default": 3.0,
-                                "description": "Stop CLEAN at this many residual σ."},
+                                "description": "Stop CLEAN at this many σ of the thermal image noise "
+                                               "(estimated from the visibilities)."},
             "epsilon": {"type": "number", "minimum": 1e-7, "maximum": 1e-2, "default": 1e-5,
                         "description": "Gridding accuracy (sets the kernel support)."},
             "w_correction": {"type": "boolean", "default": True,
@@ -107,6 +108,7 @@ class ImageReconstructionAgent(Agent):
                             float(result.beam.minor * np.degrees(result.geometry.cell_x) * 3600)],
             "clean_components": result.clean.components if result.clean else 0,
             "clean_iterations": result.clean.iterations if result.clean else 0,
+            "expected_image_noise": result.extras.get("expected_image_noise_jy_beam"),
             "elapsed_s": elapsed,
         }
         metrics["dynamic_range"] = metrics["peak_jy_beam"] / metrics["image_rms"] \

@@ -218,6 +218,7 @@ def simulate(cfg: SimConfig) -> Simulation:
         data += rfi[..., None]
     vs.vis = data.astype(np.complex64)
     vs.flags = np.zeros(vs.vis.shape, bool)
+    vs.weights = np.ones(vs.vis.shape, np.float32)
     return Simulation(data=vs, config=cfg, model=model, gains=gains, antennas=numbers,
                       rfi_mask=rfi_mask, noise_jy=noise)
 

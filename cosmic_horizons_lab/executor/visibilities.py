@@ -57,7 +57,11 @@ class VisibilitySet:
     pols: list[int]
     row_index: np.ndarray  # int (B, T): row of the source UVData, -1 where absent
     phase_centre: tuple[float, float]  # (ra, dec) in radians
+    weights: np.ndarray | None = None  # float32 (B, T, F, P): statistical weights (uvfits weights)
     source: Any = None  # the pyuvdata.UVData it came from, kept for writing
+
+    def weight_cube(self) -> np.ndarray:
+        return self.weights if self.weights is not None else np.ones(self.vis.shape, np.float32)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -76,19 +80,24 @@ class VisibilitySet:
         names = [POL_NAMES.get(p, str(p)) for p in self.pols]
         return names.index(name) if name in names else None
 
-    def stokes_i(self) -> tuple[np.ndarray, np.ndarray]:
-        """Stokes I and its flags from the parallel hands (RR+LL)/2 or (XX+YY)/2.
+    def stokes_i(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Stokes I, its flags and weights from the parallel hands (RR+LL)/2 or (XX+YY)/2.
 
-        A sample is usable only where both hands are; a single-pol dataset is taken as is.
+        A sample is usable only where both hands are; its weight is that of the
+        mean of two samples (``4 / (1/w_a + 1/w_b)``). A single-pol dataset is taken as is.
         """
+        w = self.weight_cube()
         for a, b in (("RR", "LL"), ("XX", "YY")):
             ia, ib = self.pol_index(a), self.pol_index(b)
             if ia is not None and ib is not None:
                 vis = 0.5 * (self.vis[..., ia] + self.vis[..., ib])
-                return vis, self.flags[..., ia] | self.flags[..., ib]
+                wa, wb = w[..., ia], w[..., ib]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    wi = np.where((wa > 0) & (wb > 0), 4.0 / (1.0 / wa + 1.0 / wb), 0.0)
+                return vis, self.flags[..., ia] | self.flags[..., ib], wi.astype(np.float32)
         ii = self.pol_index("I")
         idx = 0 if ii is None else ii
-        return self.vis[..., idx], self.flags[..., idx]
+        return self.vis[..., idx], self.flags[..., idx], w[..., idx]
 
 
 def read_uvdata(path: str | Path) -> Any:
@@ -115,10 +124,12 @@ def from_uvdata(uv: Any) -> VisibilitySet:
     vis = np.zeros((nb, nt, nf, npol), np.complex64)
     flags = np.ones((nb, nt, nf, npol), bool)
     uvw = np.zeros((nb, nt, 3))
+    weights = np.zeros((nb, nt, nf, npol), np.float32)
     row_index = np.full((nb, nt), -1, np.int64)
     vis[b_idx, t_idx] = uv.data_array
     flags[b_idx, t_idx] = uv.flag_array
     uvw[b_idx, t_idx] = uv.uvw_array
+    weights[b_idx, t_idx] = uv.nsample_array
     row_index[b_idx, t_idx] = np.arange(uv.Nblts)
     cat = uv.phase_center_catalog[int(uv.phase_center_id_array[0])]
     ra, dec = float(cat.get("cat_lon", 0.0)), float(cat.get("cat_lat", 0.0))
@@ -127,7 +138,7 @@ def from_uvdata(uv: Any) -> VisibilitySet:
         ant1=bls[:, 0].astype(np.int64), ant2=bls[:, 1].astype(np.int64),
         times=times, freqs=np.asarray(uv.freq_array, float).reshape(-1),
         pols=[int(p) for p in uv.polarization_array], row_index=row_index,
-        phase_centre=(ra, dec), source=uv,
+        phase_centre=(ra, dec), weights=weights, source=uv,
     )
 
 
@@ -143,6 +154,9 @@ def write_uvfits(vs: VisibilitySet, path: str | Path, *, units: str | None = Non
     uv.data_array = np.ascontiguousarray(uv.data_array.astype(np.complex64))
     uv.data_array[rows] = vs.vis[vs.present]
     uv.flag_array[rows] = vs.flags[vs.present]
+    if vs.weights is not None:
+        uv.nsample_array = np.ascontiguousarray(uv.nsample_array.astype(np.float32))
+        uv.nsample_array[rows] = vs.weights[vs.present]
     if units:
         uv.vis_units = units
     if history:
