@@ -1,0 +1,213 @@
+"""Benchmark of the Slurm backend on the single-node test cluster (scripts/slurm-cluster).
+
+Scenarios (each a function in ``SCENARIOS``; add one there, e.g. through the REST API):
+
+- ``raw``: N ``sbatch --parsable`` calls of the same batch scripts, one after another
+  (the baseline: what Slurm itself takes);
+- ``backend``: N ``SlurmBackend.submit`` calls, one after another as the orchestrator
+  makes them; the ratio to ``raw`` is the backend's overhead;
+- ``backend_concurrent``: the same with 8 submissions in flight;
+- ``array``: N jobs as one job array (``submit_array``): one sbatch call;
+- ``poll_load``: J active jobs polled by an orchestrator loop every ``--poll-interval``
+  seconds for ``--duration`` seconds: Slurm commands per minute, for J=50 and J=500
+  (must not grow with J) and the time one poll takes.
+
+For each submission scenario: submissions per second and the time from the first
+submission until ``squeue`` shows every job. Jobs are submitted held (``--hold``) so
+that the machine's two cores measure submission, not the jobs; they are cancelled after.
+
+    scripts/slurm-cluster start && eval "$(scripts/slurm-cluster env)"
+    python benchmarks/bench_slurm.py [--jobs 200] [--active 50,500] [--duration 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cosmic_horizons_lab.backends.base import LaunchSpec  # noqa: E402
+from cosmic_horizons_lab.backends.slurm import SlurmBackend  # noqa: E402
+
+
+def make_specs(base: Path, prefix: str, n: int) -> list[LaunchSpec]:
+    specs = []
+    for i in range(n):
+        job_dir = base / f"{prefix}{i}"
+        job_dir.mkdir(parents=True)
+        (job_dir / "x.py").write_text("pass\n")
+        job = {"id": job_dir.name, "agent": "Script", "params": {"path": "x.py"}, "server_root": str(job_dir)}
+        (job_dir / "job.json").write_text(json.dumps(job))
+        specs.append(
+            LaunchSpec(job_id=job_dir.name, job_dir=job_dir, agent="Script", user="bench", gpu_count=0,
+                       max_runtime_seconds=600, correlation_id=f"bench-{i}")  # fmt: skip
+        )
+    return specs
+
+
+def backend_for(base: Path, **config: Any) -> SlurmBackend:
+    config.setdefault("extra_directives", ["--hold"])
+    return SlurmBackend(work_dir=base, python=sys.executable, **config)
+
+
+def squeue_ids() -> set[str]:
+    out = subprocess.run(["squeue", "--noheader", "--states=all", "--array", "--format=%i"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
+async def until_visible(ids: list[str], t0: float, timeout: float = 120.0) -> float:
+    """Seconds from t0 until squeue lists every id."""
+    want = set(ids)
+    while True:
+        if want <= squeue_ids():
+            return time.perf_counter() - t0
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError(f"{len(want - squeue_ids())} jobs never showed in squeue")
+        await asyncio.sleep(0.05)
+
+
+def cancel_all() -> None:
+    subprocess.run(["scancel", "--user=root"], check=False)
+    time.sleep(1.0)
+
+
+async def scenario_raw(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    specs = make_specs(base, "raw", args.jobs)
+    renderer = backend_for(base)
+    scripts = []
+    for spec in specs:
+        path = spec.job_dir / "slurm.sbatch"
+        path.write_text(renderer.render_script(spec))
+        scripts.append(path)
+    t0 = time.perf_counter()
+    ids = []
+    for path in scripts:
+        out = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=True)
+        ids.append(out.stdout.strip().split(";")[0])
+    submit_s = time.perf_counter() - t0
+    visible_s = await until_visible(ids, t0)
+    return {"jobs": len(ids), "submit_s": submit_s, "per_s": len(ids) / submit_s, "all_visible_s": visible_s}
+
+
+async def _submit_backend(args: argparse.Namespace, base: Path, concurrency: int, name: str) -> dict[str, Any]:
+    specs = make_specs(base, name, args.jobs)
+    backend = backend_for(base)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(spec: LaunchSpec) -> str:
+        async with sem:
+            return await backend.submit(spec)
+
+    t0 = time.perf_counter()
+    if concurrency == 1:
+        ids = [await backend.submit(s) for s in specs]
+    else:
+        ids = await asyncio.gather(*(one(s) for s in specs))
+    submit_s = time.perf_counter() - t0
+    visible_s = await until_visible(list(ids), t0)
+    return {"jobs": len(ids), "submit_s": submit_s, "per_s": len(ids) / submit_s, "all_visible_s": visible_s,
+            "commands": dict(backend.command_counts)}  # fmt: skip
+
+
+async def scenario_backend(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    return await _submit_backend(args, base, 1, "seq")
+
+
+async def scenario_backend_concurrent(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    return await _submit_backend(args, base, 8, "conc")
+
+
+async def scenario_array(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    specs = make_specs(base, "arr", args.jobs)
+    backend = backend_for(base)
+    t0 = time.perf_counter()
+    ids = await backend.submit_array(specs, parallel_limit=8)
+    submit_s = time.perf_counter() - t0
+    visible_s = await until_visible(ids, t0)
+    return {"jobs": len(ids), "submit_s": submit_s, "per_s": len(ids) / submit_s, "all_visible_s": visible_s,
+            "commands": dict(backend.command_counts)}  # fmt: skip
+
+
+async def scenario_poll_load(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for active in args.active:
+        specs = make_specs(base, f"load{active}-", active)
+        submitter = backend_for(base)
+        # submitted as arrays (fast); each element is one active job to poll
+        ids: list[str] = []
+        for start in range(0, active, 250):
+            ids += await submitter.submit_array(specs[start : start + 250], parallel_limit=None)
+        await until_visible(ids, time.perf_counter())
+        poller = backend_for(base, min_poll_interval=args.min_poll_interval)
+        poll_times = []
+        t_end = time.perf_counter() + args.duration
+        polls = 0
+        while time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            states = await poller.poll(ids)
+            poll_times.append(time.perf_counter() - t0)
+            polls += 1
+            assert len(states) == len(ids) and all(s.status == "QUEUING" for s in states.values())
+            await asyncio.sleep(args.poll_interval)
+        minutes = args.duration / 60.0
+        total = sum(poller.command_counts.values())
+        poll_times.sort()
+        results[str(active)] = {
+            "active_jobs": len(ids),
+            "polls": polls,
+            "commands": dict(poller.command_counts),
+            "commands_per_min": total / minutes,
+            "poll_ms_p50": 1000 * poll_times[len(poll_times) // 2],
+            "poll_ms_max": 1000 * poll_times[-1],
+        }
+        cancel_all()
+    return results
+
+
+SCENARIOS: dict[str, Callable[[argparse.Namespace, Path], Awaitable[dict[str, Any]]]] = {
+    "raw": scenario_raw,
+    "backend": scenario_backend,
+    "backend_concurrent": scenario_backend_concurrent,
+    "array": scenario_array,
+    "poll_load": scenario_poll_load,
+}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--active", type=lambda s: [int(x) for x in s.split(",")], default=[50, 500])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of polling per load level")
+    parser.add_argument("--poll-interval", type=float, default=1.0, help="the orchestrator's poll interval")
+    parser.add_argument("--min-poll-interval", type=float, default=2.0, help="SlurmBackend.min_poll_interval")
+    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), help="default: all")
+    args = parser.parse_args()
+    if not shutil.which("sbatch"):
+        sys.exit("no sbatch: run scripts/slurm-cluster install && scripts/slurm-cluster start")
+    out: dict[str, Any] = {"slurm": subprocess.run(["sinfo", "--version"], capture_output=True, text=True).stdout.strip()}
+    base = Path(tempfile.mkdtemp(prefix="chl-bench-slurm-"))
+    try:
+        for name in args.scenario or list(SCENARIOS):
+            cancel_all()
+            out[name] = await SCENARIOS[name](args, base / name)
+            print(name, json.dumps(out[name]), flush=True)
+            cancel_all()
+        if "raw" in out and "backend" in out:
+            out["backend_vs_raw_rate"] = out["backend"]["per_s"] / out["raw"]["per_s"]
+        print(json.dumps(out, indent=2))
+    finally:
+        cancel_all()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
