@@ -330,8 +330,9 @@ class Job:
         fits_outputs = [o for o in self.outputs() if o.name.lower().endswith((".fits", ".fit", ".fits.gz"))]
         if not fits_outputs:
             raise FileNotFoundError(f"job {self.id} has no FITS image among its outputs")
-        preferred = [o for o in fits_outputs if "image" in o.name.lower()] or fits_outputs
-        return preferred[0].load()
+        rank = {"restored.fits": 0, "image.fits": 1, "dirty.fits": 2}
+        fits_outputs.sort(key=lambda o: rank.get(o.name.rsplit("/", 1)[-1].lower(), 3))
+        return fits_outputs[0].load()
 
     def sources(self) -> list[dict[str, Any]] | None:
         """Sources found on the image (an AnomalyDetection catalogue), when the job wrote one."""
@@ -341,13 +342,14 @@ class Job:
         found = sources_from(result) if result else None
         if found:
             return found
-        for output in self.outputs():
-            lower = output.name.lower()
-            if any(word in lower for word in ("source", "catalog", "anomal")) and lower.endswith((".json", ".ecsv", ".csv")):
-                try:
-                    return sources_from(output.load())
-                except Exception:
-                    continue
+        tables = [o for o in self.outputs() if o.name.lower().endswith((".ecsv", ".csv", ".json"))]
+        for word in ("source", "catalog", "anomal"):  # a source list first, anomalies last
+            for output in tables:
+                if word in output.name.lower():
+                    try:
+                        return sources_from(output.load())
+                    except Exception:
+                        continue
         return None
 
     def show(self, **kwargs: Any) -> Any:
@@ -434,11 +436,31 @@ def _in_kernel() -> bool:
 class Batch(list):
     """Jobs submitted together (a batch or a pipeline); displays as a live :class:`Timeline`."""
 
-    def __init__(self, lab: "Lab", jobs: Iterable[Job], batch_id: str | None = None) -> None:
+    def __init__(self, lab: "Lab", jobs: Iterable[Job], batch_id: str | None = None,
+                 stages: dict[str, str] | None = None) -> None:
         super().__init__(jobs)
         self.lab = lab
         self.batch_id = batch_id
+        by_id = {job.id: job for job in self}
+        #: A pipeline's jobs by stage name.
+        self.stages: dict[str, Job] = {name: by_id[i] for name, i in (stages or {}).items() if i in by_id}
         self._timeline: Timeline | None = None
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return self.stages[key]
+        return super().__getitem__(key)
+
+    def show(self, **kwargs: Any) -> Any:
+        """The pipeline's image with the sources a later stage found circled (a matplotlib Figure)."""
+        image_job = next((j for j in reversed(self) if j.record.get("agent") == "ImageReconstruction"), None)
+        if image_job is None:
+            image_job = next(j for j in self if j.record.get("agent") != "AnomalyDetection")
+        sources = None
+        for job in self:
+            if job.record.get("agent") == "AnomalyDetection" and job.status == "COMPLETED":
+                sources = job.sources()
+        return image_job.show(sources=sources, **kwargs)
 
     def __repr__(self) -> str:
         counts: dict[str, int] = {}
@@ -458,7 +480,9 @@ class Batch(list):
         if self._timeline is None:
             from .widgets import Timeline
 
-            self._timeline = Timeline(self.lab, self)
+            names = {job.id: name for name, job in self.stages.items()}
+            labels = [f"{names[j.id]} · {j.record.get('agent', '')}" if j.id in names else None for j in self]
+            self._timeline = Timeline(self.lab, self, labels=labels if names else None)
         return self._timeline
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
@@ -561,9 +585,8 @@ class Lab:
         ``POST pipelines`` takes it. Displays as a live timeline.
         """
         answer = self.client.submit_pipeline(list(stages), parallel_limit)
-        records = answer.get("jobs", answer) if isinstance(answer, dict) else answer
-        batch_id = answer.get("pipeline_id", answer.get("batch_id")) if isinstance(answer, dict) else None
-        return Batch(self, [Job(self, r) for r in records], batch_id)
+        return Batch(self, [Job(self, r) for r in answer["jobs"]], answer.get("pipeline_id") or answer.get("batch_id"),
+                     stages=answer.get("stages"))
 
     # -- reading
     def job(self, job_id: str) -> Job:

@@ -52,7 +52,7 @@ class Timeline(LiveWidget):
     def __init__(self, lab: "Lab", jobs: Sequence["Job"], labels: Sequence[str] | None = None) -> None:
         self._lab = lab
         self._order = [j.id for j in jobs]
-        self._labels = dict(zip(self._order, labels)) if labels else {}
+        self._labels = {i: label for i, label in zip(self._order, labels or []) if label}
         self._records = {j.id: dict(j.record) for j in jobs}
         self._lock = threading.Lock()
         super().__init__(pump=lab.pump)
