@@ -1,0 +1,71 @@
+"""RFI flagging against the injected mask of ``SIM.rfi``."""
+
+import numpy as np
+import pytest
+import torch
+
+from cosmic_horizons_lab.executor.flagging import (DEFAULT_STRATEGY, STRATEGIES, flag_visibilities,
+                                                   sir_operator, sum_threshold)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def flagged(sim_rfi):
+    vs = sim_rfi.data
+    return {name: flag_visibilities(vs.vis, vs.flags, name, CPU) for name in STRATEGIES}
+
+
+def test_default_strategy_precision_and_recall(sim_rfi, flagged):
+    truth = sim_rfi.rfi_mask
+    assert truth.mean() > 0.05  # the test means something
+    flags = flagged[DEFAULT_STRATEGY][..., 0]
+    tp = (flags & truth).sum()
+    precision, recall = tp / flags.sum(), tp / truth.sum()
+    assert precision >= 0.95, precision
+    assert recall >= 0.95, recall
+
+
+def test_all_polarisations_flagged_together(flagged):
+    f = flagged[DEFAULT_STRATEGY]
+    assert (f == f[..., :1]).all()
+
+
+def test_strategies_are_ordered_by_sensitivity(sim_rfi, flagged):
+    counts = [flagged[name].sum() for name in ("low", "medium", "high_sensitivity")]
+    assert counts[0] <= counts[1] <= counts[2]
+    # even the least sensitive level finds most of the injected RFI
+    tp = (flagged["low"][..., 0] & sim_rfi.rfi_mask).sum()
+    assert tp / sim_rfi.rfi_mask.sum() > 0.8
+
+
+def test_existing_flags_are_kept(sim_rfi):
+    vs = sim_rfi.data
+    prior = np.zeros(vs.vis.shape, bool)
+    prior[3, 5:9, 10:20, :] = True
+    out = flag_visibilities(vs.vis, prior, "low", CPU)
+    assert out[prior].all()
+
+
+def test_noise_alone_is_hardly_flagged():
+    rng = np.random.default_rng(1)
+    shape = (8, 64, 64, 2)
+    vis = (1 + 0.3 * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape))).astype(np.complex64)
+    out = flag_visibilities(vis, np.zeros(shape, bool), DEFAULT_STRATEGY, CPU)
+    assert out.mean() < 0.01
+
+
+def test_sum_threshold_finds_a_faint_broad_stripe():
+    x = torch.zeros((1, 64, 32))
+    x[0, :, 7] = 1.5  # 1.5 σ: invisible sample by sample, obvious over 64 samples
+    flags = sum_threshold(x, torch.zeros_like(x, dtype=torch.bool), 6.0, (1, 2, 4, 8, 16, 32, 64), 1.5)
+    assert flags[0, :, 7].all() and flags.sum() == 64
+
+
+def test_sir_operator_fills_gaps_in_proportion():
+    f = torch.zeros((1, 1, 20), dtype=torch.bool)
+    f[0, 0, 5:10] = True
+    f[0, 0, 11:16] = True  # a one-sample gap in a 11-sample region
+    out = sir_operator(f, 0.2)
+    assert out[0, 0, 10] and out[0, 0, 5:16].all()
+    assert not out[0, 0, 0] and not out[0, 0, 19]
