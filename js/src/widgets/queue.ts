@@ -62,6 +62,7 @@ function render({ model, el }: RenderProps): () => void {
   };
 
   const update = () => {
+    const started = performance.now();
     const jobs: any[] = model.get('jobs') ?? [];
     const active = checkbox.checked;
     checkbox.checked = !!model.get('active_only');
@@ -100,6 +101,13 @@ function render({ model, el }: RenderProps): () => void {
         rows.delete(id);
       }
     }
+    // How long this update took to apply to the DOM (read by benchmarks/bench_ui.py).
+    root.dataset.renderMs = (performance.now() - started).toFixed(2);
+    // ... and until the next frame, so style, layout and paint are counted too.
+    requestAnimationFrame(() => {
+      root.dataset.paintMs = (performance.now() - started).toFixed(2);
+    });
+    root.dataset.rows = String(rows.size);
     stamp(root);
   };
   const events = ['change:jobs', 'change:error', 'change:connected', 'change:active_only'];
