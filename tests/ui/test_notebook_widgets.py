@@ -102,3 +102,27 @@ def test_cancel_from_the_queue_widget(page, lab_server) -> None:
     running.locator("button.chw-cancel").click()
     page.wait_for_selector(f".chw-queue tr[data-job-id='{job_id}'][data-status='CANCELLED']", timeout=30_000)
     assert lab_server.wait_status(job_id, {"CANCELLED"}, timeout=20)["status"] == "CANCELLED"
+
+
+def test_pipeline_timeline_updates_live(page, lab_server) -> None:
+    cells = [
+        "from cosmic_horizons_lab.lab import Lab\nlab = Lab()",
+        """\
+stage = lambda name, *parents: {"name": name, "agent": "Script", "params": {"path": "fast.py"},
+                                "depends_on": list(parents)}
+pipe = lab.pipeline([stage("calibrate"), stage("image-A", "calibrate"), stage("image-B", "calibrate"),
+                     stage("find", "image-A", "image-B")])
+pipe""",
+    ]
+    write_notebook(lab_server.root / "timeline.ipynb", cells)
+    page.goto(lab_server.lab_url("lab/tree/timeline.ipynb"))
+    page.wait_for_selector(".jp-Notebook", timeout=60_000)
+    run_all(page, len(cells))
+    timeline = page.locator(".chw-timeline").first
+    timeline.wait_for(timeout=60_000)
+    page.wait_for_selector(".chw-timeline .chw-tl-bar[data-status='RUNNING']", timeout=30_000)  # seen live
+    page.wait_for_selector(".chw-timeline[data-done='true']", timeout=60_000)
+    assert page.locator(".chw-timeline .chw-tl-bar[data-status='COMPLETED']").count() == 4
+    assert page.locator(".chw-timeline .chw-tl-dep").count() == 4  # calibrate→A, calibrate→B, A→find, B→find
+    screenshot(page, "widget-timeline", selector=".chw-timeline")
+    copy_to_docs("widget-timeline")
