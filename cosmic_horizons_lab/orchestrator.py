@@ -581,13 +581,18 @@ class Orchestrator:
         """Write the job's ``job.json`` (its inputs are its parents' outputs) and describe its launch."""
         spec = self._spec(job, after_ok)
         dataset = self.datasets.get(job.dataset_id) if job.dataset_id else None
+        dataset_ref = dataset.ref() if dataset else None
+        # Staging (extension wiring sets resolve_dataset): the user's fresh staged copy, else the archive.
+        resolve = getattr(self, "resolve_dataset", None)
+        if dataset is not None and resolve is not None:
+            dataset_ref = resolve(job.user, dataset)
         jobdir.write_job_file(
             spec.job_dir,
             {
                 "id": job.id,
                 "agent": job.agent,
                 "params": job.params,
-                "dataset": dataset.ref() if dataset else None,
+                "dataset": dataset_ref,
                 "inputs": [str(jobdir.job_dir(self.work_dir, p.user, p.id) / "outputs") for p in parents],
                 "correlation_id": job.correlation_id,
                 "user": job.user,
@@ -714,17 +719,29 @@ class Orchestrator:
             if kind == "started":
                 if job.status == Status.QUEUING:
                     self._transition(tx, job, Status.RUNNING, payload={"host": rec.get("host")})
-                run.started_at = run.started_at or utcnow()
+                # The executor's own clock says when it started; polling only says when we noticed.
+                try:
+                    began = parse_iso(rec["ts"])
+                except (KeyError, TypeError, ValueError):
+                    began = utcnow()
+                run.started_at = run.started_at or began
+                if job.started_at is None or job.started_at > began:
+                    job.started_at = began
             elif kind == "progress":
                 if isinstance(rec.get("metrics"), dict):
                     metrics.update(rec["metrics"])
                 if isinstance(rec.get("progress"), (int, float)):
                     job.progress = max(0.0, min(1.0, float(rec["progress"])))
                 progressed = True
-            elif kind == "result":
-                job.result = rec.get("result") if isinstance(rec.get("result"), dict) else {"value": rec.get("result")}
-            elif kind == "error":
-                job.error = str(rec.get("error", ""))[:4000]
+            elif kind in ("result", "error"):
+                if kind == "result":
+                    job.result = rec.get("result") if isinstance(rec.get("result"), dict) else {"value": rec.get("result")}
+                else:
+                    job.error = str(rec.get("error", ""))[:4000]
+                try:
+                    run.ended_at = parse_iso(rec["ts"])
+                except (KeyError, TypeError, ValueError):
+                    run.ended_at = utcnow()
         if progressed:
             job.metrics = metrics
             job.updated_at = utcnow()
@@ -746,7 +763,7 @@ class Orchestrator:
         run.status = target.value
         run.exit_code = state.exit_code
         run.reason = state.reason
-        run.ended_at = utcnow()
+        run.ended_at = run.ended_at or utcnow()
         extra = {"exit_code": state.exit_code, **state.detail}
         if target == Status.FAILED and state.reason == "lost" and job.attempts <= job.retries:
             self._transition(tx, job, Status.QUEUED, reason="retry", payload={"retry": job.attempts, **extra})
@@ -757,7 +774,9 @@ class Orchestrator:
         reason = state.reason
         if target == Status.CANCELLED and job.reason == "cancel_requested":
             reason = "cancelled"
-        self._transition(tx, job, target, reason=reason, error=error, payload=extra)
+        if self._transition(tx, job, target, reason=reason, error=error, payload=extra):
+            # When the job's last record was written is when it ended; we may notice later.
+            job.completed_at = max(run.ended_at, job.started_at) if job.started_at else run.ended_at
 
 
 def _failure_text(state: BackendJobState) -> str:
