@@ -70,3 +70,10 @@ class IllegalTransition(LabError):
 
     status = 409
     code = "illegal_transition"
+
+
+class BudgetExceeded(LabError):
+    """The job's SU reservation does not fit what is left of the user's budget (body carries the figures)."""
+
+    status = 402
+    code = "budget_exceeded"

@@ -21,18 +21,24 @@ from typing import Any
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
-from traitlets import Float, Int, Unicode, default
+from traitlets import Bool, Dict, Float, Int, Unicode, default
 
 from . import __version__
 from .backends.base import Backend
+from .costs import Accounting, CostModel, budgets_from_settings
 from .datasets import DatasetRegistry
 from .events import EventBus
 from .handlers import routes
 from .jobdir import OutputIndex
+from .optimizer import Advisor, DatasetInspector
 from .orchestrator import Orchestrator
+from .prometheus import Instruments
+from .staging import DEFAULT_THROUGHPUT, Staging, targets_from_settings
 from .store import Store, sqlite_url
 from .submission import SubmissionValidator
 from .telemetry import GpuTelemetry, probe_gpus
+from .usage import Usage
+from .webhooks import Webhooks
 
 API_PREFIX = "cosmic-horizons/api/"
 
@@ -108,6 +114,85 @@ class CosmicHorizons(ExtensionApp):
         1.0, help="Seconds between GPU telemetry samples (clamped to 0.25..60); one sampler serves every viewer."
     ).tag(config=True)
 
+    # -- cost and quotas (costs.py; docs/operators.md) ----------------------------------
+    gpu_hourly_rate = Float(
+        0.35, help="Price of one GPU-hour in US dollars, for job costs, estimates and metrics (default 0.35).",
+    ).tag(config=True)
+
+    su_rates = Dict(
+        {"default": 1.0},
+        help="TACC Service Units charged per node-hour, by queue (Slurm partition; 'local' for the local "
+        "backend); 'default' covers queues not named. E.g. {'gpu-a100': 3, 'default': 1}. "
+        "SUs = nodes × max(wall hours, 0.25) × rate.",
+    ).tag(config=True)
+
+    gpus_per_node = Int(
+        1, help="GPUs per Slurm node, to turn a job's gpu_count into nodes for SU charges "
+        "(Lonestar6 gpu-a100: 3). The local backend always counts one node.",
+    ).tag(config=True)
+
+    su_budget = Float(
+        0.0, help="Each user's SU budget (0 = unlimited). A submission whose reservation (its max_runtime, "
+        "or su_reserve_hours) does not fit what is left is refused with HTTP 402.",
+    ).tag(config=True)
+
+    su_budgets_file = Unicode(
+        "", help="JSON file operators maintain with per-user SU budgets: {\"default\": n, \"users\": "
+        "{\"name\": n}} (null = unlimited). Re-read when it changes; overrides su_budget.",
+    ).tag(config=True)
+
+    su_reserve_hours = Float(
+        1.0, help="Hours of wall time a job without max_runtime reserves against its user's SU budget "
+        "until it ends and is charged what it used.",
+    ).tag(config=True)
+
+    # -- staging (staging.py) -----------------------------------------------------------------
+    staging_targets = Dict(
+        {}, help="Named staging targets: {name: path} or {name: {'path': ..., 'purge_days': n}}. "
+        "'tacc_scratch' always exists (default <work_dir>/staging/tacc_scratch); "
+        "$VARS and ~ are expanded, e.g. {'tacc_scratch': '$SCRATCH/cosmic-horizons'}.",
+    ).tag(config=True)
+
+    staging_purge_days = Float(
+        10.0, help="Age in days after which a staged copy is considered purged (TACC purges $SCRATCH files "
+        "untouched for 10 days): it is reported stale and staged again when a job uses it.",
+    ).tag(config=True)
+
+    staging_concurrency = Int(2, help="Transfers that run at once; the rest wait, high priority first.").tag(config=True)
+
+    staging_chunk_bytes = Int(8 * 1024 * 1024, help="Bytes per read/write while staging (min 64 KiB).").tag(config=True)
+
+    staging_verify = Bool(
+        True, help="Read every staged copy back and compare its SHA-256 with the archive's before it "
+        "takes its final name. Turn off only to measure what verification costs.",
+    ).tag(config=True)
+
+    staging_max_bytes_per_second = Float(
+        0.0, help="Cap on each transfer's rate in bytes/s (0 = none), to be polite to a shared filesystem.",
+    ).tag(config=True)
+
+    staging_progress_interval = Float(
+        0.5, help="Seconds between staging.progress events of one transfer.",
+    ).tag(config=True)
+
+    staging_default_throughput = Float(
+        DEFAULT_THROUGHPUT, help="Bytes/s assumed by transfer estimates for a target no transfer has "
+        "measured yet (default 100 MB/s); measured throughput replaces it after the first transfer.",
+    ).tag(config=True)
+
+    # -- webhooks (webhooks.py) -----------------------------------------------------------------
+    webhook_all_transitions = Bool(
+        False, help="POST a job's webhook on every status change, not only when it ends.",
+    ).tag(config=True)
+
+    webhook_max_attempts = Int(10, help="Attempts per webhook delivery before it is marked failed.").tag(config=True)
+
+    webhook_backoff_seconds = Float(
+        2.0, help="First retry delay of a failed webhook delivery; doubles each attempt (capped at 10 min).",
+    ).tag(config=True)
+
+    webhook_timeout = Float(10.0, help="Seconds a webhook receiver has to answer one POST.").tag(config=True)
+
     @default("owner")
     def _default_owner(self) -> str:
         return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
@@ -159,10 +244,49 @@ class CosmicHorizons(ExtensionApp):
             poll_interval=self.poll_interval,
         )
         self.telemetry = GpuTelemetry(self.gpu_sample_interval, store=self.store)
+        self._wire_issue5()
         self.log.info(
             "cosmic-horizons-lab %s: backend=%s, store=%s, work_dir=%s, GPUs=%s",
             __version__, self.execution_backend.name, _redact(url), self.work_path, len(self.gpus) or f"none ({why})",
         )
+
+    def _wire_issue5(self) -> None:
+        """Costs, budgets, staging, webhooks, tips, metrics and Prometheus, hooked onto the orchestrator."""
+        self.instruments = Instruments(lambda: self.telemetry.gpus)
+        slurm = self.execution_backend.name != "local"
+        queue = (getattr(self.execution_backend, "partition", "") or self.execution_backend.name) if slurm else "local"
+        self.costs = CostModel(
+            gpu_hourly_rate=self.gpu_hourly_rate, su_rates=self.su_rates, queue=queue,
+            gpus_per_node=self.gpus_per_node, single_node=not slurm, reserve_hours=self.su_reserve_hours,
+        )
+        self.accounting = Accounting(self.store, self.costs, budgets_from_settings(self.su_budget, self.su_budgets_file))
+        self.staging = Staging(
+            store=self.store, datasets=self.datasets,
+            targets=targets_from_settings(self.staging_targets, self.work_path / "staging", self.staging_purge_days),
+            server_id=self.server_id, concurrency=self.staging_concurrency, chunk_bytes=self.staging_chunk_bytes,
+            verify=self.staging_verify, max_bytes_per_second=self.staging_max_bytes_per_second,
+            progress_interval=self.staging_progress_interval, default_throughput=self.staging_default_throughput,
+            on_bytes=self.instruments.staging_bytes,
+        )
+        self.webhooks = Webhooks(
+            store=self.store, server_id=self.server_id, api_url=lambda: self.api_url,
+            all_transitions=self.webhook_all_transitions, max_attempts=self.webhook_max_attempts,
+            backoff_base=self.webhook_backoff_seconds, timeout=self.webhook_timeout,
+            on_attempt=self.instruments.webhook_attempt,
+        )
+        self.inspector = DatasetInspector(self.store, self.datasets)
+        self.usage = Usage(self.store, self.costs, self.work_path)
+        self.advisor = Advisor(
+            store=self.store, validator=self.validator, datasets=self.datasets, inspector=self.inspector,
+            costs=self.costs, accounting=self.accounting, usage=self.usage,
+        )
+        self.orchestrator.submit_checks.append(self.accounting.check)
+        # Charge first, so the webhook's body carries the cost.
+        self.orchestrator.transition_hooks.extend([self.accounting.on_transition, self.webhooks.on_transition])
+        self.orchestrator.resolve_dataset = self.staging.resolve
+        web_app = getattr(self.serverapp, "web_app", None)
+        if web_app is not None and web_app.settings.get("log_function"):
+            web_app.settings["log_function"] = self.instruments.wrap_log_function(web_app.settings["log_function"])
 
     def _make_backend(self) -> Backend:
         ref = BACKENDS.get(self.backend, self.backend)
@@ -177,6 +301,7 @@ class CosmicHorizons(ExtensionApp):
     def _publish(self, events: list[dict[str, Any]]) -> None:
         self.bus.publish(events)
         self.orchestrator.on_published(events)
+        self.instruments.on_published(events)
 
     def initialize_handlers(self) -> None:
         self.handlers.extend((url_path_join(API_PREFIX, pattern), handler) for pattern, handler in routes())
@@ -198,12 +323,17 @@ class CosmicHorizons(ExtensionApp):
             await self.execution_backend.start()
             await self.orchestrator.start()
             await self.telemetry.start()
+            self.instruments.set_job_counts(await self.usage.status_counts(self.server_id))
+            await self.staging.start()
+            await self.webhooks.start()
             self.ready.set()
 
     async def stop_extension(self) -> None:
         if not self.ready.is_set():
             return
         await self.orchestrator.stop()
+        await self.staging.stop()
+        await self.webhooks.stop()
         await self.telemetry.stop()
         await self.execution_backend.stop()
         await self.store.close()

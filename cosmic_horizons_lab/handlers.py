@@ -419,7 +419,96 @@ class EventStreamHandler(ExtensionHandlerMixin, JupyterHandler, websocket.WebSoc
             self.sender.cancel()
 
 
+# -- issue 5: staging, validation, tips, metrics, webhooks -------------------------------------
+class StageHandler(APIBase):
+    """``POST jobs/dataset/stage``: queue a transfer (202), or the one already in flight / fresh (200)."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        doc, created = await self.app.staging.stage(self.owner, self.json_body())
+        self.reply(doc, 202 if created else 200)
+
+
+class StagingHandler(APIBase):
+    """``GET``: the newest staging of a dataset (``?target_resource=``); ``DELETE``: cancel it."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, dataset_id: str) -> None:
+        self.reply(await self.app.staging.status(self.owner, dataset_id, self.get_query_argument("target_resource", None)))
+
+    @web.authenticated
+    @authorized
+    async def delete(self, dataset_id: str) -> None:
+        self.reply(await self.app.staging.cancel(self.owner, dataset_id, self.get_query_argument("target_resource", None)))
+
+
+class DatasetValidateHandler(APIBase):
+    @web.authenticated
+    @authorized
+    async def get(self, dataset_id: str) -> None:
+        self.reply(await self.app.inspector.validate(dataset_id))
+
+
+class DatasetLayoutHandler(APIBase):
+    @web.authenticated
+    @authorized
+    async def get(self, dataset_id: str) -> None:
+        self.reply(await self.app.inspector.layout(dataset_id))
+
+
+class TransferEstimateHandler(APIBase):
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        self.reply(await self.app.staging.estimate(self.owner, self.json_body()))
+
+
+class OptimizeHandler(APIBase):
+    """``POST jobs/optimize``: tips for a submission before it is sent (nothing is queued)."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        self.reply(await self.app.advisor.tips(self.owner, self.json_body()))
+
+
+class MetricsHandler(APIBase):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        budget = await self.app.accounting.balance(self.owner)
+        self.reply(await self.app.usage.metrics(self.owner, self.query(), budget))
+
+
+class JobWebhooksHandler(APIBase):
+    """``GET jobs/{id}/webhooks``: the job's delivery log."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        job = await self.orchestrator.get_job(self.owner, job_id)
+        self.reply({"job_id": job.id, "webhook_url": job.webhook_url,
+                    "deliveries": await self.app.webhooks.deliveries(job.id)})
+
+
+class WebhookSecretHandler(APIBase):
+    """``GET``: the caller's signing secret (made on first use); ``POST``: replace it."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.reply(await self.app.webhooks.secret(self.owner))
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        self.reply(await self.app.webhooks.secret(self.owner, rotate=True))
+
+
 JOB = r"(?P<job_id>[^/]+)"
+DATASET = r"(?P<dataset_id>[^/]+)"
 
 
 def routes() -> list[tuple[str, type]]:
@@ -431,6 +520,15 @@ def routes() -> list[tuple[str, type]]:
         (r"jobs/history/list", JobListHandler),
         (r"jobs/search", JobListHandler),
         (r"jobs/resources/available", ResourcesHandler),
+        (r"jobs/dataset/stage", StageHandler),
+        (r"jobs/dataset/estimate-transfer", TransferEstimateHandler),
+        (rf"jobs/dataset/{DATASET}/staging-status", StagingHandler),
+        (rf"jobs/dataset/{DATASET}/validate", DatasetValidateHandler),
+        (rf"jobs/dataset/{DATASET}/optimize", DatasetLayoutHandler),
+        (r"jobs/optimize", OptimizeHandler),
+        (r"jobs/metrics", MetricsHandler),
+        (rf"jobs/{JOB}/webhooks", JobWebhooksHandler),
+        (r"webhooks/secret", WebhookSecretHandler),
         (rf"jobs/{JOB}/status", JobStatusHandler),
         (rf"jobs/{JOB}/events", JobEventsHandler),
         (rf"jobs/{JOB}/logs", JobLogsHandler),

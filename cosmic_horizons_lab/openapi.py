@@ -293,6 +293,136 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+_NUM = {"type": ["number", "null"]}
+_SUMMARY = {
+    "type": "object",
+    "required": ["total_jobs", "completed", "failed", "cancelled", "success_rate", "average_runtime_minutes",
+                 "gpu_hours", "gpu_utilization", "cost_usd", "su_charged"],
+    "properties": {
+        "total_jobs": {"type": "integer"}, "completed": {"type": "integer"}, "failed": {"type": "integer"},
+        "cancelled": {"type": "integer"}, "active": {"type": "integer"},
+        "success_rate": {**_NUM, "description": "completed / (completed + failed); null with neither"},
+        "average_runtime_minutes": _NUM, "gpu_hours": {"type": "number"},
+        "gpu_utilization": {**_NUM, "description": "Mean % of telemetry samples during the jobs' runs; null if none"},
+        "gpu_utilization_samples": {"type": "integer"},
+        "cost_usd": {"type": "number"}, "su_charged": {"type": "number"},
+    },
+}
+_BUDGET = {
+    "type": "object", "required": ["budget_su", "used_su", "reserved_su", "remaining_su"],
+    "properties": {"budget_su": _NUM, "used_su": {"type": "number"}, "reserved_su": {"type": "number"},
+                   "remaining_su": _NUM},
+}
+SCHEMAS.update({
+    "StagingStatus": {
+        "type": "object",
+        "required": ["transfer_id", "dataset_id", "target_resource", "status", "progress", "bytes_transferred", "total_bytes"],
+        "properties": {
+            "transfer_id": {"type": ["string", "null"]},
+            "dataset_id": {"type": "string"},
+            "target_resource": {"type": ["string", "null"]},
+            "priority": {"enum": ["high", "normal"]},
+            "status": {"enum": ["not_staged", "queued", "running", "verifying", "completed", "failed", "cancelled"]},
+            "progress": {"type": "number", "minimum": 0, "maximum": 1},
+            "bytes_transferred": {"type": "integer"},
+            "total_bytes": {"type": "integer"},
+            "rate_bytes_per_second": _NUM,
+            "eta_seconds": _NUM,
+            "phase": {"type": "string"},
+            "convert": {"type": ["string", "null"]},
+            "sha256": {"type": ["string", "null"]},
+            "error": {"type": ["string", "null"]},
+            "resumed_from": {"type": "integer"},
+            "staged_path": {"type": ["string", "null"]},
+            "stale": {"type": "boolean", "description": "Older than the target's purge age: staged again on use"},
+            "created_at": _nullable(TIME), "started_at": _nullable(TIME), "completed_at": _nullable(TIME),
+        },
+    },
+    "StageRequest": {
+        "type": "object", "required": ["dataset_id"], "additionalProperties": False,
+        "properties": {
+            "dataset_id": {"type": "string"},
+            "target_resource": {"type": "string", "default": "tacc_scratch"},
+            "priority": {"enum": ["high", "normal"], "default": "normal"},
+            "convert": {"enum": ["uvh5", None], "description": "Convert to a GPU-friendly layout while staging"},
+            "force": {"type": "boolean", "description": "Stage again even if a fresh copy exists"},
+        },
+    },
+    "TransferEstimate": {
+        "type": "object",
+        "required": ["dataset_id", "target_resource", "size_bytes", "throughput_bytes_per_second", "estimated_seconds", "basis"],
+        "properties": {
+            "dataset_id": {"type": "string"}, "target_resource": {"type": "string"}, "size_bytes": {"type": "integer"},
+            "throughput_bytes_per_second": {"type": "number"}, "estimated_seconds": {"type": "number"},
+            "estimated_minutes": {"type": "number"}, "basis": {"enum": ["measured", "default"]},
+            "samples": {"type": "integer"},
+        },
+    },
+    "DatasetValidation": {
+        "type": "object", "required": ["dataset_id", "valid", "format", "size_bytes", "flagged_fraction", "problems"],
+        "properties": {
+            "dataset_id": {"type": "string"}, "valid": {"type": "boolean"}, "format": {"type": "string"},
+            "size_bytes": {"type": "integer"}, "shape": {"type": ["object", "null"]},
+            "flagged_fraction": _NUM, "outlier_fraction": _NUM, "blt_order": {"type": ["string", "null"]},
+            "problems": {"type": "array", "items": {"type": "string"}},
+            "checked_at": TIME, "cached": {"type": "boolean"},
+        },
+    },
+    "DatasetLayout": {
+        "type": "object", "required": ["dataset_id", "recommendations"],
+        "properties": {
+            "dataset_id": {"type": "string"}, "format": {"type": ["string", "null"]},
+            "blt_order": {"type": ["string", "null"]}, "size_bytes": {"type": ["integer", "null"]},
+            "recommendations": {"type": "array", "items": {"type": "object", "required": ["id", "title", "reason", "action"]}},
+            "staging_request": {"anyOf": [_ref("StageRequest"), {"type": "null"}]},
+        },
+    },
+    "Tips": {
+        "type": "object", "required": ["tips", "estimated_runtime_minutes", "estimated_cost_usd", "estimated_su"],
+        "properties": {
+            "tips": {"type": "array", "items": {
+                "type": "object", "required": ["severity", "field", "message", "reasoning"],
+                "properties": {"severity": {"enum": ["info", "warning", "error"]}, "field": {"type": "string"},
+                               "message": {"type": "string"}, "reasoning": {"type": "string"}, "basis": {"type": "object"}}}},
+            "estimated_runtime_minutes": _NUM, "runtime_range_minutes": {"type": ["array", "null"]},
+            "estimated_cost_usd": _NUM, "estimated_su": _NUM, "estimated_gpu_hours": _NUM, "budget": _BUDGET,
+        },
+    },
+    "Metrics": {
+        "allOf": [_SUMMARY],
+        "type": "object", "required": ["by_agent", "by_period", "budget", "period"],
+        "properties": {
+            "user": {"type": "string"}, "period": {"enum": ["day", "week", "month"]},
+            "from_date": _nullable(TIME), "to_date": _nullable(TIME),
+            "gpu_hourly_rate": {"type": "number"}, "su_rate": {"type": "number"}, "queue": {"type": "string"},
+            "budget": _BUDGET,
+            "by_agent": {"type": "object", "additionalProperties": _SUMMARY},
+            "by_period": {"type": "array", "items": {"allOf": [_SUMMARY], "required": ["period"]}},
+        },
+    },
+    "WebhookDeliveries": {
+        "type": "object", "required": ["job_id", "deliveries"],
+        "properties": {
+            "job_id": {"type": "string"}, "webhook_url": {"type": ["string", "null"]},
+            "deliveries": {"type": "array", "items": {
+                "type": "object", "required": ["id", "event", "url", "status", "attempts", "log"],
+                "properties": {
+                    "id": {"type": "integer"}, "event": {"type": "string"}, "url": {"type": "string"},
+                    "status": {"enum": ["pending", "delivered", "failed"]}, "attempts": {"type": "integer"},
+                    "last_status_code": {"type": ["integer", "null"]}, "last_error": {"type": ["string", "null"]},
+                    "created_at": TIME, "delivered_at": _nullable(TIME), "next_attempt_at": _nullable(TIME),
+                    "log": {"type": "array", "items": {"type": "object"}},
+                }}},
+        },
+    },
+    "WebhookSecret": {
+        "type": "object", "required": ["secret", "header", "algorithm"],
+        "properties": {"secret": {"type": "string"}, "created_at": TIME, "header": {"type": "string"},
+                       "algorithm": {"type": "string"}},
+    },
+})
+
+
 def _json(schema: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
 
@@ -300,7 +430,8 @@ def _json(schema: str, description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed request or unknown field", 403: "Not authorised", 404: "Unknown job (or another user's)",
             409: "Conflict with the job's state", 413: "Body too large", 422: "Invalid value",
-            429: "Quota exceeded", 503: "Backend unavailable"}
+            429: "Quota exceeded", 503: "Backend unavailable",
+            402: "SU budget exceeded (the body carries estimated_su, remaining_su, budget_su)"}
     return {str(c): _json("Error", text[c]) for c in codes}
 
 
@@ -309,6 +440,7 @@ def _param(name: str, where: str = "query", schema: dict[str, Any] | None = None
 
 
 JOB_ID = _param("job_id", "path", required=True)
+DATASET_ID = _param("dataset_id", "path", required=True)
 PAGING = [_param("page", schema={"type": "integer", "minimum": 1}), _param("page_size", schema={"type": "integer", "minimum": 1, "maximum": 200})]
 HEADERS = [
     _param("Idempotency-Key", "header"),
@@ -322,20 +454,20 @@ def _paths() -> dict[str, Any]:
         "/jobs/submit": {"post": {
             "summary": "Submit one job", "parameters": HEADERS, "requestBody": body(_ref("Submission")),
             "responses": {"201": _json("Job", "Queued"), "200": _json("Job", "The job an Idempotency-Key already made"),
-                          **_errors(400, 413, 422, 429)},
+                          **_errors(400, 402, 413, 422, 429)},
         }},
         "/jobs/submit-batch": {"post": {
             "summary": "Submit many jobs; at most parallelLimit run at once",
             "requestBody": body({"type": "object", "required": ["jobs"], "properties": {
                 "jobs": {"type": "array", "items": _ref("Submission")}, "parallelLimit": {"type": "integer", "minimum": 1}}}),
-            "responses": {"201": _json("Batch", "Queued"), **_errors(400, 413, 422, 429)},
+            "responses": {"201": _json("Batch", "Queued"), **_errors(400, 402, 413, 422, 429)},
         }},
         "/pipelines": {"post": {
             "summary": "Submit stages with dependencies; each stage reads its parents' outputs",
             "requestBody": body({"type": "object", "required": ["stages"], "properties": {
                 "stages": {"type": "array", "items": {"allOf": [_ref("Submission")], "properties": {"name": {"type": "string"}}}},
                 "parallelLimit": {"type": "integer", "minimum": 1}}}),
-            "responses": {"201": _json("Pipeline", "Queued"), **_errors(400, 413, 422, 429)},
+            "responses": {"201": _json("Pipeline", "Queued"), **_errors(400, 402, 413, 422, 429)},
         }},
         "/jobs/{job_id}": {
             "get": {"summary": "The whole job record", "parameters": [JOB_ID],
@@ -363,6 +495,44 @@ def _paths() -> dict[str, Any]:
             _param("from_date", schema={"type": "string", "format": "date-time"}),
             _param("to_date", schema={"type": "string", "format": "date-time"}), *PAGING],
             "responses": {"200": _json("JobPage", "A page"), **_errors(400)}}},
+        "/jobs/dataset/stage": {"post": {
+            "summary": "Stage a dataset to a target (chunked copy, SHA-256 verified; staging.* events)",
+            "requestBody": body(_ref("StageRequest")),
+            "responses": {"202": _json("StagingStatus", "Queued"),
+                          "200": _json("StagingStatus", "Already staged (fresh) or in flight"),
+                          **_errors(400, 403, 404, 413, 422)}}},
+        "/jobs/dataset/estimate-transfer": {"post": {
+            "summary": "Transfer time from measured throughput to the target (or the documented default)",
+            "requestBody": body({"type": "object", "required": ["dataset_id"], "properties": {
+                "dataset_id": {"type": "string"}, "target_resource": {"type": "string"}}}),
+            "responses": {"200": _json("TransferEstimate", "Estimate"), **_errors(400, 403, 404, 413, 422)}}},
+        "/jobs/dataset/{dataset_id}/staging-status": {
+            "get": {"summary": "The newest staging of the dataset", "parameters": [DATASET_ID, _param("target_resource")],
+                    "responses": {"200": _json("StagingStatus", "Status"), **_errors(403, 404, 422)}},
+            "delete": {"summary": "Cancel the staging in progress", "parameters": [DATASET_ID, _param("target_resource")],
+                       "responses": {"200": _json("StagingStatus", "Cancelled"), **_errors(403, 404, 409, 422)}}},
+        "/jobs/dataset/{dataset_id}/validate": {"get": {
+            "summary": "Open the data (pyuvdata): format, shape, size, flagged fraction, problems",
+            "parameters": [DATASET_ID], "responses": {"200": _json("DatasetValidation", "Report"), **_errors(404)}}},
+        "/jobs/dataset/{dataset_id}/optimize": {"get": {
+            "summary": "Layout recommendations for GPU processing (and the staging request that applies them)",
+            "parameters": [DATASET_ID], "responses": {"200": _json("DatasetLayout", "Recommendations"), **_errors(404)}}},
+        "/jobs/optimize": {"post": {
+            "summary": "Tips for a submission before sending it: runtime, GPUs, rfi_strategy, max_runtime, cost",
+            "requestBody": body(_ref("Submission")),
+            "responses": {"200": _json("Tips", "Tips"), **_errors(400, 413, 422)}}},
+        "/jobs/metrics": {"get": {
+            "summary": "Success rate, runtime, GPU-hours, measured GPU utilisation, cost; by agent and period",
+            "parameters": [_param("period", schema={"enum": ["day", "week", "month"]}), _param("agent"),
+                           _param("from_date", schema={"type": "string", "format": "date-time"}),
+                           _param("to_date", schema={"type": "string", "format": "date-time"})],
+            "responses": {"200": _json("Metrics", "Metrics"), **_errors(400)}}},
+        "/jobs/{job_id}/webhooks": {"get": {"summary": "The job's webhook delivery log", "parameters": [JOB_ID],
+                                            "responses": {"200": _json("WebhookDeliveries", "Deliveries"), **_errors(404)}}},
+        "/webhooks/secret": {
+            "get": {"summary": "Your webhook signing secret (HMAC-SHA256; made on first use)",
+                    "responses": {"200": _json("WebhookSecret", "Secret")}},
+            "post": {"summary": "Replace your webhook signing secret", "responses": {"200": _json("WebhookSecret", "Secret")}}},
         "/jobs/resources/available": {"get": {"summary": "GPU pools", "responses": {"200": _json("Resources", "Pools")}}},
         "/agents": {"get": {"summary": "Agents and their parameter schemas", "responses": {"200": _json("Agents", "Agents")}}},
         "/datasets": {"get": {"summary": "Registered datasets", "responses": {"200": _json("Datasets", "Datasets")}}},

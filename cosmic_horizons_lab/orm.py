@@ -97,6 +97,10 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Charged when the job ends (costs.py): GPU-hours used, their price, and TACC Service Units.
+    gpu_hours: Mapped[float | None] = mapped_column(sa.Float)
+    cost_usd: Mapped[float | None] = mapped_column(sa.Float)
+    su_charged: Mapped[float | None] = mapped_column(sa.Float)
 
 
 class Run(Base):
@@ -148,3 +152,88 @@ class GpuSample(Base):
     utilization: Mapped[float] = mapped_column(sa.Float)
     memory_used_mb: Mapped[float] = mapped_column(sa.Float)
     memory_total_mb: Mapped[float] = mapped_column(sa.Float)
+
+
+class DatasetRecord(Base):
+    """What we learnt about one archive file: its checksum and its validation (both costly to redo).
+
+    Keyed by path; ``size_bytes``/``modified_at`` say whether the cache still
+    describes the file on disk.
+    """
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    dataset_id: Mapped[str] = mapped_column(sa.String(255), index=True)
+    path: Mapped[str] = mapped_column(sa.Text, unique=True)
+    size_bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    modified_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    validation: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    validated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Transfer(Base):
+    """One staging of a dataset to a target: the queue, its progress, and its measured throughput."""
+
+    __tablename__ = "transfers"
+    __table_args__ = (
+        sa.Index("ix_transfers_user_dataset", "user", "dataset_id", "target", "created_at"),
+        sa.Index("ix_transfers_server_status", "server_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    user: Mapped[str] = mapped_column(sa.String(255))
+    dataset_id: Mapped[str] = mapped_column(sa.String(255))
+    target: Mapped[str] = mapped_column(sa.String(64))
+    priority: Mapped[str] = mapped_column(sa.String(8))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    convert: Mapped[str | None] = mapped_column(sa.String(16))
+    source_path: Mapped[str] = mapped_column(sa.Text)
+    dest_path: Mapped[str] = mapped_column(sa.Text)
+    total_bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    bytes_done: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    resumed_from: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    server_id: Mapped[str] = mapped_column(sa.String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Seconds spent moving bytes (not queueing, not verifying): the basis of transfer estimates.
+    copy_seconds: Mapped[float | None] = mapped_column(sa.Float)
+    verify_seconds: Mapped[float | None] = mapped_column(sa.Float)
+
+
+class WebhookDelivery(Base):
+    """An outbox row: one POST owed to a job's webhook_url, written with the transition it reports."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (sa.Index("ix_webhook_deliveries_due", "server_id", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(sa.String(32), index=True)
+    user: Mapped[str] = mapped_column(sa.String(255))
+    server_id: Mapped[str] = mapped_column(sa.String(255))
+    url: Mapped[str] = mapped_column(sa.Text)
+    event: Mapped[str] = mapped_column(sa.String(64))
+    #: The exact bytes sent (and signed) on every attempt, so retries are byte-identical.
+    body: Mapped[str] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_status_code: Mapped[int | None] = mapped_column(sa.Integer)
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    log: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebhookSecret(Base):
+    """Each user's HMAC-SHA256 key for webhook signatures (``GET webhooks/secret``)."""
+
+    __tablename__ = "webhook_secrets"
+
+    user: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    secret: Mapped[str] = mapped_column(sa.String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
