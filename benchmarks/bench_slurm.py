@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cosmic_horizons_lab.backends.base import LaunchSpec  # noqa: E402
+from cosmic_horizons_lab.backends.base import BackendUnavailable, LaunchSpec  # noqa: E402
 from cosmic_horizons_lab.backends.slurm import SlurmBackend  # noqa: E402
 
 
@@ -55,6 +55,7 @@ def make_specs(base: Path, prefix: str, n: int) -> list[LaunchSpec]:
 
 def backend_for(base: Path, **config: Any) -> SlurmBackend:
     config.setdefault("extra_directives", ["--hold"])
+    config.setdefault("job_name_template", PREFIX + "{agent}-{job_id}")
     return SlurmBackend(work_dir=base, python=sys.executable, **config)
 
 
@@ -75,9 +76,16 @@ async def until_visible(ids: list[str], t0: float, timeout: float = 120.0) -> fl
         await asyncio.sleep(0.05)
 
 
+PREFIX = "chlbench-"
+
+
 def cancel_all() -> None:
-    subprocess.run(["scancel", "--user=root"], check=False)
-    time.sleep(1.0)
+    """scancel this benchmark's jobs (by name: the cluster may be shared)."""
+    out = subprocess.run(["squeue", "--noheader", "--format=%A %j"], capture_output=True, text=True).stdout
+    ids = [p[0] for p in (line.split() for line in out.splitlines()) if len(p) == 2 and p[1].startswith(PREFIX)]
+    if ids:
+        subprocess.run(["scancel", *ids], check=False)
+        time.sleep(1.0)
 
 
 async def scenario_raw(args: argparse.Namespace, base: Path) -> dict[str, Any]:
@@ -151,12 +159,21 @@ async def scenario_poll_load(args: argparse.Namespace, base: Path) -> dict[str, 
         poll_times = []
         t_end = time.perf_counter() + args.duration
         polls = 0
+        outages = 0
+        squeue_times: list[float] = []
         while time.perf_counter() < t_end:
             t0 = time.perf_counter()
-            states = await poller.poll(ids)
-            poll_times.append(time.perf_counter() - t0)
-            polls += 1
-            assert len(states) == len(ids) and all(s.status == "QUEUING" for s in states.values())
+            ran = poller.command_counts.get("squeue", 0)
+            try:
+                states = await poller.poll(ids)
+            except BackendUnavailable:
+                outages += 1  # the orchestrator would retry after its interval, and so do we
+            else:
+                poll_times.append(time.perf_counter() - t0)
+                if poller.command_counts.get("squeue", 0) > ran:
+                    squeue_times.append(time.perf_counter() - t0)
+                polls += 1
+                assert len(states) == len(ids) and all(s.status == "QUEUING" for s in states.values())
             await asyncio.sleep(args.poll_interval)
         minutes = args.duration / 60.0
         total = sum(poller.command_counts.values())
@@ -164,9 +181,12 @@ async def scenario_poll_load(args: argparse.Namespace, base: Path) -> dict[str, 
         results[str(active)] = {
             "active_jobs": len(ids),
             "polls": polls,
+            "polls_during_outages": outages,
             "commands": dict(poller.command_counts),
             "commands_per_min": total / minutes,
             "poll_ms_p50": 1000 * poll_times[len(poll_times) // 2],
+            "squeue_poll_ms_p50": 1000 * sorted(squeue_times)[len(squeue_times) // 2],
+            "naive_per_job_commands_per_min": len(ids) * 60.0 / args.poll_interval,
             "poll_ms_max": 1000 * poll_times[-1],
         }
         cancel_all()

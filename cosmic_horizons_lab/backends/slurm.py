@@ -854,6 +854,9 @@ class SlurmBackend(Backend):
             detail["partition"] = e.partition
         if e.dependency and e.dependency != "(null)":
             detail["dependency"] = e.dependency
+        restarts = _num(e.raw.get("restart_cnt"))
+        if restarts:
+            detail["restarts"] = restarts  # requeued (preempted, node failure, scontrol requeue)
         state = BackendJobState(status=status, reason=reason, detail=detail)  # type: ignore[arg-type]
         if status in ("COMPLETED", "FAILED"):
             state.exit_code = exit_code_of(code, sig)

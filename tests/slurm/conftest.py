@@ -85,14 +85,25 @@ def slurm_cluster(tmp_path_factory) -> Cluster:
             env[key] = value
     os.environ.update(env)
     cluster = Cluster(env=env, host=sh("hostname", "-s").stdout.strip())
-    # Clean slate: jobs a previous run left behind would hold CPUs.
-    sh("scancel", "--user=root", check=False)
+    # Clean slate: jobs a previous run left behind would hold CPUs (only ours: the
+    # cluster may be shared with other test runs on this machine).
+    cancel_test_jobs()
     for user in USERS:
         if sh("id", user, check=False).returncode != 0:
             sh("useradd", "--no-create-home", "--shell", "/bin/bash", user)
-        sh("scancel", f"--user={user}", check=False)
     cluster.early = _submit_early(tmp_path_factory.mktemp("slurm-early"))
     return cluster
+
+
+JOB_PREFIX = "chltest-"
+
+
+def cancel_test_jobs() -> None:
+    """scancel every job these tests submitted (their names start with JOB_PREFIX)."""
+    out = sh("squeue", "--noheader", "--format=%A %j", check=False).stdout
+    ids = [line.split()[0] for line in out.splitlines() if len(line.split()) == 2 and line.split()[1].startswith(JOB_PREFIX)]
+    if ids:
+        sh("scancel", *ids, check=False)
 
 
 def _submit_early(base: Path) -> dict[str, Any]:
@@ -120,6 +131,7 @@ def _submit_early(base: Path) -> dict[str, Any]:
 
 def make_backend(work_dir: Path, **config: Any) -> SlurmBackend:
     """A backend as the server makes it, tuned for tests: no poll rate limit, short grace."""
+    config.setdefault("job_name_template", JOB_PREFIX + "{agent}-{job_id}")
     config.setdefault("min_poll_interval", 0.0)
     config.setdefault("poll_backoff_initial", 0.5)
     config.setdefault("poll_backoff_max", 2.0)

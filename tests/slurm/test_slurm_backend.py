@@ -49,7 +49,7 @@ async def test_success_runs_executor_with_gpu_and_correlation_id(backend, work):
     assert recs[-1] == {**recs[-1], "type": "result"}
     assert recs[-1]["result"]["result"] == {"ok": True}
     script = (spec.job_dir / "slurm.sbatch").read_text()
-    assert "#SBATCH --gres=gpu:1" in script and "#SBATCH --job-name=chl-Script-ok" in script
+    assert "#SBATCH --gres=gpu:1" in script and "#SBATCH --job-name=chltest-Script-ok" in script
     # terminal states are cached: no more Slurm commands for this job
     before = dict(backend.command_counts)
     again = await backend.poll([bid])
@@ -344,3 +344,22 @@ async def test_finished_job_exit_code_from_accounting(backend, work):
     st = (await fresh.poll([bid]))[bid]
     assert (st.status, st.exit_code, st.detail["source"]) == ("FAILED", 3, "sacct")
     assert fresh.command_counts == {"squeue": 1, "sacct": 1}
+
+
+async def test_requeued_job_is_queuing_again(backend, work):
+    """A requeued job (preemption with requeue, node failure, scontrol requeue) goes back to
+    QUEUING with its restart count; Slurm holds it ~2 minutes (cred_expire) before rerunning."""
+    import subprocess
+
+    spec = make_job(work, "requeue", "import time\ntime.sleep(300)\n")
+    bid = await backend.submit(spec)
+    await wait_until(backend, [bid], lambda s: s.status == "RUNNING", timeout=30)
+    subprocess.run(["scontrol", "requeue", bid], check=True, capture_output=True)
+    st = (await wait_until(backend, [bid], lambda s: s.status == "QUEUING", timeout=30))[bid]
+    assert st.detail["restarts"] == 1
+    assert st.detail["slurm_state"].startswith("PENDING")
+    await backend.cancel(bid)
+    st = (await wait_until(backend, [bid], timeout=30))[bid]
+    assert (st.status, st.reason) == ("CANCELLED", "cancelled")
+    # the executor had started once, and the log is appended to, not truncated, on a rerun
+    assert [r["type"] for r in records(spec.job_dir)][:1] == ["started"]

@@ -127,7 +127,8 @@ def test_squeue_json_of_newer_slurm():
     assert snap.lookup("200_0").job_id == 201
     assert snap.lookup("200_5").reason == "JobArrayTaskLimit"
     assert snap.lookup("200_4") is None
-    assert map_slurm_state(snap.lookup("201").states if snap.lookup("201") else ["COMPLETING"]) == ("RUNNING", None)
+    assert snap.lookup("201") is None  # an array element is known by its array id only
+    assert map_slurm_state(snap.lookup("200_0").states) == ("RUNNING", None)  # COMPLETING
     assert map_slurm_state(snap.lookup("300").states) == ("QUEUING", "requeued")
     with pytest.raises(Exception):
         parse_squeue_json(json.dumps({"errors": [{"error": "Unable to contact slurm controller"}], "jobs": []}))
@@ -182,6 +183,16 @@ def test_traitlets_are_configurable():
     c.SlurmBackend.agent_defaults = {"AlphaCal": {"mem": "64G"}}
     backend = SlurmBackend(work_dir="/tmp", python="/usr/bin/python3", config=c)
     assert backend.partition == "gpu-a100"
+    assert backend.job_name_template == "chl-{agent}-{job_id}"
+    from cosmic_horizons_lab.backends.base import LaunchSpec
+
+    spec = LaunchSpec(job_id="j1", job_dir="/tmp/j1", agent="AlphaCal", user="u", gpu_count=2,
+                      max_runtime_seconds=3600, correlation_id="c1")  # fmt: skip
+    script = backend.render_script(spec)
+    for line in ("--job-name=chl-AlphaCal-j1", "--partition=gpu-a100", "--mem=64G", "--gres=gpu:2",
+                 "--time=01:00:00", "--output=/tmp/j1/stdout.log"):  # fmt: skip
+        assert f"#SBATCH {line}" in script, line
+    assert script.rstrip().endswith("exec /usr/bin/python3 -m cosmic_horizons_lab.executor /tmp/j1")
     assert backend.agent_defaults["AlphaCal"]["mem"] == "64G"
     for name in ("partition", "account", "qos", "gres_type", "extra_directives", "agent_defaults",
                  "sbatch_command", "squeue_command", "sacct_command", "scancel_command", "sinfo_command",
