@@ -1,0 +1,243 @@
+"""Dataset staging end to end: real multi-megabyte files, a real server, real events and checksums."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from .services import LabServer
+
+DEMO = Path(__file__).resolve().parent.parent / "cosmic_horizons_lab" / "data" / "day2_TDEM0003_10s_norx_1src_1spw.uvfits"
+DEMO_ID = "VLA.TDEM0003.1src"
+MB = 1024 * 1024
+
+
+@pytest.fixture
+def lab_config():
+    return {"staging_chunk_bytes": 256 * 1024, "staging_progress_interval": 0.05}
+
+
+def _blob(path: Path, size: int) -> Path:
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def _events(lab, types: tuple[str, ...] = ("staging.",)) -> list[dict]:
+    return [e for e in await lab.store.events_after("astro", 0, limit=10_000) if e["type"].startswith(types)]
+
+
+async def _wait_event(lab, kind: str, transfer_id: str, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for ev in await _events(lab):
+            if ev["type"] == kind and ev["payload"]["transfer_id"] == transfer_id:
+                return ev
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {kind} for {transfer_id} in {timeout}s")
+
+
+async def test_stage_copies_verifies_and_jobs_read_the_staged_copy(api, lab, datasets_dir, work_dir, script):
+    shutil.copy(DEMO, datasets_dir / f"{DEMO_ID}.uvfits")
+    lab.staging.max_bytes_per_second = 8 * MB  # ~0.5 s: several progress events
+    code, st, _ = await api.post("jobs/dataset/stage", {"dataset_id": DEMO_ID, "target_resource": "tacc_scratch"})
+    assert code == 202 and st["status"] in ("queued", "running") and st["total_bytes"] == DEMO.stat().st_size
+    done = await _wait_event(lab, "staging.completed", st["transfer_id"])
+    assert done["payload"]["sha256"] == _sha(DEMO) and done["job_id"] is None and done["user"] == "astro"
+
+    kinds = [e["type"] for e in await _events(lab)]
+    assert kinds[0] == "staging.queued" and kinds[1] == "staging.started" and kinds[-1] == "staging.completed"
+    progress = [e["payload"] for e in await _events(lab) if e["type"] == "staging.progress" and e["payload"].get("phase") == "copying"]
+    assert len(progress) >= 2
+    assert [p["bytes_transferred"] for p in progress] == sorted(p["bytes_transferred"] for p in progress)
+    assert all(p["rate_bytes_per_second"] > 0 and p["eta_seconds"] is not None for p in progress)
+
+    code, status, _ = await api.get(f"jobs/dataset/{DEMO_ID}/staging-status")
+    assert code == 200 and status["status"] == "completed" and status["progress"] == 1.0 and not status["stale"]
+    staged = Path(status["staged_path"])
+    assert staged.read_bytes() == DEMO.read_bytes() and not Path(str(staged) + ".part").exists()
+    assert staged.is_relative_to(work_dir)
+
+    # Staging again while a fresh copy exists copies nothing.
+    code, again, _ = await api.post("jobs/dataset/stage", {"dataset_id": DEMO_ID})
+    assert code == 200 and again["transfer_id"] == st["transfer_id"]
+
+    # Estimates now come from the measured transfer.
+    code, est, _ = await api.post("jobs/dataset/estimate-transfer", {"dataset_id": DEMO_ID})
+    assert code == 200 and est["basis"] == "measured" and est["samples"] == 1
+    assert est["estimated_seconds"] == pytest.approx(DEMO.stat().st_size / est["throughput_bytes_per_second"], rel=1e-3)
+
+    # A job on this dataset is given the staged copy.
+    path = script("print('ok')\n")
+    _, job, _ = await api.post("jobs/submit", {"agent": "Script", "dataset_id": DEMO_ID, "params": {"path": path}})
+    await api.wait_for(job["id"])
+    spec = json.loads((work_dir / "astro" / job["id"] / "job.json").read_text())
+    assert spec["dataset"]["path"] == str(staged) and spec["dataset"]["staged"]["target"] == "tacc_scratch"
+
+
+async def test_a_stale_copy_is_reported_and_restaged_on_use(api, lab, datasets_dir, work_dir, script):
+    shutil.copy(DEMO, datasets_dir / f"{DEMO_ID}.uvfits")
+    _, st, _ = await api.post("jobs/dataset/stage", {"dataset_id": DEMO_ID})
+    await _wait_event(lab, "staging.completed", st["transfer_id"])
+    _, status, _ = await api.get(f"jobs/dataset/{DEMO_ID}/staging-status")
+    old = time.time() - 11 * 86400  # TACC purges after 10 days untouched
+    os.utime(status["staged_path"], (old, old))
+    _, status, _ = await api.get(f"jobs/dataset/{DEMO_ID}/staging-status")
+    assert status["stale"] is True
+    _, job, _ = await api.post("jobs/submit", {"agent": "Script", "dataset_id": DEMO_ID, "params": {"path": script("pass\n")}})
+    await api.wait_for(job["id"])
+    spec = json.loads((work_dir / "astro" / job["id"] / "job.json").read_text())
+    assert spec["dataset"]["path"] == str(datasets_dir / f"{DEMO_ID}.uvfits")  # not the stale copy
+    deadline = time.monotonic() + 20
+    while True:
+        _, status, _ = await api.get(f"jobs/dataset/{DEMO_ID}/staging-status")
+        if status["transfer_id"] != st["transfer_id"] and status["status"] == "completed":
+            break
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(0.1)
+    assert status["stale"] is False
+
+
+async def test_corruption_during_the_transfer_fails_it_and_leaves_no_file(api, lab, datasets_dir):
+    src = _blob(datasets_dir / "big.h5", 8 * MB)
+    lab.staging.max_bytes_per_second = 4 * MB
+    _, st, _ = await api.post("jobs/dataset/stage", {"dataset_id": "big"})
+    await _wait_event(lab, "staging.progress", st["transfer_id"])
+    dest = Path(lab.staging.targets["tacc_scratch"].root) / "astro" / "big.h5"
+    part = Path(str(dest) + ".part")
+    with open(part, "r+b") as fh:  # a bad disk, a bad network: bytes change under us
+        fh.write(b"\x00" * 4096)
+    failed = await _wait_event(lab, "staging.failed", st["transfer_id"])
+    assert "SHA-256" in failed["payload"]["error"]
+    assert not dest.exists() and not part.exists()
+    _, status, _ = await api.get("jobs/dataset/big/staging-status")
+    assert status["status"] == "failed" and src.exists()
+
+
+async def test_cancel_stops_the_copy_and_removes_the_part_file(api, lab, datasets_dir):
+    _blob(datasets_dir / "big.h5", 8 * MB)
+    lab.staging.max_bytes_per_second = 2 * MB
+    _, st, _ = await api.post("jobs/dataset/stage", {"dataset_id": "big"})
+    await _wait_event(lab, "staging.progress", st["transfer_id"])
+    code, cancelled, _ = await api.delete("jobs/dataset/big/staging-status")
+    assert code == 200 and cancelled["status"] == "cancelled"
+    assert (await _events(lab))[-1]["type"] == "staging.cancelled"
+    root = Path(lab.staging.targets["tacc_scratch"].root) / "astro"
+    assert list(root.iterdir()) == []
+    code, err, _ = await api.delete("jobs/dataset/big/staging-status")
+    assert code == 409 and err["error"] == "conflict"
+
+
+async def test_high_priority_goes_before_normal_within_the_concurrency_limit(api, lab, datasets_dir):
+    for name in ("a", "b", "c"):
+        _blob(datasets_dir / f"{name}.h5", 2 * MB)
+    lab.staging.concurrency = 1
+    lab.staging.max_bytes_per_second = 4 * MB
+    _, first, _ = await api.post("jobs/dataset/stage", {"dataset_id": "a"})
+    await _wait_event(lab, "staging.started", first["transfer_id"])
+    await api.post("jobs/dataset/stage", {"dataset_id": "b", "priority": "normal"})
+    _, last, _ = await api.post("jobs/dataset/stage", {"dataset_id": "c", "priority": "high"})
+    await asyncio.sleep(0.1)
+    _, b_status, _ = await api.get("jobs/dataset/b/staging-status")
+    assert b_status["status"] == "queued"  # one at a time
+    b_done = await _wait_event(lab, "staging.completed", b_status["transfer_id"], timeout=30)
+    assert b_done
+    started = [e["payload"]["dataset_id"] for e in await _events(lab) if e["type"] == "staging.started"]
+    assert started == ["a", "c", "b"]
+
+
+async def test_paths_from_the_request_are_never_trusted(api, lab, datasets_dir, tmp_path):
+    outside = _blob(tmp_path / "secret.h5", 1024)
+    (datasets_dir / "leak.h5").symlink_to(outside)  # a symlink out of the archive is no dataset
+    _blob(datasets_dir / "ok.h5", 1024)
+    for dataset_id in ("../secret", "/etc/passwd", "leak", "..", "ok/../../secret"):
+        code, err, _ = await api.post("jobs/dataset/stage", {"dataset_id": dataset_id})
+        assert code == 404 and err["field"] == "dataset_id", dataset_id
+    for target in ("../../tmp", "/tmp", "tacc_scratch/../x"):
+        code, err, _ = await api.post("jobs/dataset/stage", {"dataset_id": "ok", "target_resource": target})
+        assert code == 422 and err["field"] == "target_resource", target
+    code, err, _ = await api.post("jobs/dataset/stage", {"dataset_id": "ok", "path": "/etc"})
+    assert code == 400 and err["field"] == "path"
+    code, _, _ = await api.get("jobs/dataset/..%2F..%2Fetc%2Fpasswd/validate")
+    assert code == 404
+    # Scratch with a symlink planted where the user's folder goes: refused, nothing written outside.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (Path(lab.staging.targets["tacc_scratch"].root) / "astro").symlink_to(elsewhere)
+    code, err, _ = await api.post("jobs/dataset/stage", {"dataset_id": "ok"})
+    assert code == 403 and err["error"] == "forbidden"
+    assert list(elsewhere.iterdir()) == []
+    assert await _events(lab) == []  # refused requests wrote nothing
+
+
+async def test_validation_and_layout_advice_read_the_real_data(api, datasets_dir):
+    shutil.copy(DEMO, datasets_dir / f"{DEMO_ID}.uvfits")
+    code, report, _ = await api.get(f"jobs/dataset/{DEMO_ID}/validate")
+    assert code == 200 and report["valid"] and report["format"] == "uvfits" and not report["cached"]
+    assert report["shape"]["visibilities"] > 0 and 0 <= report["flagged_fraction"] < 1
+    code, again, _ = await api.get(f"jobs/dataset/{DEMO_ID}/validate")
+    assert again["cached"] and again["flagged_fraction"] == report["flagged_fraction"]
+    code, layout, _ = await api.get(f"jobs/dataset/{DEMO_ID}/optimize")
+    ids = {r["id"] for r in layout["recommendations"]}
+    assert code == 200 and {"convert_uvh5", "channel_chunking"} <= ids
+    assert layout["staging_request"]["convert"] == "uvh5"
+    (datasets_dir / "notes.csv").write_text("a,b\n1,2\n")
+    _, bad, _ = await api.get("jobs/dataset/notes/validate")
+    assert bad["valid"] is False and bad["problems"]
+
+
+async def test_staging_can_convert_to_baseline_time_uvh5(api, lab, datasets_dir):
+    shutil.copy(DEMO, datasets_dir / f"{DEMO_ID}.uvfits")
+    _, st, _ = await api.post("jobs/dataset/stage", {"dataset_id": DEMO_ID, "convert": "uvh5"})
+    done = await _wait_event(lab, "staging.completed", st["transfer_id"], timeout=60)
+    _, status, _ = await api.get(f"jobs/dataset/{DEMO_ID}/staging-status")
+    staged = Path(status["staged_path"])
+    assert staged.suffix == ".uvh5" and _sha(staged) == done["payload"]["sha256"]
+    from pyuvdata import UVData
+
+    uv = UVData.from_file(str(staged), read_data=False)
+    assert (uv.baseline_array[:-1] <= uv.baseline_array[1:]).all()  # baseline-time order
+
+
+def test_a_transfer_resumes_after_a_server_crash(tmp_path):
+    root = tmp_path / "root"
+    (root / "datasets").mkdir(parents=True)
+    src = _blob(root / "datasets" / "big.h5", 12 * MB)
+    config = {"staging_max_bytes_per_second": 3 * MB, "staging_chunk_bytes": 256 * 1024, "owner": "astro"}
+    server = LabServer(root, config=config).start()
+    try:
+        client = server.client()
+        st = client.request("POST", "jobs/dataset/stage", {"dataset_id": "big"})
+        deadline = time.monotonic() + 20
+        while client.request("GET", "jobs/dataset/big/staging-status")["bytes_transferred"] < 3 * MB:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        server.kill()  # SIGKILL mid-copy
+    finally:
+        server.stop()
+    part = root / "jobs" / "staging" / "tacc_scratch" / "astro" / "big.h5.part"
+    part_size = part.stat().st_size
+    assert 0 < part_size < src.stat().st_size
+    again = LabServer(root, config={**config, "staging_max_bytes_per_second": 0}).start()
+    try:
+        client = again.client()
+        deadline = time.monotonic() + 30
+        while (status := client.request("GET", "jobs/dataset/big/staging-status"))["status"] != "completed":
+            assert status["status"] in ("queued", "running", "verifying") and time.monotonic() < deadline, status
+            time.sleep(0.1)
+    finally:
+        again.stop()
+    assert status["transfer_id"] == st["transfer_id"]
+    assert status["resumed_from"] >= part_size - 256 * 1024 and status["resumed_from"] > 0
+    final = root / "jobs" / "staging" / "tacc_scratch" / "astro" / "big.h5"
+    assert status["sha256"] == _sha(src) == _sha(final) and not part.exists()
