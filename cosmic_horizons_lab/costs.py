@@ -223,8 +223,22 @@ class Accounting:
         accepted[user] = accepted.get(user, 0.0) + need
 
     def on_transition(self, tx: Tx, job: Job, previous: str) -> None:
-        """Charge a job when it ends, in the transaction that ends it."""
+        """Charge a job when it ends, in the transaction that ends it.
+
+        The charge is computed just before that transaction commits, not at
+        the hook: the orchestrator may still correct ``completed_at`` to the
+        executor's own end time after the transition, and that is the time
+        TACC would bill.
+        """
         if job.status in TERMINAL and previous not in TERMINAL:
+            pending: list[Job] = tx.session.info.setdefault("cost_pending", [])
+            if not pending:
+                sa.event.listen(tx.session.sync_session, "before_commit", self._charge_pending, once=True)
+            pending.append(job)
+            self.model.charge(job)  # provisional, for anything later in this transaction
+
+    def _charge_pending(self, session: Any) -> None:
+        for job in session.info.pop("cost_pending", []):
             self.model.charge(job)
 
 

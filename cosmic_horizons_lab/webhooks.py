@@ -86,8 +86,20 @@ class Webhooks:
         """Owe a delivery for this transition, in its transaction (orchestrator transition hook)."""
         if not job.webhook_url or not (job.status in TERMINAL or self.all_transitions):
             return
+        # The row is written just before the commit, so its body has the job's final figures
+        # (the charge, a corrected completed_at) and still commits with the transition.
+        pending: list[tuple[Job, str, str]] = tx.session.info.setdefault("webhooks_pending", [])
+        if not pending:
+            sa.event.listen(tx.session.sync_session, "before_commit", self._write_pending, once=True)
+        pending.append((job, job.status, previous))
+
+    def _write_pending(self, session: Any) -> None:
+        for job, status, previous in session.info.pop("webhooks_pending", []):
+            self._add_delivery(session, job, status, previous)
+
+    def _add_delivery(self, session: Any, job: Job, status: str, previous: str) -> None:
         now = utcnow()
-        event = f"job.{job.status.lower()}"
+        event = f"job.{status.lower()}"
         body = {
             "id": uuid.uuid4().hex,
             "event": event,
@@ -95,10 +107,10 @@ class Webhooks:
             "job_id": job.id,
             "correlation_id": job.correlation_id,
             "ts": isoformat(now),
-            "status": status_to_json(job, self.api_url()),
+            "status": {**status_to_json(job, self.api_url()), "status": status},
             "cost": {"gpu_hours": job.gpu_hours, "cost_usd": job.cost_usd, "su_charged": job.su_charged},
         }
-        tx.session.add(WebhookDelivery(
+        session.add(WebhookDelivery(
             job_id=job.id, user=job.user, server_id=self.server_id, url=job.webhook_url, event=event,
             body=json.dumps(body, separators=(",", ":"), default=str), status="pending", attempts=0,
             next_attempt_at=now, log=[], created_at=now,
