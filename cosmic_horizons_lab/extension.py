@@ -224,7 +224,7 @@ class CosmicHorizons(ExtensionApp):
         self._start_lock = asyncio.Lock()
         self.bus = EventBus()
         self.outputs = OutputIndex()
-        self.datasets = DatasetRegistry(self.datasets_path)
+        self.datasets = DatasetRegistry(self.datasets_path, self.work_path / ".simulated")
         self.datasets_path.mkdir(parents=True, exist_ok=True)
         self.work_path.mkdir(parents=True, exist_ok=True)
         url = self.db_url or sqlite_url(_state_dir() / "jobs.db")

@@ -292,8 +292,12 @@ class DatasetsHandler(APIBase):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        items = await asyncio.to_thread(self.app.datasets.list)
-        self.reply({"datasets": [d.to_json() for d in items]})
+        registry = self.app.datasets
+
+        def described() -> list[dict[str, Any]]:
+            return [d.to_json(registry.describe(d)) for d in registry.list()]
+
+        self.reply({"datasets": await asyncio.to_thread(described)})
 
 
 class GpusHandler(APIBase):

@@ -219,9 +219,10 @@ SCHEMAS: dict[str, Any] = {
                         "id": {"type": "string"},
                         "format": {"type": "string"},
                         "size_bytes": {"type": "integer"},
-                        "source": {"type": "string"},
-                        "modified_at": TIME,
-                        "shape": {"type": ["object", "null"]},
+                        "source": {"enum": ["archive", "demo", "simulated"]},
+                        "modified_at": _nullable(TIME),
+                        "description": {"type": "string"},
+                        "shape": {"type": ["object", "null"], "description": "From the data itself; null until readable"},
                     },
                 },
             }

@@ -240,14 +240,36 @@ async def test_malformed_and_oversized_bodies(api, lab):
     assert await lab.store.last_event_id() == 0
 
 
-async def test_a_dataset_in_datasets_dir_is_listed_and_accepted(api, script, datasets_dir):
+async def test_datasets_list_the_archive_the_demo_and_the_presets(api, script, datasets_dir):
     (datasets_dir / "VLA.demo.uvfits").write_bytes(b"\0" * 2880)
     (datasets_dir / ".hidden.uvfits").write_bytes(b"\0")
     code, body, _ = await api.get("datasets")
     assert code == 200
-    assert [(d["id"], d["format"], d["size_bytes"]) for d in body["datasets"]] == [("VLA.demo", "uvfits", 2880)]
+    by_id = {d["id"]: d for d in body["datasets"]}
+    assert ".hidden" not in by_id
+    assert (by_id["VLA.demo"]["format"], by_id["VLA.demo"]["size_bytes"], by_id["VLA.demo"]["source"]) == ("uvfits", 2880, "archive")
+    assert by_id["VLA.demo"]["shape"] is None  # zeros are not a uvfits file: listed, without a shape
+    demo = by_id["VLA.TDEM0003.1src"]
+    assert demo["source"] == "demo" and demo["size_bytes"] == 4_253_760
+    assert demo["shape"] == {"baselines": 153, "times": 15, "channels": 64, "polarizations": 4, "visibilities": 348160}
+    assert {"SIM.small", "SIM.rfi", "SIM.sky"} <= set(by_id)
     code, job, _ = await api.post("jobs/submit", {"agent": "Script", "dataset_id": "VLA.demo", "params": {"path": script(QUICK)}})
     assert code == 201 and job["dataset_id"] == "VLA.demo"
+
+
+async def test_a_synthetic_dataset_is_generated_by_the_job_that_needs_it(api, script, work_dir):
+    reader = script(
+        "import json, os, pathlib\n"
+        "job = json.loads((pathlib.Path(os.environ['COSMIC_HORIZONS_JOB_DIR'])/'job.json').read_text())\n"
+        "result = os.path.getsize(job['dataset']['path'])\n", "size.py")
+    _, job, _ = await api.post("jobs/submit", {"agent": "Script", "dataset_id": "SIM.small", "params": {"path": reader}})
+    done = await api.wait_for(job["id"], timeout=120)
+    assert done["status"] == "COMPLETED", done
+    generated = work_dir / ".simulated" / "SIM.small.uvfits"
+    assert done["result"]["result"] == generated.stat().st_size > 100_000
+    code, body, _ = await api.get("datasets")
+    sim = next(d for d in body["datasets"] if d["id"] == "SIM.small")
+    assert sim["shape"]["baselines"] == 171 and sim["shape"]["channels"] == 32
 
 
 async def test_history_is_newest_first_and_paginated(api, script, lab):

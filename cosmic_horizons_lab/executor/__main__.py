@@ -29,6 +29,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ[JOB_DIR_ENV] = str(job_dir)
     job.outputs.mkdir(parents=True, exist_ok=True)
+    if job.dataset is not None and job.simulate and not job.dataset.path.exists():
+        # A synthetic dataset is generated where it is first needed: here, not in the server.
+        from .simulate import materialize
+
+        tmp = job.dataset.path.with_name(f".{job.dataset.path.name}.{os.getpid()}")
+        materialize(job.simulate, tmp)
+        os.replace(tmp, job.dataset.path)
     append_record(job_dir, {"type": "started", "pid": os.getpid(), "host": socket.gethostname()})
 
     from .registry import get_agent

@@ -76,7 +76,8 @@ class JobContext:
     correlation_id: str = ""
     user: str = ""
     server_root: Path | None = None
-    _last_report: float = 0.0
+    #: The synthetic preset to generate at ``dataset.path`` if the file is missing.
+    simulate: str | None = None
 
     @property
     def outputs(self) -> Path:
@@ -96,6 +97,7 @@ class JobContext:
             correlation_id=data.get("correlation_id") or "",
             user=data.get("user") or "",
             server_root=Path(root) if root else None,
+            simulate=(data.get("dataset") or {}).get("simulate"),
         )
 
     def report(self, progress: float | None = None, **metrics: Any) -> None:
