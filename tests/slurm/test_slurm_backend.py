@@ -314,7 +314,7 @@ async def test_one_squeue_per_poll_whatever_the_number_of_jobs(work):
 
 async def test_resources_from_sinfo(backend, work, slurm_cluster):
     pools = {p.name: p for p in await backend.resources()}
-    assert set(pools) == {"gpu", "debug"}
+    assert set(pools) == {"gpu", "debug", "urgent"}
     assert pools["gpu"].total == 2 and pools["gpu"].backend == "slurm"
     assert pools["gpu"].detail["default_partition"] is True
     free_before = pools["gpu"].free
@@ -331,7 +331,7 @@ async def test_resources_from_sinfo(backend, work, slurm_cluster):
 async def test_health(backend):
     health = await backend.health()
     assert health["ok"] is True, health
-    assert set(health["partitions"]) == {"gpu", "debug"}
+    assert set(health["partitions"]) == {"gpu", "debug", "urgent"}
     assert backend.supported_features() >= {"cancel", "arrays", "dependencies"}
 
 
@@ -363,3 +363,16 @@ async def test_requeued_job_is_queuing_again(backend, work):
     assert (st.status, st.reason) == ("CANCELLED", "cancelled")
     # the executor had started once, and the log is appended to, not truncated, on a rerun
     assert [r["type"] for r in records(spec.job_dir)][:1] == ["started"]
+
+
+async def test_preempted_job_is_failed_preempted(backend, work):
+    """A job in a higher-tier partition that needs both GPUs preempts (cancels) ours."""
+    victim = make_job(work, "victim", "import time\ntime.sleep(300)\n", gpu_count=1)
+    vid = await backend.submit(victim)
+    await wait_until(backend, [vid], lambda s: s.status == "RUNNING", timeout=30)
+    urgent_backend = make_backend(work, partition="urgent")
+    uid = await urgent_backend.submit(make_job(work, "urgent", "pass\n", gpu_count=2))
+    st = (await wait_until(backend, [vid], timeout=60))[vid]
+    assert (st.status, st.reason) == ("FAILED", "preempted"), st
+    assert st.detail["slurm_state"].startswith("PREEMPTED")
+    assert (await wait_until(urgent_backend, [uid], timeout=60))[uid].status == "COMPLETED"
