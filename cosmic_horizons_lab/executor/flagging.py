@@ -116,10 +116,11 @@ def _sum_threshold_1d(x: torch.Tensor, flags: torch.Tensor, m: int, chi: float) 
 def sum_threshold(x: torch.Tensor, flags: torch.Tensor, chi1: float,
                   windows: tuple[int, ...], rho: float) -> torch.Tensor:
     """SumThreshold along time (axis 1) and frequency (axis 2) of a (B, T, F) plane."""
+    xt = x.transpose(1, 2).contiguous()  # time-major copy: windows along time run in memory order
     for m in windows:
         chi = chi1 / rho ** math.log2(m)
-        flags = _sum_threshold_1d(x.transpose(1, 2), flags.transpose(1, 2), m, chi).transpose(1, 2)
-        flags = _sum_threshold_1d(x, flags, m, chi)
+        ft = _sum_threshold_1d(xt, flags.transpose(1, 2).contiguous(), m, chi)
+        flags = _sum_threshold_1d(x, ft.transpose(1, 2).contiguous(), m, chi)
     return flags
 
 
@@ -151,8 +152,9 @@ def flag_amplitudes(amp: torch.Tensor, flags: torch.Tensor, strategy: FlagStrate
     for p in range(strategy.passes):
         factor = strategy.threshold_step ** (strategy.passes - 1 - p)
         weight = (~current).to(amp.dtype)
-        background = _smooth(amp * weight, strategy.smooth_sigma) / \
-            _smooth(weight, strategy.smooth_sigma).clamp_min(1e-6)
+        # numerator and normaliser of the masked average in one batched convolution
+        both = _smooth(torch.cat([amp * weight, weight]), strategy.smooth_sigma)
+        background = both[: amp.shape[0]] / both[amp.shape[0]:].clamp_min(1e-6)
         res = amp - background
         sigma = _robust_sigma(res, current)
         current = sum_threshold(res / sigma, base | current, strategy.threshold * factor,
