@@ -439,3 +439,22 @@ async def test_unauthenticated_requests_are_refused(jp_fetch, lab):
     assert resp.code == 403
     body = json.loads(resp.body)
     assert body["error"] == "forbidden"
+
+
+async def test_the_portal_seed_payload_runs_verbatim(api, datasets_dir):
+    """Seed 000's submission, unchanged: AlphaCal on an archive dataset of that name (the real VLA data)."""
+    import shutil
+
+    from cosmic_horizons_lab.data import DEMO_DATASETS
+
+    shutil.copy(DEMO_DATASETS["VLA.TDEM0003.1src"], datasets_dir / "VLASS2.1.eb123456.uvfits")
+    code, job, _ = await api.post("jobs/submit", SEED_PAYLOAD)
+    assert code == 201 and job["status"] == "QUEUED", job
+    assert job["params"] == SEED_PAYLOAD["params"] and job["gpu_count"] == 2 and job["max_runtime_seconds"] == 14400
+    assert job["webhook_url"] == SEED_PAYLOAD["webhook_url"]
+    done = await api.wait_for(job["id"], timeout=240)
+    assert done["status"] == "COMPLETED", done
+    code, status, _ = await api.get(f"jobs/{job['id']}/status")
+    assert status["metrics"]["visibilities_processed"] > 0 and status["metrics"]["vram_usage"] > 0
+    _, outputs, _ = await api.get(f"jobs/{job['id']}/outputs")
+    assert {"calibrated.uvfits", "caltable.npz", "flags.npz"} <= {f["path"] for f in outputs["files"]}
