@@ -9,10 +9,22 @@ than one per event, which is what keeps a hundred viewers cheap on two cores.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import defaultdict
 from typing import Any
 
 Event = dict[str, Any]
+#: An event as subscribers get it: its id and its JSON text, serialised once for all of them.
+Encoded = tuple[int, str]
+
+
+def encode(event: Event) -> Encoded:
+    return event["id"], json.dumps(event, separators=(",", ":"), default=str)
+
+
+def message(batch: list[Encoded]) -> str:
+    """One WebSocket message: an event object, or a JSON list of them."""
+    return batch[0][1] if len(batch) == 1 else "[" + ",".join(text for _, text in batch) + "]"
 
 
 class Subscription:
@@ -22,11 +34,11 @@ class Subscription:
         self.bus = bus
         self.user = user
         self.max_pending = max_pending
-        self.pending: list[Event] = []
+        self.pending: list[Encoded] = []
         self.overflowed = False
         self._ready = asyncio.Event()
 
-    def push(self, events: list[Event]) -> None:
+    def push(self, events: list[Encoded]) -> None:
         if self.overflowed:
             return
         self.pending.extend(events)
@@ -36,7 +48,7 @@ class Subscription:
             self.pending.clear()
         self._ready.set()
 
-    async def next_batch(self) -> list[Event]:
+    async def next_batch(self) -> list[Encoded]:
         """Wait for events and take all that are pending."""
         while not self.pending and not self.overflowed:
             self._ready.clear()
@@ -60,9 +72,10 @@ class EventBus:
         return sub
 
     def publish(self, events: list[Event]) -> None:
-        by_user: dict[str, list[Event]] = defaultdict(list)
+        by_user: dict[str, list[Encoded]] = defaultdict(list)
         for ev in events:
-            by_user[ev["user"]].append(ev)
+            if ev["user"] in self._subs and self._subs[ev["user"]]:
+                by_user[ev["user"]].append(encode(ev))
         for user, evs in by_user.items():
             for sub in list(self._subs.get(user, ())):
                 sub.push(evs)

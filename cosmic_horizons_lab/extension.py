@@ -284,9 +284,6 @@ class CosmicHorizons(ExtensionApp):
         # Charge first, so the webhook's body carries the cost.
         self.orchestrator.transition_hooks.extend([self.accounting.on_transition, self.webhooks.on_transition])
         self.orchestrator.resolve_dataset = self.staging.resolve
-        web_app = getattr(self.serverapp, "web_app", None)
-        if web_app is not None and web_app.settings.get("log_function"):
-            web_app.settings["log_function"] = self.instruments.wrap_log_function(web_app.settings["log_function"])
 
     def _make_backend(self) -> Backend:
         ref = BACKENDS.get(self.backend, self.backend)
@@ -316,6 +313,8 @@ class CosmicHorizons(ExtensionApp):
         calls it too, so an embedding that never runs the server's start hook
         (a test harness, another launcher) still works.
         """
+        if self.ready.is_set():
+            return
         async with self._start_lock:
             if self.ready.is_set():
                 return
@@ -324,6 +323,9 @@ class CosmicHorizons(ExtensionApp):
             await self.orchestrator.start()
             await self.telemetry.start()
             self.instruments.set_job_counts(await self.usage.status_counts(self.server_id))
+            web_app = getattr(self.serverapp, "web_app", None)  # exists by now, not at initialize_settings
+            if web_app is not None and web_app.settings.get("log_function"):
+                web_app.settings["log_function"] = self.instruments.wrap_log_function(web_app.settings["log_function"])
             await self.staging.start()
             await self.webhooks.start()
             self.ready.set()

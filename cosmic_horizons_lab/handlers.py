@@ -23,6 +23,7 @@ from tornado import web, websocket
 
 from . import jobdir
 from .errors import BadRequest, LabError, NotFound, PayloadTooLarge
+from .events import encode, message
 from .executor.registry import agents
 from .models import job_to_json, status_to_json
 from .submission import parse_json_body
@@ -395,23 +396,19 @@ class EventStreamHandler(ExtensionHandlerMixin, JupyterHandler, websocket.WebSoc
                 page = await app.store.events_after(self.owner, last, limit=2000)
                 if not page:
                     break
-                await self._write(page)
+                await self.write_message(message([encode(ev) for ev in page]))
                 last = page[-1]["id"]
             while True:
                 batch = await self.subscription.next_batch()
                 if self.subscription.overflowed:
                     self.close(1013, "too far behind; reconnect with after=<last id>")
                     return
-                fresh = [ev for ev in batch if ev["id"] > last]
+                fresh = [item for item in batch if item[0] > last]
                 if fresh:
-                    await self._write(fresh)
-                    last = fresh[-1]["id"]
+                    await self.write_message(message(fresh))
+                    last = fresh[-1][0]
         except (websocket.WebSocketClosedError, asyncio.CancelledError):
             pass
-
-    async def _write(self, events: list[dict[str, Any]]) -> None:
-        payload = events[0] if len(events) == 1 else events
-        await self.write_message(json.dumps(payload, separators=(",", ":")))
 
     def on_message(self, message: str | bytes) -> None:
         pass  # the stream is one-way; nothing a client sends means anything
