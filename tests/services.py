@@ -91,8 +91,10 @@ class LabServer:
     """
 
     def __init__(self, root: Path, *, db_url: str | None = None, config: dict[str, Any] | None = None,
-                 token: str = "test-token", app: str = "server") -> None:
+                 token: str = "test-token", app: str = "server", run_as: str | None = None) -> None:
         self.root = Path(root)
+        #: A Unix user to run the server as (a hub's single-user server runs as its user).
+        self.run_as = run_as
         self.port = free_port()
         self.token = token
         self.app = app
@@ -117,6 +119,11 @@ class LabServer:
         args += [f"--CosmicHorizons.{k}={v}" for k, v in self.config.items()]
         env = dict(os.environ, JUPYTER_DATA_DIR=str(self.state / "data"), JUPYTER_RUNTIME_DIR=str(self.state / "runtime"),
                    JUPYTER_CONFIG_DIR=str(self.state / "config"))
+        if self.run_as:
+            for path in (self.root, self.state):
+                subprocess.run(["chown", "-R", f"{self.run_as}:", str(path)], check=True)
+            env.update(HOME=str(self.state), USER=self.run_as, LOGNAME=self.run_as)
+            args = ["runuser", "-u", self.run_as, "--", *args]
         self.log = open(self.state / f"server-{self.port}.log", "ab")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=self.root)
         deadline = time.monotonic() + timeout

@@ -92,3 +92,98 @@ async def test_controller_down_keeps_submissions_queued_then_they_run(api, scrip
     assert done["status"] == "COMPLETED"
     code, health, _ = await api.get("health")
     assert health["status"] == "ok"
+
+
+def _wait(client, job_id, statuses, timeout=90.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.job(job_id)
+        if job["status"] in statuses:
+            return job
+        assert time.monotonic() < deadline, f"job still {job['status']}"
+        time.sleep(0.2)
+
+
+def test_a_restarted_server_reconciles_its_slurm_jobs(slurm_cluster, tmp_path):
+    from ..services import LabServer, write_script
+
+    root = tmp_path / "root"
+    root.mkdir()
+    write_script(root, "nap.py", "import time\ntime.sleep(4)\nresult = 'slept'\n")
+    first = LabServer(root, config={"backend": "slurm", "poll_interval": 0.5}).start()
+    client = first.client()
+    job = client.submit("Script", params={"path": "nap.py"})
+    _wait(client, job["id"], {"RUNNING"})
+    first.kill()
+    second = LabServer(root, config={"backend": "slurm", "poll_interval": 0.5})
+    second.port = first.port
+    second.start()
+    try:
+        done = _wait(second.client(), job["id"], {"COMPLETED", "FAILED", "CANCELLED"})
+        assert done["status"] == "COMPLETED" and done["result"]["result"] == "slept", done
+        assert [e["type"] for e in second.client().events(job["id"])].count("job.completed") == 1
+    finally:
+        second.stop()
+
+
+@pytest.fixture
+def interpreter_for_everyone():
+    """Let other Unix users run this interpreter, as on a hub where every user's server shares one
+    Python install: here it may live under root's home (pyenv), so grant traverse (x) on the way."""
+    import os
+    import sys
+    from pathlib import Path
+
+    changed = []
+    for parent in Path(os.path.realpath(sys.executable)).parents:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)
+            changed.append((parent, mode))
+    yield
+    for parent, mode in changed:
+        parent.chmod(mode)
+
+
+def test_two_users_servers_on_one_database_are_isolated_and_slurm_agrees(
+    slurm_cluster, postgres, shared_base, interpreter_for_everyone
+):
+    """Each user's single-user server runs as that Unix user, on a shared PostgreSQL."""
+    import subprocess
+
+    from cosmic_horizons_lab.client import ApiError
+
+    from ..services import LabServer, write_script
+
+    db = postgres.database()
+    servers = {}
+    try:
+        for user in ("chlalice", "chlbob"):
+            root = shared_base / f"api-{user}"
+            root.mkdir()
+            write_script(root, "nap.py", "import time\ntime.sleep(120)\n")
+            servers[user] = LabServer(root, db_url=db, run_as=user,
+                                      config={"backend": "slurm", "poll_interval": 0.5}).start()
+        alice, bob = servers["chlalice"].client(), servers["chlbob"].client()
+        job = alice.submit("Script", params={"path": "nap.py"})
+        running = _wait(alice, job["id"], {"RUNNING"})
+        assert running["user"] == "chlalice"
+        for call in (lambda: bob.job(job["id"]), lambda: bob.cancel(job["id"])):
+            try:
+                call()
+                raise AssertionError("bob's server let him see or touch alice's job")
+            except ApiError as err:
+                assert err.status == 404
+        assert bob.history()["total"] == 0
+        # Slurm itself refuses bob too.
+        res = subprocess.run(["runuser", "-u", "chlbob", "--", "scancel", running["backend_job_id"]],
+                             capture_output=True, text=True)
+        assert res.returncode != 0 or "denied" in (res.stderr + res.stdout).lower(), res
+        assert alice.job(job["id"])["status"] == "RUNNING"
+        assert alice.cancel(job["id"])["status"] in ("CANCELLED", "RUNNING")
+        assert _wait(alice, job["id"], {"COMPLETED", "FAILED", "CANCELLED"})["status"] == "CANCELLED"
+    finally:
+        for server in servers.values():
+            server.stop()
