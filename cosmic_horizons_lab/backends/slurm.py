@@ -513,6 +513,11 @@ class SlurmBackend(Backend):
         help="How long a job may be missing from both squeue and sacct (accounting lags the "
         "controller) before it is reported FAILED with reason 'lost'.",
     )
+    terminal_cache_size = Integer(
+        100_000,
+        config=True,
+        help="Terminal states remembered (never asked of Slurm again); the oldest go first.",
+    )
     gpu_memory_mb = Dict(
         config=True,
         help="GPU memory per GRES type for resources(), e.g. {'a100': 40960, 'h100': 81920} "
@@ -1035,10 +1040,13 @@ class SlurmBackend(Backend):
 
     def _finish(self, bid: str, state: BackendJobState, result: dict[str, BackendJobState]) -> None:
         self._terminal[bid] = state
+        while len(self._terminal) > max(1, self.terminal_cache_size):
+            self._terminal.pop(next(iter(self._terminal)))  # the oldest: its caller stored it long ago
         result[bid] = state
-        self._last.pop(bid, None)
-        self._missing_since.pop(bid, None)
-        self._submitted_at.pop(bid, None)
+        for table in (self._last, self._missing_since, self._submitted_at, self._job_dirs,
+                      self._after_ok, self._cancel_requested):  # fmt: skip
+            table.pop(bid, None)
+        self._cancelled_pending.discard(bid)
 
     def forget(self, backend_ids: Iterable[str]) -> None:
         """Drop cached terminal states the caller has stored (memory stays bounded)."""
