@@ -555,6 +555,14 @@ def _paths() -> dict[str, Any]:
     }
 
 
+def _with_auth_errors(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation can answer 403: jupyter-server's authorizer is consulted on each."""
+    for item in paths.values():
+        for op in item.values():
+            op["responses"].setdefault("403", _json("Error", "Not authenticated, or not authorised"))
+    return paths
+
+
 def openapi_document(api_url: str = "/cosmic-horizons/api/") -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -567,7 +575,7 @@ def openapi_document(api_url: str = "/cosmic-horizons/api/") -> dict[str, Any]:
         },
         "servers": [{"url": api_url.rstrip("/")}],
         "security": [{"token": []}],
-        "paths": _paths(),
+        "paths": _with_auth_errors(_paths()),
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {"token": {"type": "apiKey", "in": "header", "name": "Authorization"}},

@@ -458,3 +458,46 @@ async def test_the_portal_seed_payload_runs_verbatim(api, datasets_dir):
     assert status["metrics"]["visibilities_processed"] > 0 and status["metrics"]["vram_usage"] > 0
     _, outputs, _ = await api.get(f"jobs/{job['id']}/outputs")
     assert {"calibrated.uvfits", "caltable.npz", "flags.npz"} <= {f["path"] for f in outputs["files"]}
+
+
+async def test_a_job_that_ignores_sigterm_is_killed_after_the_grace_period(api, script, lab):
+    lab.execution_backend.kill_grace_seconds = 0.5
+    stubborn = script("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                      "from cosmic_horizons_lab.executor import report\nreport(progress=0.1)\ntime.sleep(60)\n")
+    _, job, _ = await api.post("jobs/submit", {"agent": "Script", "params": {"path": stubborn}})
+    await api.wait_for(job["id"], {"RUNNING"})
+    await asyncio.sleep(0.3)  # let the script install its handler
+    code, _, _ = await api.delete(f"jobs/{job['id']}")
+    assert code == 200
+    done = await api.wait_for(job["id"], timeout=15)
+    assert done["status"] == "CANCELLED"
+
+
+@pytest.fixture
+def jp_server_authorizer():
+    from jupyter_server.auth.authorizer import Authorizer
+
+    class _DenyMallory(Authorizer):
+        def is_authorized(self, handler, user, action, resource):
+            return not (user.username == "mallory" and resource == "cosmic-horizons")
+
+    return _DenyMallory
+
+
+@pytest.fixture
+def deny_mallory(lab_config, jp_server_config, jp_server_authorizer):
+    jp_server_config["ServerApp"]["authorizer_class"] = jp_server_authorizer
+
+
+async def test_the_authorizer_is_consulted_on_every_handler(deny_mallory, api, script, jp_ws_fetch):
+    from tornado.httpclient import HTTPClientError
+
+    code, err, _ = await api.post("jobs/submit", {"agent": "Script", "params": {"path": script(QUICK)}}, user="mallory")
+    assert code == 403 and err["error"] == "forbidden"
+    code, _, _ = await api.get("jobs/history/list", user="mallory")
+    assert code == 403
+    with pytest.raises(HTTPClientError) as exc:
+        await jp_ws_fetch("cosmic-horizons", "api", "events", headers={"X-Test-User": "mallory"})
+    assert exc.value.code == 403
+    code, _, _ = await api.get("jobs/history/list", user="alice")
+    assert code == 200
