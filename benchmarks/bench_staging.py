@@ -1,0 +1,119 @@
+"""Benchmark of dataset staging against a plain ``cp`` of the same file on the same disk.
+
+Against a real ``jupyter server`` process (the embedded defaults: SQLite,
+default ``tacc_scratch`` target under work_dir, 8 MiB chunks), for one file of
+``--size-mb`` random bytes in the archive:
+
+- ``cp`` of the file into the target folder (best of ``--repeat``; fsync'd, as
+  staging fsyncs before the rename);
+- staging with verification off: the copy phase alone (``copy_seconds``);
+- staging with verification on (the default): copy, then the read-back
+  SHA-256 of the staged copy (``verify_seconds``), end to end;
+- the first staging of a file, whose archive checksum is not known yet and
+  is computed while copying.
+
+    python benchmarks/bench_staging.py [--size-mb 512] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.services import LabServer  # noqa: E402
+
+
+def stage(client, dataset_id: str) -> dict:
+    st = client.request("POST", "jobs/dataset/stage", {"dataset_id": dataset_id, "force": True})
+    while True:
+        status = client.request("GET", f"jobs/dataset/{dataset_id}/staging-status")
+        if status["transfer_id"] == st["transfer_id"] and status["status"] in ("completed", "failed", "cancelled"):
+            assert status["status"] == "completed", status
+            break
+        time.sleep(0.02)
+    started = datetime.fromisoformat(status["started_at"])
+    ended = datetime.fromisoformat(status["completed_at"])
+    return {**status, "wall": (ended - started).total_seconds()}
+
+
+def transfer_figures(server: LabServer, transfer_id: str) -> tuple[float, float]:
+    import sqlite3
+
+    db = sqlite3.connect(server.config["db_url"].split("///", 1)[1])
+    try:
+        return db.execute("SELECT copy_seconds, coalesce(verify_seconds, 0) FROM transfers WHERE id = ?",
+                          (transfer_id,)).fetchone()
+    finally:
+        db.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mb", type=int, default=512)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    size = args.size_mb * 1024 * 1024
+    with tempfile.TemporaryDirectory(prefix="bench-staging-", dir=os.environ.get("BENCH_DIR")) as tmp:
+        root = Path(tmp) / "root"
+        (root / "datasets").mkdir(parents=True)
+        src = root / "datasets" / "bench.h5"
+        with open(src, "wb") as fh:
+            for _ in range(args.size_mb):
+                fh.write(os.urandom(1024 * 1024))
+        target = root / "jobs" / "staging" / "tacc_scratch"
+        target.mkdir(parents=True)
+        cp_times = []
+        for _ in range(args.repeat):
+            dest = target / "cp-copy.h5"
+            t = time.perf_counter()
+            subprocess.run(["cp", str(src), str(dest)], check=True)
+            fd = os.open(dest, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+            cp_times.append(time.perf_counter() - t)
+            dest.unlink()
+        cp = min(cp_times)
+
+        results = {}
+        for verify in (True, False):
+            server = LabServer(root, config={"staging_verify": verify, "owner": "bench"}).start()
+            try:
+                client = server.client()
+                runs = []
+                for i in range(args.repeat + (1 if verify else 0)):
+                    status = stage(client, "bench")
+                    copy_s, verify_s = transfer_figures(server, status["transfer_id"])
+                    runs.append((copy_s, verify_s, status["wall"]))
+                if verify:
+                    results["first"] = runs.pop(0)
+                results[verify] = min(runs, key=lambda r: r[0] + r[1])
+            finally:
+                server.stop()
+
+        mb = size / 1e6
+        on_copy, on_verify, on_wall = results[True]
+        off_copy, _, off_wall = results[False]
+        first_copy, first_verify, _ = results["first"]
+        print(f"file: {args.size_mb} MiB on {src.parent} (same filesystem as the target); best of {args.repeat}")
+        print(f"cp (+fsync):                     {cp:7.3f} s  {mb / cp:8.1f} MB/s")
+        print(f"staging, verify off (copy):      {off_copy:7.3f} s  {mb / off_copy:8.1f} MB/s  "
+              f"= {cp / off_copy:.2f} × cp")
+        print(f"staging, verify on: copy         {on_copy:7.3f} s  {mb / on_copy:8.1f} MB/s  = {cp / on_copy:.2f} × cp")
+        print(f"                    read-back    {on_verify:7.3f} s  (SHA-256 of the staged copy)")
+        print(f"                    copy+verify  {on_copy + on_verify:7.3f} s  {mb / (on_copy + on_verify):8.1f} MB/s  "
+              f"= {cp / (on_copy + on_verify):.2f} × cp; verification overhead "
+              f"{100 * on_verify / on_copy:.0f}% of the copy")
+        print(f"first staging (archive checksum computed while copying): copy {first_copy:.3f} s "
+              f"({mb / first_copy:.1f} MB/s), verify {first_verify:.3f} s")
+        print(f"end to end incl. queue and events: verify on {on_wall:.3f} s, off {off_wall:.3f} s")
+
+
+if __name__ == "__main__":
+    main()
