@@ -17,7 +17,7 @@ submission until ``squeue`` shows every job. Jobs are submitted held (``--hold``
 that the machine's two cores measure submission, not the jobs; they are cancelled after.
 
     scripts/slurm-cluster start && eval "$(scripts/slurm-cluster env)"
-    python benchmarks/bench_slurm.py [--jobs 200] [--active 50,500] [--duration 60]
+    python benchmarks/bench_slurm.py [--jobs 200] [--rounds 3] [--active 50,500] [--duration 60]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -205,6 +206,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace, Path], Awaitable[dict[str, An
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each submission scenario")
     parser.add_argument("--active", type=lambda s: [int(x) for x in s.split(",")], default=[50, 500])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of polling per load level")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="the orchestrator's poll interval")
@@ -216,13 +218,33 @@ async def main() -> None:
     out: dict[str, Any] = {"slurm": subprocess.run(["sinfo", "--version"], capture_output=True, text=True).stdout.strip()}
     base = Path(tempfile.mkdtemp(prefix="chl-bench-slurm-"))
     try:
-        for name in args.scenario or list(SCENARIOS):
+        names = args.scenario or list(SCENARIOS)
+        submission = [n for n in names if n != "poll_load"]
+        # Submission scenarios run in interleaved rounds (raw, backend, ..., raw, backend, ...)
+        # so that load from elsewhere on the machine hits them alike; medians are reported.
+        runs: dict[str, list[dict[str, Any]]] = {n: [] for n in submission}
+        for r in range(args.rounds):
+            for name in submission:
+                cancel_all()
+                res = await SCENARIOS[name](args, base / f"{name}-{r}")
+                runs[name].append(res)
+                print(name, r, json.dumps(res), flush=True)
+                cancel_all()
+        for name, results in runs.items():
+            out[name] = {
+                "jobs": results[0]["jobs"],
+                "rounds": len(results),
+                "per_s_median": statistics.median(x["per_s"] for x in results),
+                "per_s_all": [round(x["per_s"], 1) for x in results],
+                "all_visible_s_median": statistics.median(x["all_visible_s"] for x in results),
+                "commands": results[0].get("commands"),
+            }
+        if "poll_load" in names:
             cancel_all()
-            out[name] = await SCENARIOS[name](args, base / name)
-            print(name, json.dumps(out[name]), flush=True)
+            out["poll_load"] = await scenario_poll_load(args, base / "poll_load")
             cancel_all()
         if "raw" in out and "backend" in out:
-            out["backend_vs_raw_rate"] = out["backend"]["per_s"] / out["raw"]["per_s"]
+            out["backend_vs_raw_rate"] = out["backend"]["per_s_median"] / out["raw"]["per_s_median"]
         print(json.dumps(out, indent=2))
     finally:
         cancel_all()
