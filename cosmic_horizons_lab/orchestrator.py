@@ -90,6 +90,9 @@ class Orchestrator:
         #: ``hook(tx, job, previous_status)`` run inside the transaction of every transition
         #: (cost charging and webhook outbox rows hook in here, so they commit with the change).
         self.transition_hooks: list[Callable[[Tx, Job, str], None]] = []
+        #: ``resolve(user, dataset) -> job.json dataset ref``: staging points jobs at a fresh
+        #: staged copy; without it jobs read the archive.
+        self.resolve_dataset: Callable[[str, Any], dict[str, Any]] | None = None
         self._writer: asyncio.Task | None = None
         self._backend_retry_at = 0.0
         self._backend_backoff = 0.0
@@ -582,10 +585,8 @@ class Orchestrator:
         spec = self._spec(job, after_ok)
         dataset = self.datasets.get(job.dataset_id) if job.dataset_id else None
         dataset_ref = dataset.ref() if dataset else None
-        # Staging (extension wiring sets resolve_dataset): the user's fresh staged copy, else the archive.
-        resolve = getattr(self, "resolve_dataset", None)
-        if dataset is not None and resolve is not None:
-            dataset_ref = resolve(job.user, dataset)
+        if dataset is not None and self.resolve_dataset is not None:
+            dataset_ref = self.resolve_dataset(job.user, dataset)
         jobdir.write_job_file(
             spec.job_dir,
             {
