@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from .client import ApiError, Client
 
 if TYPE_CHECKING:
-    from .widgets import GpuHeatmap, JobProgress, JobQueue, Timeline
+    from .widgets import GpuHeatmap, JobProgress, JobQueue, Staging, Timeline
     from .widgets.live import EventFeed, UpdatePump
 
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
@@ -631,6 +631,19 @@ class Lab:
         from .widgets import GpuHeatmap
 
         return GpuHeatmap(self, seconds=seconds, refresh=refresh)
+
+    def stage(self, dataset_id: str, target_resource: str | None = None, *, priority: str | None = None,
+              convert: str | None = None, force: bool | None = None) -> "Staging":
+        """Stage a dataset to a target (scratch) for jobs; a live transfer panel with cancel."""
+        from .widgets import Staging
+
+        return Staging(self, dataset_id, target_resource, priority=priority, convert=convert, force=force)
+
+    def staging(self, dataset_id: str, target_resource: str | None = None) -> "Staging":
+        """The newest staging of a dataset, live, without starting one."""
+        from .widgets import Staging
+
+        return Staging(self, dataset_id, target_resource, start=False)
 
     # -- what the widgets call (records as dicts)
     def _record(self, job_id: str) -> dict[str, Any]:

@@ -181,7 +181,13 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
     (root / "fast.py").write_text(FAST_SCRIPT)
     (root / "slow.py").write_text(SLOW_SCRIPT)
     (root / "steps.py").write_text(STEP_SCRIPT)
-    server = start_lab(root, base / "state")
+    from cosmic_horizons_lab.data import DEMO_DATASETS
+
+    datasets = base / "datasets"
+    datasets.mkdir()
+    for dataset_id, path in DEMO_DATASETS.items():
+        shutil.copy(path, datasets / f"{dataset_id}{Path(path).suffix}")
+    server = start_lab(root, base / "state", [f"--CosmicHorizons.datasets_dir={datasets}"])
     yield server
     stop_lab(server)
 

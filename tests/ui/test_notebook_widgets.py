@@ -126,3 +126,16 @@ pipe""",
     assert page.locator(".chw-timeline .chw-tl-dep").count() == 4  # calibrate→A, calibrate→B, A→find, B→find
     screenshot(page, "widget-timeline", selector=".chw-timeline")
     copy_to_docs("widget-timeline")
+
+
+def test_staging_panel_follows_a_transfer(page, lab_server) -> None:
+    cells = ["from cosmic_horizons_lab.lab import Lab\nlab = Lab()\nlab.stage('VLA.TDEM0003.1src', force=True)"]
+    write_notebook(lab_server.root / "staging.ipynb", cells)
+    page.goto(lab_server.lab_url("lab/tree/staging.ipynb"))
+    page.wait_for_selector(".jp-Notebook", timeout=60_000)
+    run_all(page, len(cells))
+    page.wait_for_selector(".chw-staging[data-status='completed']", timeout=60_000)
+    assert "VLA.TDEM0003.1src" in page.locator(".chw-staging .chw-name").inner_text()
+    assert page.locator(".chw-staging .chw-bar").evaluate("el => parseFloat(el.style.width)") == 100
+    screenshot(page, "widget-staging", selector=".chw-staging")
+    copy_to_docs("widget-staging")

@@ -410,3 +410,31 @@ def test_pump_leading_edge_is_immediate_and_trailing_edge_bounded() -> None:
     time.sleep(0.3)
     assert len(applied) == 2 and applied[1] - applied[0] >= 0.19  # the rest: merged, one interval later
     pump.close()
+
+
+# ------------------------------------------------------------ staging
+
+
+def test_staging_follows_its_transfer_events(lab: Lab, client: FakeClient) -> None:
+    from cosmic_horizons_lab.widgets import Staging
+
+    def request(method: str, path: str, body: Any = None, **_: Any) -> Any:
+        if path == "events/latest":
+            return {"last_event_id": 0}
+        if path == "jobs/dataset/stage":
+            return {"dataset_id": body["dataset_id"], "target_resource": "tacc_scratch", "status": "queued",
+                    "transfer_id": "t1", "progress": 0.0, "bytes_transferred": 0, "total_bytes": 1000}
+        raise AssertionError(path)
+
+    client.request = request  # type: ignore[method-assign]
+    panel = Staging(lab, "VLA.TDEM0003.1src")
+    lab.pump.flush()
+    assert panel.transfer["status"] == "queued"
+    base = {"transfer_id": "t1", "dataset_id": "VLA.TDEM0003.1src", "target_resource": "tacc_scratch"}
+    client.emit(None, "staging.progress", **base, status="running", bytes_transferred=500, progress=0.5)
+    client.emit(None, "staging.progress", **{**base, "transfer_id": "other", "dataset_id": "x"}, progress=0.9)
+    lab.pump.flush()
+    assert panel.transfer["progress"] == 0.5 and panel.transfer["status"] == "running"
+    client.emit(None, "staging.completed", **base, status="completed", bytes_transferred=1000)
+    lab.pump.flush()
+    assert panel.done and panel.transfer["progress"] == 1.0
