@@ -354,6 +354,10 @@ async def test_requeued_job_is_queuing_again(backend, work):
     spec = make_job(work, "requeue", "import time\ntime.sleep(300)\n")
     bid = await backend.submit(spec)
     await wait_until(backend, [bid], lambda s: s.status == "RUNNING", timeout=30)
+    for _ in range(100):  # Slurm says RUNNING a moment before the executor has started
+        if records(spec.job_dir):
+            break
+        time.sleep(0.1)
     subprocess.run(["scontrol", "requeue", bid], check=True, capture_output=True)
     st = (await wait_until(backend, [bid], lambda s: s.status == "QUEUING", timeout=30))[bid]
     assert st.detail["restarts"] == 1
