@@ -227,6 +227,7 @@ class LiveWidget(anywidget.AnyWidget):
         self._pump = pump or UpdatePump()
         self._staged: dict[str, Any] = {}
         self._staged_lock = threading.Lock()
+        self._apply_lock = threading.Lock()
         self.comm_messages = 0
         super().__init__(**kwargs)
         self.on_msg(self._on_view_message)
@@ -237,13 +238,16 @@ class LiveWidget(anywidget.AnyWidget):
         self._pump.mark(self)
 
     def _apply_staged(self) -> None:
-        with self._staged_lock:
-            values, self._staged = self._staged, {}
-        if not values or self._closed_once:
-            return
-        with self.hold_sync():
-            for name, value in values.items():
-                setattr(self, name, value)
+        # One applier at a time (the pump's thread, or a blocking wait() flushing on the
+        # main thread): values taken later are never sent before values taken earlier.
+        with self._apply_lock:
+            with self._staged_lock:
+                values, self._staged = self._staged, {}
+            if not values or self._closed_once:
+                return
+            with self.hold_sync():
+                for name, value in values.items():
+                    setattr(self, name, value)
 
     _closed_once = False
 

@@ -106,6 +106,19 @@ export function drawHeatmap(canvas: HTMLCanvasElement, data: IHeatmapData): void
       ctx.textAlign = 'left';
     }
   }
+  // Colour key: 0 → 100 %, top right.
+  const keyW = Math.min(80, plotW / 3);
+  const keyX = left + plotW - keyW - 24;
+  for (let k = 0; k < keyW; k++) {
+    ctx.fillStyle = colour((100 * k) / keyW);
+    ctx.fillRect(keyX + k, 3, 1.5, 8);
+  }
+  ctx.fillStyle = fg;
+  ctx.textBaseline = 'middle';
+  ctx.textAlign = 'right';
+  ctx.fillText('0', keyX - 3, 7);
+  ctx.textAlign = 'left';
+  ctx.fillText('100%', keyX + keyW + 3, 7);
   ctx.fillStyle = fg;
   ctx.textBaseline = 'top';
   const yAxis = top + 2 * panelH + gap + 3;

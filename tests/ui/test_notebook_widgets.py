@@ -139,3 +139,39 @@ def test_staging_panel_follows_a_transfer(page, lab_server) -> None:
     assert page.locator(".chw-staging .chw-bar").evaluate("el => parseFloat(el.style.width)") == 100
     screenshot(page, "widget-staging", selector=".chw-staging")
     copy_to_docs("widget-staging")
+
+
+HEATMAP_CELL = """\
+import time
+from datetime import datetime, timezone
+from cosmic_horizons_lab.lab import Lab
+from cosmic_horizons_lab.widgets import GpuHeatmap
+
+lab = Lab()
+now = time.time()
+iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat()
+samples = [{"ts": iso(now - 120 + k), "gpus": [
+    {"index": 0, "utilization": (k * 7) % 100, "memory_used_mb": 20000 + 300 * (k % 60)},
+    {"index": 1, "utilization": 95.0 if 40 < k < 90 else 3.0, "memory_used_mb": 60000}]}
+    for k in range(120)]
+heatmap = GpuHeatmap(lab, seconds=120, poll=False)
+heatmap.update_from({"available": True, "gpus": [
+    {"index": 0, "name": "NVIDIA H100", "memory_total_mb": 81559},
+    {"index": 1, "name": "NVIDIA H100", "memory_total_mb": 81559}], "samples": samples})
+heatmap"""
+
+
+def test_gpu_heatmap_draws_samples(page, lab_server) -> None:
+    """The drawing path, with recorded-style samples (this machine has no GPU to sample)."""
+    write_notebook(lab_server.root / "heatmap.ipynb", [HEATMAP_CELL])
+    page.goto(lab_server.lab_url("lab/tree/heatmap.ipynb"))
+    page.wait_for_selector(".jp-Notebook", timeout=60_000)
+    run_all(page, 1)
+    page.wait_for_selector(".chw-heatmap[data-state='ok']", timeout=60_000)
+    page.wait_for_timeout(300)
+    assert "GPU 0" in page.locator(".chw-heatmap .chw-counts").inner_text()
+    coloured = page.locator(".chw-heatmap canvas").evaluate(
+        """c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                  let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
+    assert coloured > 1000
+    screenshot(page, "widget-heatmap", selector=".chw-heatmap")

@@ -438,3 +438,16 @@ def test_staging_follows_its_transfer_events(lab: Lab, client: FakeClient) -> No
     client.emit(None, "staging.completed", **base, status="completed", bytes_transferred=1000)
     lab.pump.flush()
     assert panel.done and panel.transfer["progress"] == 1.0
+
+
+def test_a_completed_image_job_gets_a_quicklook_picture(lab: Lab, client: FakeClient, monkeypatch) -> None:
+    monkeypatch.setattr(Job, "quicklook_png", lambda self: b"\x89PNG\r\n\x1a\nfake")
+    job = lab.job("job0001")
+    panel = job.widget()
+    settle(lab)
+    assert panel.preview == b""
+    client.emit("job0001", "job.completed", status="COMPLETED")
+    lab.pump.flush()
+    time.sleep(0.1)  # the picture is drawn in a thread
+    lab.pump.flush()
+    assert panel.preview.startswith(b"\x89PNG") and "job0001" in panel.preview_alt
