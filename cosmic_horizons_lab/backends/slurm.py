@@ -513,6 +513,12 @@ class SlurmBackend(Backend):
         help="How long a job may be missing from both squeue and sacct (accounting lags the "
         "controller) before it is reported FAILED with reason 'lost'.",
     )
+    sacct_completion_fallback = Bool(
+        True,
+        config=True,
+        help="Without slurmdbd, read ended jobs from the job completion log (sacct -c; needs "
+        "JobCompType=jobcomp/filetxt): exit codes of plain jobs, not of array elements.",
+    )
     terminal_cache_size = Integer(
         100_000,
         config=True,
@@ -539,6 +545,8 @@ class SlurmBackend(Backend):
         self._backoff_until = 0.0
         self._backoff = 0.0
         self._last_error = ""
+        #: "sacct" (slurmdbd), "jobcomp" (sacct -c), "none"
+        self._accounting = "sacct"
         #: Every Slurm command run, by name (benchmarks and tests read it).
         self.command_counts: dict[str, int] = {}
 
@@ -816,15 +824,25 @@ class SlurmBackend(Backend):
             return self._snapshot
 
     async def _sacct(self, ids: list[str]) -> dict[str, dict[str, str]] | None:
-        """Rows for ids from accounting; None when accounting cannot answer now."""
+        """Rows for ids from accounting; None when accounting cannot answer now.
+
+        Without slurmdbd (``sacct``: "accounting storage is disabled") it falls back to
+        the job completion log (``sacct -c``, ``JobCompType=jobcomp/filetxt``), which
+        knows plain jobs by id but not array elements; without either, ``{}``.
+        """
         rows: dict[str, dict[str, str]] = {}
+        if self._accounting == "none":
+            return rows
+        if self._accounting == "jobcomp":
+            ids = [i for i in ids if "_" not in i]  # the completion log has no array ids
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
+            extra = ["--completion"] if self._accounting == "jobcomp" else ["--allocations"]
             argv = self._argv(
                 self.sacct_command,
                 "--parsable2",
                 "--noheader",
-                "--allocations",
+                *extra,
                 f"--format={','.join(SACCT_FIELDS)}",
                 f"--jobs={','.join(chunk)}",
             )
@@ -835,8 +853,13 @@ class SlurmBackend(Backend):
                 return None
             if rc != 0:
                 low = err.lower()
-                if any(p in low for p in _NO_ACCOUNTING_PATTERNS):
-                    self.log.debug("no accounting: %s", err.strip())
+                if any(p in low for p in _NO_ACCOUNTING_PATTERNS) or self._accounting == "jobcomp":
+                    if self._accounting == "sacct" and self.sacct_completion_fallback:
+                        self.log.warning("no Slurm accounting (%s): using sacct -c", err.strip())
+                        self._accounting = "jobcomp"
+                        return await self._sacct(ids)
+                    self.log.warning("no Slurm accounting: %s", err.strip())
+                    self._accounting = "none"
                     return {}  # nothing will ever be found there
                 self.log.warning("sacct failed (exit %s): %s", rc, err.strip()[:300])
                 return None

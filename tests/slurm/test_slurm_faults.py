@@ -97,6 +97,35 @@ async def test_command_wrappers_with_arguments(work, tmp_path):
     assert backend.command_counts["squeue"] >= 1
 
 
+async def test_without_slurmdbd_the_completion_log_answers(nodbd_cluster, work):
+    """No slurmdbd: sacct fails ("accounting storage is disabled"); the backend falls back
+    to sacct -c (jobcomp/filetxt) for jobs that left the queue, and never reports a job
+    lost because accounting is missing while squeue still shows it."""
+    import subprocess
+
+    backend = make_backend(work, slurm_conf=nodbd_cluster)
+    ok = await backend.submit(make_job(work, "nodbd-ok", "pass\n"))
+    bad = await backend.submit(make_job(work, "nodbd-3", "import sys\nsys.exit(3)\n"))
+    states = await wait_until(backend, [ok, bad], timeout=60)
+    assert states[ok].status == "COMPLETED"
+    assert (states[bad].status, states[bad].exit_code) == ("FAILED", 3)
+    env = {**__import__("os").environ, "SLURM_CONF": nodbd_cluster}
+    deadline = time.monotonic() + 60
+    while subprocess.run(["squeue", "-h", "-t", "all", "-j", f"{ok},{bad}"], env=env,
+                         capture_output=True, text=True).stdout.strip():  # fmt: skip
+        assert time.monotonic() < deadline, "jobs never left squeue"
+        time.sleep(0.5)
+    fresh = make_backend(work, slurm_conf=nodbd_cluster)
+    states = await fresh.poll([ok, bad])
+    assert states[ok].status == "COMPLETED" and states[ok].detail["source"] == "sacct"
+    assert (states[bad].status, states[bad].exit_code, states[bad].reason) == ("FAILED", 3, "exit_code")
+    assert fresh._accounting == "jobcomp"
+    # the failing sacct is not retried on every poll
+    before = fresh.command_counts.get("sacct", 0)
+    await fresh.poll(["9999991"])
+    assert fresh.command_counts["sacct"] == before + 1
+
+
 # -- parsing Slurm's answers across versions (pure functions, no cluster needed) ---------------
 
 
