@@ -43,9 +43,14 @@ def test_sidebar_shows_a_job_move_to_completed_live(page, lab_server) -> None:
     assert job_row.locator(".ch-bar").evaluate("el => parseFloat(el.style.width)") == 100
     # Expanding the row shows its log tail and outputs.
     job_row.locator(".ch-job-line").click()
-    page.wait_for_timeout(300)
+    page.wait_for_selector(f".ch-job[data-job-id='{job['id']}'] .ch-log:has-text('step 4 of 4')", timeout=10_000)
+    output = job_row.locator(".ch-output", has_text="summary.json")
+    output.wait_for(timeout=10_000)
     screenshot(page, "sidebar", selector="#cosmic-horizons-sidebar")
     copy_to_docs("sidebar")
+    # An output opens in Lab (the job directory lies under the server root).
+    output.click()
+    page.wait_for_selector(".lm-DockPanel-tabBar .lm-TabBar-tab:has-text('summary.json')", timeout=20_000)
     server_job = lab_server.request("GET", f"jobs/{job['id']}")
     assert server_job["status"] == "COMPLETED"
 
