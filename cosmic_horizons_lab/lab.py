@@ -97,6 +97,8 @@ def find_server(url: str | None = None, token: str | None = None) -> tuple[str, 
             hub_url = info.get("url") or f"http://127.0.0.1:{os.environ.get('JUPYTERHUB_SERVICE_PORT', 8888)}{prefix}"
         elif prefix and urllib.parse.urlparse(hub_url).path in ("", "/"):
             hub_url = hub_url.rstrip("/") + prefix
+        # Some spawners give the address the server binds (all interfaces): talk to it locally.
+        hub_url = hub_url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
         return hub_url, token or hub_token, info
 
     if not servers:
