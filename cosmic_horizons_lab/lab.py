@@ -1,6 +1,6 @@
 """The notebook API: ``Lab()`` finds the Jupyter server it runs under and submits jobs.
 
->>> from cosmic_horizons_lab import Lab
+>>> from cosmic_horizons_lab.lab import Lab
 >>> lab = Lab()                                   # the server this kernel runs under
 >>> job = lab.submit("AlphaCal", "VLA.TDEM0003.1src", rfi_strategy="high_sensitivity")
 >>> job                                           # a live progress panel
