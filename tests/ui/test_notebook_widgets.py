@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from .conftest import copy_to_docs, screenshot
+from .conftest import copy_to_docs, open_sidebar, screenshot
 
 pytestmark = pytest.mark.ui
 
@@ -82,6 +82,9 @@ def test_queue_and_progress_render_and_update_live(page, lab_server) -> None:
     screenshot(page, "widget-progress", selector=".chw-progress")
     screenshot(page, "widget-queue", selector=".chw-queue")
     screenshot(page, "widget-heatmap-nogpu", selector=".chw-heatmap")
+    open_sidebar(page)  # the same job, in the sidebar beside the notebook
+    page.wait_for_selector(f"#cosmic-horizons-sidebar .ch-job[data-job-id='{job_id}'][data-status='COMPLETED']",
+                           timeout=20_000)
     screenshot(page, "notebook-widgets")
     for name in ("widget-progress", "widget-queue", "widget-heatmap-nogpu", "notebook-widgets"):
         copy_to_docs(name)

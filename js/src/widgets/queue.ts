@@ -69,7 +69,7 @@ function render({ model, el }: RenderProps): () => void {
     const shown = active ? jobs.filter(j => !isTerminal(j.status)) : jobs;
     const running = jobs.filter(j => j.status === 'RUNNING').length;
     const queued = jobs.filter(j => !isTerminal(j.status) && j.status !== 'RUNNING').length;
-    counts.textContent = `${jobs.length} jobs · ${running} running · ${queued} waiting`;
+    counts.textContent = `${jobs.length} job${jobs.length === 1 ? '' : 's'} · ${running} running · ${queued} waiting`;
     message.textContent = model.get('error') ?? '';
     root.dataset.connected = String(!!model.get('connected'));
     if (rows.size === 0 && shown.length > 0) {
