@@ -395,8 +395,10 @@ class _ProgressBar:
             try:
                 from IPython.display import display
 
+                shown = job._widget is not None  # the job's panel is on screen already: it is the bar
                 self.widget = job.widget()
-                display(self.widget)
+                if not shown:
+                    display(self.widget)
             except Exception:
                 self.widget = None
 

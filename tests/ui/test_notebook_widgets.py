@@ -178,3 +178,21 @@ def test_gpu_heatmap_draws_samples(page, lab_server) -> None:
                   let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }""")
     assert coloured > 1000
     screenshot(page, "widget-heatmap", selector=".chw-heatmap")
+
+
+def test_cancel_while_the_kernel_is_blocked_in_wait(page, lab_server) -> None:
+    """The progress panel's cancel works while a cell blocks in job.wait(), and its updates keep coming."""
+    cells = [
+        'from cosmic_horizons_lab.lab import Lab, JobFailed\nlab = Lab()\njob = lab.submit("Script", params={"path": "slow.py"})\njob',
+        "try:\n    job.wait()\nexcept JobFailed as failed:\n    print('ENDED', job.status)",
+    ]
+    write_notebook(lab_server.root / "blocked.ipynb", cells)
+    page.goto(lab_server.lab_url("lab/tree/blocked.ipynb"))
+    page.wait_for_selector(".jp-Notebook", timeout=60_000)
+    run_all(page, len(cells))
+    panel = page.locator(".chw-progress").first
+    page.wait_for_selector(".chw-progress[data-status='RUNNING']", timeout=60_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='busy']", timeout=10_000)  # wait() blocks
+    panel.locator("button.chw-cancel").click()
+    page.wait_for_selector(".chw-progress[data-status='CANCELLED']", timeout=30_000)
+    page.wait_for_selector(".jp-OutputArea-output:has-text('ENDED CANCELLED')", timeout=30_000)

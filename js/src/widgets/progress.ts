@@ -1,6 +1,6 @@
 /** The view of JobProgress: one job's status, progress, metrics, and cancel. */
 import { formatDuration, isTerminal, parseTime, shortId } from '../jobs';
-import { h, RenderProps, stamp } from './common';
+import { callApi, h, RenderProps, stamp } from './common';
 
 function render({ model, el }: RenderProps): () => void {
   const root = h('div', 'chw chw-progress');
@@ -19,9 +19,12 @@ function render({ model, el }: RenderProps): () => void {
   root.append(head, track, meta, error, preview);
   el.append(root);
 
-  cancel.addEventListener('click', () => {
+  cancel.addEventListener('click', async () => {
     cancel.disabled = true;
-    model.send({ action: 'cancel' });
+    const id = model.get('job')?.id;
+    if (!id || !(await callApi('DELETE', `jobs/${encodeURIComponent(id)}`))) {
+      model.send({ action: 'cancel' });
+    }
   });
 
   let previewUrl = '';

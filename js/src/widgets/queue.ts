@@ -1,6 +1,6 @@
 /** The view of JobQueue: a table of jobs, patched row by row, with cancel. */
 import { isTerminal, shortId } from '../jobs';
-import { h, RenderProps, stamp } from './common';
+import { callApi, h, RenderProps, stamp } from './common';
 
 const COLUMNS = ['status', 'agent', 'dataset', 'id', 'progress', 'created', ''];
 
@@ -36,7 +36,12 @@ function render({ model, el }: RenderProps): () => void {
     const button = (event.target as HTMLElement).closest('button.chw-cancel') as HTMLButtonElement;
     if (button) {
       button.disabled = true;
-      model.send({ action: 'cancel', id: button.dataset.jobId });
+      const id = button.dataset.jobId ?? '';
+      void callApi('DELETE', `jobs/${encodeURIComponent(id)}`).then(done => {
+        if (!done) {
+          model.send({ action: 'cancel', id });
+        }
+      });
     }
   });
   refresh.addEventListener('click', () => model.send({ action: 'refresh' }));

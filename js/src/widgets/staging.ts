@@ -1,6 +1,6 @@
 /** The view of Staging: one dataset's transfer to a target, live, with cancel. */
 import { formatDuration } from '../jobs';
-import { h, RenderProps, stamp } from './common';
+import { callApi, h, RenderProps, stamp } from './common';
 
 const ENDED = new Set(['completed', 'failed', 'cancelled']);
 
@@ -28,9 +28,14 @@ function render({ model, el }: RenderProps): () => void {
   const error = h('div', 'chw-error');
   root.append(head, track, meta, error);
   el.append(root);
-  cancel.addEventListener('click', () => {
+  cancel.addEventListener('click', async () => {
     cancel.disabled = true;
-    model.send({ action: 'cancel' });
+    const t = model.get('transfer') ?? {};
+    const query = t.target_resource ? `?target_resource=${encodeURIComponent(t.target_resource)}` : '';
+    const path = `jobs/dataset/${encodeURIComponent(t.dataset_id ?? '')}/staging-status${query}`;
+    if (!(await callApi('DELETE', path))) {
+      model.send({ action: 'cancel' });
+    }
   });
 
   const update = () => {
