@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import pytest
 
-from cosmic_horizons_lab.backends.base import BackendJobState, LaunchSpec
+from cosmic_horizons_lab.backends.base import BackendJobState, BackendUnavailable, LaunchSpec
 from cosmic_horizons_lab.backends.slurm import SlurmBackend
 
 REPO = Path(__file__).resolve().parents[2]
@@ -182,7 +182,15 @@ async def wait_until(
     deadline = time.monotonic() + timeout
     states: dict[str, BackendJobState] = {}
     while True:
-        states = await backend.poll(ids)
+        try:
+            states = await backend.poll(ids)
+        except BackendUnavailable:
+            # a busy controller (2 cores shared with other suites) or another run's
+            # controller restart: the orchestrator retries, and so do we
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(interval)
+            continue
         if history is not None:
             for bid, st in states.items():
                 seq = history.setdefault(bid, [])
