@@ -602,11 +602,7 @@ class SlurmBackend(Backend):
     # ------------------------------------------------------------------ submission
 
     def _directives(self, spec: LaunchSpec, *, gpu_count: int, seconds: int | None) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "job-name": self.job_name_template.format(
-                agent=spec.agent, job_id=spec.job_id, user=spec.user, name=spec.name or spec.job_id
-            )
-        }
+        d: dict[str, Any] = {"job-name": self._job_name(spec)}
         for key in ("partition", "account", "qos"):
             value = getattr(self, key)
             if value:
@@ -662,9 +658,20 @@ class SlurmBackend(Backend):
         lines.append(self._exec_line(shlex.quote(str(job_dir))))
         return "\n".join(lines) + "\n"
 
-    async def _sbatch(self, script: Path) -> str:
+    async def _sbatch(self, script: Path, job_name: str, unique_name: bool) -> str:
         argv = self._argv(self.sbatch_command, "--parsable", str(script))
-        rc, out, err = await self._run(argv, self.submit_timeout)
+        try:
+            rc, out, err = await self._run(argv, self.submit_timeout)
+        except BackendUnavailable as exc:
+            # sbatch timed out: it may have submitted the job all the same. Look for it by
+            # its (unique) name, so that a retry does not run the job twice.
+            if not unique_name or "did not answer" not in str(exc):
+                raise
+            found = await self._find_by_name(job_name)
+            if found is None:
+                raise
+            self.log.warning("sbatch timed out but job %s (%s) was submitted", found, job_name)
+            return found
         if rc != 0:
             text = f"{err}\n{out}"
             if _is_unavailable(text):
@@ -677,6 +684,30 @@ class SlurmBackend(Backend):
         if not job_id.isdigit():
             raise SlurmCommandError(argv, rc, f"unexpected sbatch answer {out!r}", out)
         return job_id
+
+    async def _find_by_name(self, job_name: str) -> str | None:
+        """The id of the one job called ``job_name`` (array id for an array), if squeue has it."""
+        argv = self._argv(
+            self.squeue_command, "--noheader", "--states=all", f"--name={job_name}", "--format=%F|%j"
+        )
+        try:
+            rc, out, _ = await self._run(argv, self.command_timeout)
+        except BackendUnavailable:
+            return None
+        ids = {
+            line.split("|", 1)[0].strip()
+            for line in out.splitlines()
+            if line.strip() and line.split("|", 1)[-1].strip() == job_name
+        }
+        if rc != 0 or len(ids) != 1:
+            return None
+        found = ids.pop()
+        return found if found.isdigit() else None
+
+    def _job_name(self, spec: LaunchSpec, job_id: str | None = None) -> str:
+        return self.job_name_template.format(
+            agent=spec.agent, job_id=job_id or spec.job_id, user=spec.user, name=spec.name or job_id or spec.job_id
+        )
 
     def _remember(self, backend_id: str, spec: LaunchSpec) -> None:
         self._submitted_at[backend_id] = time.monotonic()
@@ -694,7 +725,7 @@ class SlurmBackend(Backend):
         job_dir = Path(spec.job_dir)
         script = job_dir / "slurm.sbatch"
         script.write_text(self.render_script(spec), encoding="utf-8")
-        backend_id = await self._sbatch(script)
+        backend_id = await self._sbatch(script, self._job_name(spec), "{job_id}" in self.job_name_template)
         self._remember(backend_id, spec)
         self.log.info("Slurm job %s submitted for %s", backend_id, spec.job_id)
         return backend_id
@@ -712,9 +743,7 @@ class SlurmBackend(Backend):
         after = sorted({p for s in specs for p in s.after_ok})
         base = LaunchSpec(**{**first.__dict__, "after_ok": after, "job_id": first.job_id})
         d = self._directives(base, gpu_count=first.gpu_count, seconds=seconds)
-        d["job-name"] = self.job_name_template.format(
-            agent=first.agent, job_id=f"array-{array_dir.name}", user=first.user, name=f"array-{array_dir.name}"
-        )
+        d["job-name"] = self._job_name(first, f"array-{array_dir.name}")
         d["array"] = indices
         d["output"] = str(array_dir / "%a" / "stdout.log")
         d["open-mode"] = "append"
@@ -769,7 +798,9 @@ class SlurmBackend(Backend):
             indices += f"%{int(parallel_limit)}"
         script = array_dir / "array.sbatch"
         script.write_text(self.render_array_script(specs, array_dir, indices), encoding="utf-8")
-        array_id = await self._sbatch(script)
+        array_id = await self._sbatch(
+            script, self._job_name(specs[0], f"array-{array_dir.name}"), "{job_id}" in self.job_name_template
+        )
         ids = [f"{array_id}_{i}" for i in range(len(specs))]
         for bid, spec in zip(ids, specs):
             self._remember(bid, spec)

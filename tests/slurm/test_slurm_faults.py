@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
@@ -124,6 +125,30 @@ async def test_without_slurmdbd_the_completion_log_answers(nodbd_cluster, work):
     before = fresh.command_counts.get("sacct", 0)
     await fresh.poll(["9999991"])
     assert fresh.command_counts["sacct"] == before + 1
+
+
+async def test_sbatch_timeout_after_submitting_does_not_submit_twice(work, tmp_path, slurm_cluster):
+    """sbatch that submits but answers too late (a slow controller, a slow wrapper): the
+    backend finds the job by its unique name instead of calling the submission failed."""
+    wrapper = tmp_path / "slow-sbatch"
+    wrapper.write_text('#!/bin/bash\nsbatch "$@" > /dev/null\nexec sleep 5\n')
+    wrapper.chmod(0o755)
+    backend = make_backend(work, sbatch_command=str(wrapper), submit_timeout=1.5)
+    spec = make_job(work, "slow-submit", "pass\n")
+    bid = await backend.submit(spec)
+    assert bid.isdigit()
+    st = (await wait_until(backend, [bid]))[bid]
+    assert st.status == "COMPLETED"
+    names = subprocess.run(["squeue", "--noheader", "--states=all", "--format=%i %j"],
+                           capture_output=True, text=True).stdout  # fmt: skip
+    assert sum(1 for line in names.splitlines() if line.split()[-1] == "chltest-Script-slow-submit") == 1
+    # a timeout with nothing submitted stays an outage
+    never = tmp_path / "hung-sbatch"
+    never.write_text("#!/bin/bash\nexec sleep 5\n")
+    never.chmod(0o755)
+    hung = make_backend(work, sbatch_command=str(never), submit_timeout=1.0)
+    with pytest.raises(BackendUnavailable):
+        await hung.submit(make_job(work, "never-submitted", "pass\n"))
 
 
 # -- parsing Slurm's answers across versions (pure functions, no cluster needed) ---------------
