@@ -780,12 +780,20 @@ class SlurmBackend(Backend):
                 "the parallel limit applies to each", len(specs), len(groups), len(groups)
             )
         ids: list[str | None] = [None] * len(specs)
-        for members in groups.values():
-            for start in range(0, len(members), max(1, self.max_array_size)):
-                chunk = members[start : start + self.max_array_size]
-                chunk_ids = await self._submit_one_array([specs[i] for i in chunk], parallel_limit)
-                for i, bid in zip(chunk, chunk_ids):
-                    ids[i] = bid
+        arrays: list[str] = []
+        try:
+            for members in groups.values():
+                for start in range(0, len(members), max(1, self.max_array_size)):
+                    chunk = members[start : start + self.max_array_size]
+                    chunk_ids = await self._submit_one_array([specs[i] for i in chunk], parallel_limit)
+                    arrays.append(chunk_ids[0].split("_", 1)[0])
+                    for i, bid in zip(chunk, chunk_ids):
+                        ids[i] = bid
+        except BaseException:
+            # All or nothing: the caller will submit the whole batch again.
+            if arrays:
+                await self._scancel_quietly(arrays)
+            raise
         return [i for i in ids if i is not None]
 
     async def _submit_one_array(self, specs: list[LaunchSpec], parallel_limit: int | None) -> list[str]:
@@ -1211,6 +1219,7 @@ class SlurmBackend(Backend):
             info.update(ok=False, reason=f"partition {self.partition!r} not offered by sinfo")
         if self._last_error:
             info["last_poll_error"] = self._last_error
+        info["accounting"] = self._accounting  # sacct, jobcomp (sacct -c), none; known after a lookup
         return info
 
 
