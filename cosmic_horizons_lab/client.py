@@ -149,12 +149,18 @@ class Client:
         dest.write_bytes(data)
         return dest
 
-    def wait(self, job_id: str, timeout: float | None = None, interval: float = 0.25) -> dict[str, Any]:
-        """Poll until the job ends; returns the final job record."""
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        interval: float = 0.25,
+        statuses: frozenset[str] | set[str] = frozenset({"COMPLETED", "FAILED", "CANCELLED"}),
+    ) -> dict[str, Any]:
+        """Poll until the job reaches one of ``statuses`` (by default: until it ends); returns the record."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             job = self.job(job_id)
-            if job["status"] in ("COMPLETED", "FAILED", "CANCELLED"):
+            if job["status"] in statuses:
                 return job
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout}s")

@@ -28,6 +28,7 @@ from .backends.base import Backend, BackendJobState, BackendUnavailable, LaunchS
 from .clock import parse_iso, utcnow
 from .datasets import DatasetRegistry
 from .errors import BadRequest, Conflict, LabError, NotFound, ValidationFailed
+from .filters import created_between
 from .lifecycle import ACTIVE, EVENT_FOR, TERMINAL, Status, can_transition
 from .orm import Batch, Job, Run
 from .store import Store, Tx
@@ -222,19 +223,7 @@ class Orchestrator:
 
     async def submit_batch(self, user: str, body: Any, *, correlation_id: str | None = None) -> tuple[Batch, list[Job]]:
         """Queue many jobs at once, all or none; at most ``parallelLimit`` of them run at once."""
-        if not isinstance(body, dict):
-            raise BadRequest("a batch is a JSON object with 'jobs'", field=None)
-        unknown = sorted(set(body) - {"jobs", "parallelLimit"})
-        if unknown:
-            raise BadRequest(f"unknown field {unknown[0]!r}; known fields: jobs, parallelLimit", field=unknown[0])
-        items = body.get("jobs")
-        if not isinstance(items, list) or not items:
-            raise ValidationFailed("'jobs' must be a non-empty list of submissions", field="jobs")
-        if len(items) > MAX_BATCH:
-            raise ValidationFailed(f"a batch holds at most {MAX_BATCH} jobs", field="jobs")
-        limit = body.get("parallelLimit")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise ValidationFailed("'parallelLimit' must be a positive integer", field="parallelLimit")
+        items, limit = _envelope(body, "jobs")
         subs = [self.validator.validate(item, prefix=f"jobs[{i}].") for i, item in enumerate(items)]
         async with self.store.write() as tx:
             for i, sub in enumerate(subs):
@@ -252,14 +241,7 @@ class Orchestrator:
 
         Refused whole (400) when a stage names an unknown parent or the stages form a cycle.
         """
-        if not isinstance(body, dict):
-            raise BadRequest("a pipeline is a JSON object with 'stages'", field=None)
-        unknown = sorted(set(body) - {"stages", "parallelLimit"})
-        if unknown:
-            raise BadRequest(f"unknown field {unknown[0]!r}; known fields: stages, parallelLimit", field=unknown[0])
-        stages = body.get("stages")
-        if not isinstance(stages, list) or not stages:
-            raise ValidationFailed("'stages' must be a non-empty list", field="stages")
+        stages, limit = _envelope(body, "stages")
         names: list[str] = []
         for i, stage in enumerate(stages):
             name = stage.get("name") if isinstance(stage, dict) else None
@@ -273,9 +255,6 @@ class Orchestrator:
             for i, stage in enumerate(stages)
         ]
         order = _topological_order(names, [s.depends_on for s in subs])
-        limit = body.get("parallelLimit")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise ValidationFailed("'parallelLimit' must be a positive integer", field="parallelLimit")
         async with self.store.write() as tx:
             batch = Batch(id=_new_id(), user=user, parallel_limit=limit, kind="pipeline", created_at=utcnow())
             tx.session.add(batch)
@@ -385,13 +364,7 @@ class Orchestrator:
             if bad:
                 raise BadRequest(f"unknown status {bad[0]!r}; one of {', '.join(Status)}", field="status")
             conds.append(Job.status.in_(statuses))
-        for name, op in (("from_date", "ge"), ("to_date", "le")):
-            if query.get(name):
-                try:
-                    when = parse_iso(query[name])
-                except ValueError:
-                    raise BadRequest(f"'{name}' must be an ISO-8601 date or date-time", field=name) from None
-                conds.append(Job.created_at >= when if op == "ge" else Job.created_at <= when)
+        conds += created_between(query)[0]
         async with self.store.read() as session:
             total = await session.scalar(sa.select(sa.func.count()).select_from(Job).where(*conds)) or 0
             items = (
@@ -788,6 +761,24 @@ def _failure_text(state: BackendJobState) -> str:
     if state.exit_code is not None:
         return f"the job exited with status {state.exit_code}"
     return state.reason or "failed"
+
+
+def _envelope(body: Any, key: str) -> tuple[list[Any], int | None]:
+    """The list under ``key`` (``jobs`` or ``stages``) and ``parallelLimit`` of a batch or pipeline."""
+    if not isinstance(body, dict):
+        raise BadRequest(f"send a JSON object with '{key}'", field=None)
+    unknown = sorted(set(body) - {key, "parallelLimit"})
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r}; known fields: {key}, parallelLimit", field=unknown[0])
+    items = body.get(key)
+    if not isinstance(items, list) or not items:
+        raise ValidationFailed(f"'{key}' must be a non-empty list of submissions", field=key)
+    if len(items) > MAX_BATCH:
+        raise ValidationFailed(f"at most {MAX_BATCH} {key} at once", field=key)
+    limit = body.get("parallelLimit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValidationFailed("'parallelLimit' must be a positive integer", field="parallelLimit")
+    return items, limit
 
 
 def _page_args(query: dict[str, str]) -> tuple[int, int]:

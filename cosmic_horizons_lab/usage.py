@@ -22,9 +22,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .clock import isoformat, parse_iso
+from .clock import isoformat
 from .costs import CostModel
 from .errors import BadRequest
+from .filters import created_between
 from .lifecycle import TERMINAL
 from .orm import GpuSample, Job
 from .store import Store
@@ -99,15 +100,9 @@ class Usage:
         if period not in PERIODS:
             raise BadRequest(f"'period' must be one of {', '.join(PERIODS)}", field="period")
         conds = [Job.user == user]
-        bounds: dict[str, str | None] = {"from_date": None, "to_date": None}
-        for name in ("from_date", "to_date"):
-            if query.get(name):
-                try:
-                    when = parse_iso(query[name])
-                except ValueError:
-                    raise BadRequest(f"'{name}' must be an ISO-8601 date or date-time", field=name) from None
-                conds.append(Job.created_at >= when if name == "from_date" else Job.created_at <= when)
-                bounds[name] = isoformat(when)
+        dated, parsed = created_between(query)
+        conds += dated
+        bounds: dict[str, str | None] = {name: isoformat(when) for name, when in parsed.items()}
         if query.get("agent"):
             conds.append(Job.agent == query["agent"])
         async with self.store.read() as session:

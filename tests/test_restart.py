@@ -6,7 +6,6 @@ import getpass
 import json
 import os
 import signal
-import time
 
 import pytest
 
@@ -30,15 +29,6 @@ def server_root(tmp_path):
     kill_job_groups(root / "jobs")
 
 
-def _wait(client, job_id, statuses, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.job(job_id)
-        if job["status"] in statuses:
-            return job
-        assert time.monotonic() < deadline, f"job still {job['status']}"
-        time.sleep(0.1)
-
 
 @pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
 def test_job_outlives_a_killed_server_and_completes_under_the_next(server_root, db_url):
@@ -47,7 +37,7 @@ def test_job_outlives_a_killed_server_and_completes_under_the_next(server_root, 
     client = first.client()
     job = client.submit("Script", params={"path": "slow.py"})
     queued = client.submit("Script", params={"path": "slow.py"}, priority=0)
-    _wait(client, job["id"], {"RUNNING"})
+    client.wait(job["id"], statuses={"RUNNING"}, timeout=90)
     first.kill()  # SIGKILL mid-job
 
     second = LabServer(server_root, db_url=db_url, config={"local_slots": 1})
@@ -55,10 +45,10 @@ def test_job_outlives_a_killed_server_and_completes_under_the_next(server_root, 
     second.start()
     try:
         client = second.client()
-        done = _wait(client, job["id"], {"COMPLETED", "FAILED", "CANCELLED"})
+        done = client.wait(job["id"], timeout=90)
         assert done["status"] == "COMPLETED", done
         assert done["result"] == {"script": "slow.py", "result": {"finished": True}}
-        later = _wait(client, queued["id"], {"COMPLETED", "FAILED", "CANCELLED"}, timeout=60)
+        later = client.wait(queued["id"], timeout=60)
         assert later["status"] == "COMPLETED"
         events = client.events(job["id"])
         types = [e["type"] for e in events]
@@ -75,7 +65,7 @@ def test_a_job_that_died_while_the_server_was_down_is_marked_lost(server_root):
     first = LabServer(server_root).start()
     client = first.client()
     job = client.submit("Script", params={"path": "slow.py"})
-    _wait(client, job["id"], {"RUNNING"})
+    client.wait(job["id"], statuses={"RUNNING"}, timeout=90)
     first.kill()
     pid = json.loads((server_root / "jobs" / getpass.getuser() / job["id"] / "local.json").read_text())["pid"]
     os.killpg(pid, signal.SIGKILL)  # the job dies too, leaving no exit status
@@ -84,7 +74,7 @@ def test_a_job_that_died_while_the_server_was_down_is_marked_lost(server_root):
     second.port = first.port
     second.start()
     try:
-        done = _wait(second.client(), job["id"], {"COMPLETED", "FAILED", "CANCELLED"})
+        done = second.client().wait(job["id"], timeout=90)
         assert done["status"] == "FAILED" and done["reason"] == "lost", done
     finally:
         second.stop()
@@ -95,7 +85,7 @@ def test_a_lost_job_with_retries_runs_again(server_root):
     first = LabServer(server_root).start()
     client = first.client()
     job = client.submit("Script", params={"path": "slow.py", "retries": 1})
-    _wait(client, job["id"], {"RUNNING"})
+    client.wait(job["id"], statuses={"RUNNING"}, timeout=90)
     first.kill()
     pid = json.loads((server_root / "jobs" / getpass.getuser() / job["id"] / "local.json").read_text())["pid"]
     os.killpg(pid, signal.SIGKILL)
@@ -104,7 +94,7 @@ def test_a_lost_job_with_retries_runs_again(server_root):
     second.port = first.port
     second.start()
     try:
-        done = _wait(second.client(), job["id"], {"COMPLETED", "FAILED", "CANCELLED"}, timeout=60)
+        done = second.client().wait(job["id"], timeout=60)
         assert done["status"] == "COMPLETED" and done["attempts"] == 2, done
         types = [e["type"] for e in second.client().events(job["id"])]
         assert "job.queued" in types and types[-1] == "job.completed"

@@ -94,17 +94,6 @@ async def test_controller_down_keeps_submissions_queued_then_they_run(api, scrip
     assert health["status"] == "ok"
 
 
-def _wait(client, job_id, statuses, timeout=90.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        job = client.job(job_id)
-        if job["status"] in statuses:
-            return job
-        assert time.monotonic() < deadline, f"job still {job['status']}"
-        time.sleep(0.2)
-
 
 def test_a_restarted_server_reconciles_its_slurm_jobs(slurm_cluster, tmp_path):
     from ..services import LabServer, write_script
@@ -115,13 +104,13 @@ def test_a_restarted_server_reconciles_its_slurm_jobs(slurm_cluster, tmp_path):
     first = LabServer(root, config={"backend": "slurm", "poll_interval": 0.5}).start()
     client = first.client()
     job = client.submit("Script", params={"path": "nap.py"})
-    _wait(client, job["id"], {"RUNNING"})
+    client.wait(job["id"], statuses={"RUNNING"}, timeout=90)
     first.kill()
     second = LabServer(root, config={"backend": "slurm", "poll_interval": 0.5})
     second.port = first.port
     second.start()
     try:
-        done = _wait(second.client(), job["id"], {"COMPLETED", "FAILED", "CANCELLED"})
+        done = second.client().wait(job["id"], timeout=90)
         assert done["status"] == "COMPLETED" and done["result"]["result"] == "slept", done
         assert [e["type"] for e in second.client().events(job["id"])].count("job.completed") == 1
     finally:
@@ -168,7 +157,7 @@ def test_two_users_servers_on_one_database_are_isolated_and_slurm_agrees(
                                       config={"backend": "slurm", "poll_interval": 0.5}).start()
         alice, bob = servers["chlalice"].client(), servers["chlbob"].client()
         job = alice.submit("Script", params={"path": "nap.py"})
-        running = _wait(alice, job["id"], {"RUNNING"})
+        running = alice.wait(job["id"], statuses={"RUNNING"}, timeout=90)
         assert running["user"] == "chlalice"
         for call in (lambda: bob.job(job["id"]), lambda: bob.cancel(job["id"])):
             try:
@@ -183,7 +172,7 @@ def test_two_users_servers_on_one_database_are_isolated_and_slurm_agrees(
         assert res.returncode != 0 or "denied" in (res.stderr + res.stdout).lower(), res
         assert alice.job(job["id"])["status"] == "RUNNING"
         assert alice.cancel(job["id"])["status"] in ("CANCELLED", "RUNNING")
-        assert _wait(alice, job["id"], {"COMPLETED", "FAILED", "CANCELLED"})["status"] == "CANCELLED"
+        assert alice.wait(job["id"], timeout=90)["status"] == "CANCELLED"
     finally:
         for server in servers.values():
             server.stop()
