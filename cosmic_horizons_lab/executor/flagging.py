@@ -35,6 +35,7 @@ Strategy levels (``rfi_strategy``):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -64,6 +65,9 @@ STRATEGIES: dict[str, FlagStrategy] = {
 }
 DEFAULT_STRATEGY = "medium"
 
+#: Working set of one chunk of baselines on the CPU (see :func:`flag_visibilities`).
+CPU_CHUNK_BYTES = 16 << 20
+
 
 def _gauss_kernel(sigma: float, device: torch.device) -> torch.Tensor:
     half = max(1, int(math.ceil(3 * sigma)))
@@ -72,55 +76,116 @@ def _gauss_kernel(sigma: float, device: torch.device) -> torch.Tensor:
     return k / k.sum()
 
 
+#: Longest axis smoothed by one dense matrix; longer axes go in blocks of this many samples.
+_SMOOTH_BLOCK = 256
+
+
+@functools.lru_cache(maxsize=32)
+def _smoothing_matrix(n_out: int, n_in: int, sigma: float, device: torch.device) -> torch.Tensor:
+    """(n_out, n_in) matrix ``S`` with ``S @ x`` = Gaussian smoothing of ``x`` with edge replication.
+
+    Row ``i`` holds the kernel centred on input sample ``i + offset`` where the
+    caller has already shifted the input by the kernel's half width (blocks) or
+    not at all (``n_in == n_out``: the whole axis; taps beyond the ends are
+    folded onto the end samples, which is exactly replicate padding).
+    """
+    k = _gauss_kernel(sigma, torch.device("cpu"))
+    half = (len(k) - 1) // 2
+    rows = torch.arange(n_out)[:, None].expand(n_out, len(k))
+    if n_in == n_out:
+        cols = (rows + torch.arange(-half, half + 1)).clamp(0, n_in - 1)
+    else:  # block of a pre-padded axis: output i uses inputs i .. i + 2 half
+        cols = rows + torch.arange(len(k))
+    m = torch.zeros(n_out, n_in)
+    m.index_put_((rows, cols), k.expand(n_out, len(k)).contiguous(), accumulate=True)
+    return m.to(device)
+
+
+def _smooth_last(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian smoothing along the last axis with edge replication, as matrix products.
+
+    A 1-channel ``conv1d``/``conv2d`` with a 19-tap kernel runs at a small
+    fraction of the CPU's arithmetic rate, while a matrix product with the
+    (banded) smoothing matrix runs at its full GEMM rate: for axes up to
+    ``_SMOOTH_BLOCK`` samples one dense product is several times faster even
+    though most of the matrix is zeros. Longer axes are replicate-padded and cut
+    into overlapping blocks so the work stays linear in the axis length.
+    """
+    n = x.shape[-1]
+    if n <= _SMOOTH_BLOCK:
+        return x @ _smoothing_matrix(n, n, sigma, x.device).T
+    half = max(1, int(math.ceil(3 * sigma)))
+    nblk = -(-n // _SMOOTH_BLOCK)
+    idx = (torch.arange(-half, nblk * _SMOOTH_BLOCK + half, device=x.device)).clamp(0, n - 1)
+    padded = x.index_select(-1, idx)
+    blocks = padded.unfold(-1, _SMOOTH_BLOCK + 2 * half, _SMOOTH_BLOCK)
+    m = _smoothing_matrix(_SMOOTH_BLOCK, _SMOOTH_BLOCK + 2 * half, sigma, x.device)
+    return (blocks @ m.T).flatten(-2)[..., :n]
+
+
 def _smooth(x: torch.Tensor, sigma: tuple[float, float]) -> torch.Tensor:
     """Separable Gaussian smoothing of (B, T, F) with edge replication."""
-    b, t, f = x.shape
-    y = x.reshape(b, 1, t, f)
-    kt = _gauss_kernel(sigma[0], x.device)
-    kf = _gauss_kernel(sigma[1], x.device)
-    pt, pf = (len(kt) - 1) // 2, (len(kf) - 1) // 2
-    y = F.pad(y, (0, 0, pt, pt), mode="replicate") if t > 1 else y
-    y = F.conv2d(y, kt.view(1, 1, -1, 1)) if t > 1 else y
-    y = F.pad(y, (pf, pf, 0, 0), mode="replicate") if f > 1 else y
-    y = F.conv2d(y, kf.view(1, 1, 1, -1)) if f > 1 else y
-    return y.reshape(b, t, f)
+    y = _smooth_last(x, sigma[1])
+    if x.shape[1] <= _SMOOTH_BLOCK:
+        # along time as a left product: no transposed copy needed
+        return _smoothing_matrix(x.shape[1], x.shape[1], sigma[0], x.device) @ y
+    return _smooth_last(y.transpose(1, 2), sigma[0]).transpose(1, 2).contiguous()
 
 
 def _robust_sigma(res: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
     """Per-baseline σ from the median absolute deviation of unflagged residuals: (B, 1, 1)."""
     b = res.shape[0]
-    masked = torch.where(flags, torch.full_like(res, float("nan")), res).reshape(b, -1)
+    masked = res.masked_fill(flags, float("nan")).reshape(b, -1)
     med = torch.nanmedian(masked, dim=1, keepdim=True).values
-    mad = torch.nanmedian((masked - med).abs(), dim=1).values
+    mad = torch.nanmedian((masked - med).abs_(), dim=1).values
     sigma = 1.4826 * mad
     sigma = torch.where(torch.isfinite(sigma) & (sigma > 0), sigma, torch.ones_like(sigma))
     return sigma.view(b, 1, 1)
 
 
-def _sum_threshold_1d(x: torch.Tensor, flags: torch.Tensor, m: int, chi: float) -> torch.Tensor:
-    """One SumThreshold pass with window ``m`` along the last axis; returns the new flags."""
-    n = x.shape[-1]
+def _sum_threshold_1d(x: torch.Tensor, flags: torch.Tensor, m: int, chi: float,
+                      dim: int = -1) -> torch.Tensor:
+    """One SumThreshold pass with window ``m`` along ``dim``; returns the new flags.
+
+    Works along any axis in place (no transposed copies): window sums come
+    from one cumulative sum, and "some window over the threshold covers this
+    sample" is a sliding OR of length ``m``, done by doubling in ⌈log2 m⌉
+    shifted ORs of booleans instead of a max-pool over floats.
+    """
+    dim = dim % x.dim()
+    n = x.shape[dim]
     if m > n:
         return flags
-    val = torch.where(flags, torch.full_like(x, chi), x)
     if m == 1:
-        return flags | (val > chi)
-    lead = val.shape[:-1]
-    cs = F.pad(torch.cumsum(val, dim=-1), (1, 0))
-    window_mean = (cs[..., m:] - cs[..., :-m]) / m  # (..., n - m + 1)
-    hits = (window_mean > chi).to(x.dtype).reshape(-1, 1, n - m + 1)
-    spread = F.max_pool1d(F.pad(hits, (m - 1, m - 1)), kernel_size=m, stride=1)
-    return flags | (spread.reshape(*lead, n) > 0)
+        # flagged samples enter at exactly χ, which never exceeds χ
+        return flags | (x > chi)
+    cs = torch.cumsum(x.masked_fill(flags, chi), dim=dim)
+    # sum of the window starting at j = cs[j + m - 1] - cs[j - 1]
+    sums = cs.narrow(dim, m - 1, n - m + 1).clone()
+    sums.narrow(dim, 1, n - m).sub_(cs.narrow(dim, 0, n - m))
+    hits = sums > m * chi
+    del cs, sums
+    pad = [0, 0] * (x.dim() - 1 - dim) + [m - 1, m - 1]
+    cover = F.pad(hits, pad)  # length n + m - 1; sample i is hit by windows starting at i-m+1 .. i
+    span = 1
+    while span < m:
+        step = min(span, m - span)
+        length = cover.shape[dim] - step
+        cover = cover.narrow(dim, 0, length) | cover.narrow(dim, step, length)
+        span += step
+    return flags | cover
 
 
 def sum_threshold(x: torch.Tensor, flags: torch.Tensor, chi1: float,
                   windows: tuple[int, ...], rho: float) -> torch.Tensor:
     """SumThreshold along time (axis 1) and frequency (axis 2) of a (B, T, F) plane."""
-    xt = x.transpose(1, 2).contiguous()  # time-major copy: windows along time run in memory order
     for m in windows:
         chi = chi1 / rho ** math.log2(m)
-        ft = _sum_threshold_1d(xt, flags.transpose(1, 2).contiguous(), m, chi)
-        flags = _sum_threshold_1d(x, ft.transpose(1, 2).contiguous(), m, chi)
+        if m == 1:  # the same test along either axis: once is enough
+            flags = _sum_threshold_1d(x, flags, 1, chi)
+            continue
+        flags = _sum_threshold_1d(x, flags, m, chi, dim=1)
+        flags = _sum_threshold_1d(x, flags, m, chi, dim=2)
     return flags
 
 
@@ -183,6 +248,11 @@ def flag_visibilities(vis: np.ndarray, flags: np.ndarray, strategy: str | FlagSt
     # amplitude, flags, background, residual, weights and SumThreshold temporaries
     per_baseline = nt * nf * (8 * npol + 4 * 12)
     step = chunk_size(per_baseline, device, maximum=nb)
+    if device.type == "cpu":
+        # Small chunks on the host: the ~150 whole-plane operations of a pass then
+        # run on temporaries that stay in cache and are recycled by the allocator
+        # instead of being faulted in fresh from the OS each time.
+        step = max(1, min(step, CPU_CHUNK_BYTES // per_baseline))
     out = np.empty(vis.shape, bool)
     for start in range(0, nb, step):
         stop = min(nb, start + step)

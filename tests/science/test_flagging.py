@@ -69,3 +69,47 @@ def test_sir_operator_fills_gaps_in_proportion():
     out = sir_operator(f, 0.2)
     assert out[0, 0, 10] and out[0, 0, 5:16].all()
     assert not out[0, 0, 0] and not out[0, 0, 19]
+
+
+def _sum_threshold_reference(x, flags, m, chi):
+    """SumThreshold along the last axis by explicit loops over windows (tiny inputs only)."""
+    out = flags.clone()
+    val = torch.where(flags, torch.full_like(x, chi), x)
+    n = x.shape[-1]
+    for j in range(n - m + 1):
+        hit = val[..., j:j + m].mean(dim=-1) > chi
+        out[..., j:j + m] |= hit[..., None]
+    return out
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 16])
+def test_sum_threshold_window_matches_explicit_loops(m):
+    from cosmic_horizons_lab.executor.flagging import _sum_threshold_1d
+
+    gen = torch.Generator().manual_seed(m)
+    x = torch.randn((3, 24, 20), generator=gen) + 0.8
+    flags = torch.rand((3, 24, 20), generator=gen) > 0.9
+    chi = 1.5
+    along_f = _sum_threshold_1d(x, flags, m, chi, dim=2)
+    assert (along_f == _sum_threshold_reference(x, flags, m, chi)).all()
+    along_t = _sum_threshold_1d(x, flags, m, chi, dim=1)
+    ref_t = _sum_threshold_reference(x.transpose(1, 2), flags.transpose(1, 2), m, chi).transpose(1, 2)
+    assert (along_t == ref_t).all()
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 7), (2, 9, 1), (2, 40, 64), (1, 600, 300)])
+def test_smoothing_matches_replicate_padded_convolution(shape):
+    """The matrix-product smoothing (dense or in blocks for long axes) is the Gaussian
+    convolution with edge replication."""
+    import torch.nn.functional as F
+
+    from cosmic_horizons_lab.executor.flagging import _gauss_kernel, _smooth
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    y = x[:, None]
+    for axis, sigma in ((2, 3.0), (3, 2.0)):
+        k = _gauss_kernel(sigma, x.device)
+        half = (len(k) - 1) // 2
+        pad = (0, 0, half, half) if axis == 2 else (half, half, 0, 0)
+        y = F.conv2d(F.pad(y, pad, mode="replicate"), k.view(1, 1, -1, 1) if axis == 2 else k.view(1, 1, 1, -1))
+    assert torch.allclose(_smooth(x, (3.0, 2.0)), y[:, 0], atol=1e-6)
