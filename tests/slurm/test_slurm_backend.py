@@ -380,3 +380,38 @@ async def test_preempted_job_is_failed_preempted(backend, work):
     assert (st.status, st.reason) == ("FAILED", "preempted"), st
     assert st.detail["slurm_state"].startswith("PREEMPTED")
     assert (await wait_until(urgent_backend, [uid], timeout=60))[uid].status == "COMPLETED"
+
+
+async def test_batch_with_different_gpu_counts_is_one_array_per_count(backend, work):
+    specs = [make_job(work, f"g{i}", "pass\n", gpu_count=i % 2) for i in range(4)]
+    ids = await backend.submit_array(specs, parallel_limit=2)
+    arrays = {bid.split("_")[0] for bid in ids}
+    assert len(arrays) == 2 and ids[0].split("_")[0] == ids[2].split("_")[0]
+    states = await wait_until(backend, ids, timeout=60)
+    assert all(s.status == "COMPLETED" for s in states.values()), states
+
+
+async def test_batch_failing_halfway_is_cancelled_whole(work, tmp_path, slurm_cluster):
+    import subprocess
+
+    from cosmic_horizons_lab.backends.base import BackendUnavailable
+
+    count = tmp_path / "calls"
+    wrapper = tmp_path / "flaky-sbatch"
+    wrapper.write_text(
+        f'#!/bin/bash\necho x >> {count}\n'
+        f'if [ "$(wc -l < {count})" -ge 2 ]; then\n'
+        '  echo "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)" >&2\n'
+        f'  exit 1\nfi\nsbatch "$@" | tee -a {tmp_path / "ids"}\nexit ${{PIPESTATUS[0]}}\n'
+    )
+    wrapper.chmod(0o755)
+    flaky = make_backend(work, sbatch_command=str(wrapper), extra_directives=["--hold"])
+    specs = [make_job(work, f"f{i}", "pass\n", gpu_count=i % 2) for i in range(4)]
+    with pytest.raises(BackendUnavailable):
+        await flaky.submit_array(specs, parallel_limit=2)
+    first = (tmp_path / "ids").read_text().strip().split(";")[0]
+    assert first.isdigit()
+    out = subprocess.run(["squeue", "--noheader", "--states=all", "--array", f"--jobs={first}",
+                          "--format=%i %T"], capture_output=True, text=True).stdout  # fmt: skip
+    states = [line.split()[1] for line in out.splitlines() if line.strip()]
+    assert states and all(state == "CANCELLED" for state in states), out
