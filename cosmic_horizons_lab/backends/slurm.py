@@ -410,6 +410,15 @@ def parse_gres(text: str, name: str = "gpu") -> dict[str, int]:
 
 
 _USABLE_NODE_STATES = ("idle", "mixed", "allocated", "completing", "planned")
+_UNUSABLE_NODE_WORDS = ("drain", "down", "fail", "maint", "unknown", "not_responding", "power", "reboot", "inval")
+
+
+def _node_usable(state: str) -> bool:
+    """Whether a node in this sinfo StateLong (``idle``, ``mixed+drain``, ``down*``...) takes jobs."""
+    st = state.lower()
+    if any(word in st for word in _UNUSABLE_NODE_WORDS):
+        return False
+    return st.rstrip("*~#!%$@^-").split("+")[0] in _USABLE_NODE_STATES
 
 
 # ----------------------------------------------------------------------------- the backend
@@ -1176,7 +1185,7 @@ class SlurmBackend(Backend):
             partition = partition.rstrip("*")
             total = parse_gres(gres, gres_name)
             in_use = parse_gres(used, gres_name)
-            usable = state.lower().rstrip("*~#!%$@^-+").split("+")[0] in _USABLE_NODE_STATES
+            usable = _node_usable(state)
             for typ, count in total.items():
                 if wanted_type and typ != wanted_type:
                     continue

@@ -415,3 +415,18 @@ async def test_batch_failing_halfway_is_cancelled_whole(work, tmp_path, slurm_cl
                           "--format=%i %T"], capture_output=True, text=True).stdout  # fmt: skip
     states = [line.split()[1] for line in out.splitlines() if line.strip()]
     assert states and all(state == "CANCELLED" for state in states), out
+
+
+async def test_drained_node_offers_no_free_gpus(backend, slurm_cluster):
+    import subprocess
+
+    node = slurm_cluster.host
+    subprocess.run(["scontrol", "update", f"nodename={node}", "state=drain", "reason=chl-test"], check=True)
+    try:
+        pools = {p.name: p for p in await backend.resources()}
+        assert pools["gpu"].total == 2 and pools["gpu"].free == 0
+        assert pools["gpu"].detail["gpus_down"] == 2
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=True)
+    pools = {p.name: p for p in await backend.resources()}
+    assert pools["gpu"].detail["gpus_down"] == 0

@@ -252,3 +252,12 @@ def test_traitlets_are_configurable():
                  "sbatch_command", "squeue_command", "sacct_command", "scancel_command", "sinfo_command",
                  "min_poll_interval", "poll_backoff_max", "submit_timeout", "script_preamble"):  # fmt: skip
         assert SlurmBackend.class_traits()[name].help, name
+
+
+def test_node_states_for_resources():
+    from cosmic_horizons_lab.backends.slurm import _node_usable
+
+    for state in ("idle", "mixed", "allocated", "completing", "idle*"[:-1]):
+        assert _node_usable(state), state
+    for state in ("down*", "drained", "draining", "mixed+drain", "idle+drain", "fail", "maint", "unknown*"):
+        assert not _node_usable(state), state
