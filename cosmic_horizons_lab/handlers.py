@@ -223,8 +223,12 @@ class JobOutputsHandler(APIBase):
         job = await self.orchestrator.get_job(self.owner, job_id)
         path = jobdir.job_dir(self.app.work_path, job.user, job.id)
         files = await asyncio.to_thread(self.app.outputs.list, path)
+        out_dir = (path / "outputs").resolve()
+        under_root = out_dir.is_relative_to(self.app.root_path)
         for f in files:
             f["url"] = f"{self.api_url}jobs/{job.id}/outputs/{f['path']}"
+            # Where Lab's file browser finds it (null when work_dir lies outside the server root).
+            f["root_path"] = (out_dir / f["path"]).relative_to(self.app.root_path).as_posix() if under_root else None
         self.reply({"job_id": job.id, "status": job.status, "directory": str(path / "outputs"), "files": files})
 
 

@@ -182,6 +182,7 @@ SCHEMAS: dict[str, Any] = {
                         "size_bytes": {"type": "integer"},
                         "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                         "url": {"type": "string"},
+                        "root_path": {"type": ["string", "null"], "description": "Path relative to the server root, for Lab's file browser"},
                     },
                 },
             },

@@ -99,6 +99,7 @@ async def test_outputs_are_listed_with_checksums_and_downloadable(api, script, j
     blob = bytes(range(256)) * 40
     assert files["image.bin"]["size_bytes"] == len(blob)
     assert files["image.bin"]["sha256"] == hashlib.sha256(blob).hexdigest()
+    assert files["image.bin"]["root_path"] == f"jobs/astro/{job['id']}/outputs/image.bin"
     resp = await jp_fetch("cosmic-horizons", "api", "jobs", job["id"], "outputs", "image.bin")
     assert resp.body == blob
     code, err, _ = await api.get(f"jobs/{job['id']}/outputs/../job.json")
