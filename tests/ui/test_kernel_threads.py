@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("anywidget")
-jupyter_client = pytest.importorskip("jupyter_client.manager")
+import anywidget  # noqa: F401  (the notebook extra installs it)
+from jupyter_client import manager as jupyter_client  # start_new_kernel lives here
 
 SETUP = """
 import threading, time

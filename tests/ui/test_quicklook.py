@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-fits = pytest.importorskip("astropy.io.fits")
-pytest.importorskip("matplotlib")
+from astropy.io import fits
+import matplotlib  # noqa: F401  (the notebook extra installs it)
 
 from cosmic_horizons_lab.quicklook import figure_png, quicklook, sources_from  # noqa: E402
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-pytest.importorskip("anywidget")
+import anywidget  # noqa: F401  (the notebook extra installs it)
 
 from cosmic_horizons_lab.client import ApiError  # noqa: E402
 from cosmic_horizons_lab.lab import Job, Lab, find_server  # noqa: E402
