@@ -213,22 +213,25 @@ def records(job_dir: Path) -> list[dict[str, Any]]:
 def nodbd_cluster(slurm_cluster: Cluster):
     """A second cluster on other ports, without slurmdbd: sacct fails, sacct -c reads the
     job completion log (JobCompType=jobcomp/filetxt). Yields its SLURM_CONF."""
+    run_dir = os.environ.get("SLURM_RUN_DIR", "/run/chl-slurm") + "-nodbd"
     env = {
         **os.environ,
         "SLURM_WITH_DBD": "0",
         "SLURM_STATE_DIR": tempfile.mkdtemp(prefix="chl-slurm-nodbd-"),
-        "SLURM_RUN_DIR": "/run/chl-slurm-nodbd",
-        "SLURMCTLD_PORT": "7817",
-        "SLURMD_PORT": "7818",
+        "SLURM_RUN_DIR": run_dir,
+        # next to the main cluster's ports, whatever they are
+        "SLURMCTLD_PORT": str(int(os.environ.get("SLURMCTLD_PORT", "6817")) + 1000),
+        "SLURMD_PORT": str(int(os.environ.get("SLURMD_PORT", "6818")) + 1000),
         "SLURM_MIN_JOB_AGE": "2",
     }
     env.pop("SLURM_CONF", None)
     res = sh(str(SCRIPT), "start", check=False, env=env)
     if res.returncode != 0:
         _unavailable(f"the cluster without slurmdbd did not start: {res.stderr[-2000:]}")
-    yield "/run/chl-slurm-nodbd/slurm.conf"
+    yield f"{run_dir}/slurm.conf"
     sh(str(SCRIPT), "stop", check=False, env=env)
     shutil.rmtree(env["SLURM_STATE_DIR"], ignore_errors=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @pytest.fixture
