@@ -132,9 +132,26 @@ def ifft2_unnormalised(grid: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifft2(grid, norm="forward")
 
 
-def _ifft_axis_unnormalised(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """``Σ_k x_k exp(+2πi k j / N)`` along one axis (``norm="forward"``, see :func:`ifft2_unnormalised`)."""
-    return torch.fft.ifft(x, dim=dim, norm="forward")
+def _ifft_rows_unnormalised(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``Σ_k x_k exp(+2πi k j / N)`` along the rows (last axis) of a 2-D complex64 tensor,
+    into ``out`` or (on the CPU) in place in ``x``, which is then overwritten.
+
+    On the CPU this goes through ``scipy.fft`` (pocketfft, multithreaded and in
+    single precision), measured 2-3x faster than torch's CPU FFT on the batched
+    row transforms of a w plane; on a GPU it is cuFFT through ``torch.fft``. Both
+    are spelled with ``norm="forward"``, see :func:`ifft2_unnormalised`.
+    """
+    if x.device.type == "cpu":
+        try:
+            import scipy.fft
+        except ImportError:  # pragma: no cover - scipy is a dependency of the science extra
+            pass
+        else:
+            # in place: a fresh output of this size would cost page faults every plane
+            scipy.fft.ifft(x.numpy(), axis=1, norm="forward", workers=torch.get_num_threads(),
+                           overwrite_x=True)
+            return x
+    return torch.fft.ifft(x, dim=1, norm="forward", out=out)
 
 
 def _wrapped_segments(lo: int, count: int, n: int) -> list[tuple[int, int, int]]:
@@ -184,21 +201,21 @@ class _PlaneTransform:
         """The (npix_x, nv) transform, transposed: image pixel (i, j) is element
         ``(j, (i - oy) mod nv)`` of it (see ``out_rows``)."""
         grid = grid.view(self.shape)
-        if self.alias_cols:
+        if self.alias_cols or self.wide.device.type == "cpu":  # (the CPU FFT works in place)
             self.wide.zero_()
         for src, dst, length in self.cols:
             target = self.wide.narrow(1, dst, length)
             piece = grid.narrow(1, src, length)
             target.add_(piece) if self.alias_cols else target.copy_(piece)
-        torch.fft.ifft(self.wide, dim=1, norm="forward", out=self.wide_f)
-        if self.alias_rows:
+        wide_f = _ifft_rows_unnormalised(self.wide, self.wide_f)
+        if self.alias_rows or self.tall.device.type == "cpu":
             self.tall.zero_()
         for src, dst, length in self.rows:
             for csrc, cdst, clen in self.out_cols:
                 target = self.tall[csrc:csrc + clen, dst:dst + length]
-                piece = self.wide_f[src:src + length, cdst:cdst + clen].T
+                piece = wide_f[src:src + length, cdst:cdst + clen].T
                 target.add_(piece) if self.alias_rows else target.copy_(piece)
-        return torch.fft.ifft(self.tall, dim=1, norm="forward", out=self.tall_f)
+        return _ifft_rows_unnormalised(self.tall, self.tall_f)
 
 
 def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
