@@ -246,39 +246,43 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
       ``exp(2πi dw (n - 1 - nshift))``, one multiply-add per plane, instead of an
       ``exp`` per pixel and plane.
     """
-    keep = weight != 0
-    uvw = np.asarray(uvw_lambda[keep], np.float64)
-    vals = (np.asarray(vis[keep]) * weight[keep]).astype(np.complex128)
-    neg = uvw[:, 2] < 0
-    uvw[neg] *= -1
-    vals[neg] = np.conj(vals[neg])
+    keep = np.flatnonzero(np.asarray(weight) != 0)
+    uvw = np.asarray(uvw_lambda, np.float64)[keep]
+    vals = np.asarray(vis)[keep].astype(np.complex64)
+    vals *= np.asarray(weight)[keep].astype(np.float32)
+    # w < 0: use the Hermitian conjugate (-uvw, conj V), which leaves the real image unchanged
+    sign = np.where(uvw[:, 2] < 0, -1.0, 1.0)
+    vals.imag *= sign.astype(np.float32)
+    w = uvw[:, 2] * sign
     kernel = Kernel.for_accuracy(epsilon)
     support = kernel.support
     half = support / 2
     nv, nu = geom.grid_shape
     # pixel units: u' = -u because x runs toward decreasing l (see module docstring)
-    u_pix = -uvw[:, 0] * geom.cell_x * nu
-    v_pix = uvw[:, 1] * geom.cell_y * nv
+    u_pix = uvw[:, 0] * sign * (-geom.cell_x * nu)
+    v_pix = uvw[:, 1] * sign * (geom.cell_y * nv)
+    del uvw
     nm1 = geom.nm1()
     nm1_max = float(np.abs(nm1).max())
-    use_w = bool(do_w and nm1_max > 0 and len(uvw) and float(np.ptp(uvw[:, 2])) * nm1_max > 1e-9)
+    use_w = bool(do_w and nm1_max > 0 and len(w) and float(np.ptp(w)) * nm1_max > 1e-9)
     if use_w:
         nshift = 0.5 * (float(nm1.min()) + float(nm1.max()))
         x_range = 0.5 * (float(nm1.max()) - float(nm1.min()))
         dw = 1.0 / (2 * SIGMA_W * x_range)
-        w0 = float(uvw[:, 2].min()) - dw * half
-        w_pix = (uvw[:, 2] - w0) / dw
+        w0 = float(w.min()) - dw * half
+        w_pix = (w - w0) / dw
         n_planes = int(math.ceil(float(w_pix.max()) + half)) + 1
-        order = np.argsort(w_pix, kind="stable")
-        u_pix, v_pix, w_pix = u_pix[order], v_pix[order], w_pix[order]
-        vals = vals[order] * np.exp(2j * np.pi * uvw[order, 2] * nshift)
+        order = np.argsort(w_pix)
+        u_pix, v_pix, w_pix, w, vals = u_pix[order], v_pix[order], w_pix[order], w[order], vals[order]
+        # exp(2πi w nshift), the phase taken out of the planes; turns reduced in float64
+        turns = torch.from_numpy(np.remainder(w * nshift, 1.0) * (2 * np.pi)).to(torch.float32)
+        vals = (torch.from_numpy(vals) * torch.polar(torch.ones_like(turns), turns)).numpy()
     else:
-        nshift, dw, w0, n_planes, w_pix = 0.0, 1.0, 0.0, 1, np.zeros(len(uvw))
-    vals = vals.astype(np.complex64)
+        nshift, dw, w0, n_planes, w_pix = 0.0, 1.0, 0.0, 1, np.zeros(len(w))
     # first covered cell per visibility (float64: positions of long baselines need it)
     u_first = np.floor(u_pix - half) + 1
     v_first = np.floor(v_pix - half) + 1
-    if len(uvw):
+    if len(w):
         ulo, vlo = int(u_first.min()), int(v_first.min())
         ncol, nrow = int(u_first.max()) - ulo + support, int(v_first.max()) - vlo + support
     else:
@@ -287,7 +291,9 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
     transform = _PlaneTransform(nrow, ncol, vlo, ulo, nv, nu, geom, device)
     oy, ox = geom.npix_y // 2, geom.npix_x // 2
     k = torch.arange(support, device=device)
-    cell_offsets = (k[:, None] * ncol + k[None, :]).reshape(1, -1)  # (1, W²): row-major W×W block
+    # int32 indices halve the index traffic of the scatter where the compact grid allows
+    index_dtype = torch.int32 if nrow * ncol < 2**31 else torch.int64
+    cell_offsets = (k[:, None] * ncol + k[None, :]).reshape(1, -1).to(index_dtype)  # row-major W×W
 
     # Accumulator precision follows the accuracy asked for; the grid itself is complex64.
     acc_dtype = torch.complex128 if epsilon < 1e-5 else torch.complex64
@@ -329,8 +335,9 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
         vf = torch.from_numpy(v_first[s:e]).to(device)
         ku = kernel.values((uf - u).to(torch.float32)[:, None] + k)  # (n, W)
         kv = kernel.values((vf - v).to(torch.float32)[:, None] + k)
-        kk = (kv[:, :, None] * ku[:, None, :]).reshape(-1, support * support)
-        base = (vf.long() - vlo) * ncol + (uf.long() - ulo)
+        # kv ⊗ ku per visibility, with a trailing axis of 2 to multiply (re, im) pairs in float32
+        kk = (kv[:, :, None] * ku[:, None, :]).reshape(-1, support * support, 1)
+        base = ((vf - vlo) * ncol + (uf - ulo)).to(index_dtype)
         idx = (base[:, None] + cell_offsets).reshape(-1)
         val = torch.from_numpy(vals[s:e]).to(device)
         wp = w_pix[s:e]
@@ -346,10 +353,11 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
                 if hi <= lo:
                     continue
                 wk = kernel.values(torch.from_numpy(p - wp[lo:hi]).to(device, torch.float32))
-                contrib = (val[lo:hi] * wk)[:, None] * kk[lo:hi]
+                weighted = torch.view_as_real(val[lo:hi]) * wk[:, None]
             else:
                 lo, hi = 0, e - s
-                contrib = val[:, None] * kk
+                weighted = torch.view_as_real(val)
+            contrib = torch.view_as_complex(weighted[:, None, :] * kk[lo:hi])
             grid = planes.get(p)
             if grid is None:
                 grid = planes[p] = free.pop() if free else torch.zeros(
