@@ -8,6 +8,11 @@ Scenarios (each a function in ``SCENARIOS``; add one there, e.g. through the RES
   makes them; the ratio to ``raw`` is the backend's overhead;
 - ``backend_concurrent``: the same with 8 submissions in flight;
 - ``array``: N jobs as one job array (``submit_array``): one sbatch call;
+- ``api``: the same N jobs through our REST API (a real ``jupyter server`` with
+  ``backend = "slurm"``, 8 concurrent clients): time until all are QUEUING in our API and
+  until all are in ``squeue``; the ratio of the latter to ``raw`` is our submission path's cost;
+- ``latency``: jobs that really run; for each state change, the delay from when ``squeue``
+  first shows it to when a WebSocket client of our API receives the event;
 - ``poll_load``: J active jobs polled by an orchestrator loop every ``--poll-interval``
   seconds for ``--duration`` seconds: Slurm commands per minute, for J=50 and J=500
   (must not grow with J) and the time one poll takes.
@@ -194,11 +199,119 @@ async def scenario_poll_load(args: argparse.Namespace, base: Path) -> dict[str, 
     return results
 
 
+def _lab_server(base: Path, args: argparse.Namespace, **extra: Any):
+    from tests.services import LabServer, write_script
+
+    root = base / "root"
+    root.mkdir(parents=True)
+    write_script(root, "x.py", "pass\n")
+    write_script(root, "nap.py", "import time\ntime.sleep(2)\n")
+    config = {"backend": "slurm", "poll_interval": args.poll_interval,
+              "SlurmBackend.min_poll_interval": args.min_poll_interval,
+              "SlurmBackend.job_name_template": PREFIX + "{agent}-{job_id}", **extra}
+    return LabServer(root, config=config).start()
+
+
+async def scenario_api(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    from tornado.httpclient import AsyncHTTPClient
+
+    server = _lab_server(base, args, **{"SlurmBackend.extra_directives": "--hold"})
+    http = AsyncHTTPClient(max_clients=16)
+    api = server.url + "cosmic-horizons/api/"
+    headers = {"Authorization": f"token {server.token}"}
+    body = json.dumps({"agent": "Script", "params": {"path": "x.py", "gpu_count": 0}})
+    try:
+        pending = list(range(args.jobs))
+        ids: list[str] = []
+
+        async def client() -> None:
+            while pending:
+                pending.pop()
+                resp = await http.fetch(api + "jobs/submit", method="POST", body=body, headers=headers)
+                ids.append(json.loads(resp.body)["id"])
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*[client() for _ in range(8)])
+        accepted_s = time.perf_counter() - t0
+        backend_ids: dict[str, str] = {}
+        while len(backend_ids) < len(ids):
+            page = await http.fetch(api + "jobs/search?status=QUEUING,RUNNING&page_size=200&page=1", headers=headers)
+            doc = json.loads(page.body)
+            for p in range(2, (doc["total"] + 199) // 200 + 1):
+                more = await http.fetch(api + f"jobs/search?status=QUEUING,RUNNING&page_size=200&page={p}", headers=headers)
+                doc["items"] += json.loads(more.body)["items"]
+            backend_ids = {j["id"]: j["backend_job_id"] for j in doc["items"]}
+            if time.perf_counter() - t0 > 300:
+                raise TimeoutError("jobs never reached QUEUING")
+            await asyncio.sleep(0.05)
+        queuing_s = time.perf_counter() - t0
+        visible_s = await until_visible(list(backend_ids.values()), t0)
+        return {"jobs": len(ids), "submit_s": accepted_s, "per_s": len(ids) / visible_s,
+                "accepted_per_s": len(ids) / accepted_s, "all_queuing_in_api_s": queuing_s,
+                "all_visible_s": visible_s}
+    finally:
+        server.stop()
+
+
+async def scenario_latency(args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    """Delay from squeue showing a state change to our WebSocket client receiving its event."""
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    server = _lab_server(base, args)
+    client = server.client()
+    ws = await websocket_connect(HTTPRequest(client.stream_url(client.request("GET", "events/latest")["last_event_id"]),
+                                             headers={"Authorization": f"token {server.token}"}))
+    received: dict[tuple[str, str], float] = {}
+
+    async def listen() -> None:
+        while (msg := await ws.read_message()) is not None:
+            now = time.perf_counter()
+            data = json.loads(msg)
+            for ev in data if isinstance(data, list) else [data]:
+                received.setdefault((ev["job_id"], ev["type"]), now)
+
+    listener = asyncio.ensure_future(listen())
+    seen: dict[tuple[str, str], float] = {}
+    try:
+        jobs = [client.submit("Script", params={"path": "nap.py", "gpu_count": 0}) for _ in range(args.latency_jobs)]
+        slurm_of: dict[str, str] = {}
+        deadline = time.perf_counter() + 180
+        while len([k for k in seen if k[1] == "job.completed"]) < len(jobs) and time.perf_counter() < deadline:
+            for job in jobs:
+                if job["id"] not in slurm_of:
+                    bid = client.job(job["id"])["backend_job_id"]
+                    if bid:
+                        slurm_of[job["id"]] = bid
+            out = subprocess.run(["squeue", "--noheader", "--states=all", "--format=%i %T"],
+                                 capture_output=True, text=True).stdout  # fmt: skip
+            states = dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
+            now = time.perf_counter()
+            for job_id, bid in slurm_of.items():
+                state = states.get(bid)
+                if state == "RUNNING":
+                    seen.setdefault((job_id, "job.running"), now)
+                elif state == "COMPLETED":
+                    seen.setdefault((job_id, "job.completed"), now)
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(args.poll_interval + args.min_poll_interval + 1)
+        delays = sorted(1000 * (received[k] - t) for k, t in seen.items() if k in received)
+        return {"changes": len(seen), "delivered": len(delays),
+                "delay_ms_p50": delays[len(delays) // 2], "delay_ms_max": delays[-1],
+                "floor_ms": 1000 * max(args.poll_interval, args.min_poll_interval) + 100}
+    finally:
+        listener.cancel()
+        ws.close()
+        server.stop()
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace, Path], Awaitable[dict[str, Any]]]] = {
     "raw": scenario_raw,
     "backend": scenario_backend,
     "backend_concurrent": scenario_backend_concurrent,
     "array": scenario_array,
+    "api": scenario_api,
+    "latency": scenario_latency,
     "poll_load": scenario_poll_load,
 }
 
@@ -211,6 +324,7 @@ async def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of polling per load level")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="the orchestrator's poll interval")
     parser.add_argument("--min-poll-interval", type=float, default=2.0, help="SlurmBackend.min_poll_interval")
+    parser.add_argument("--latency-jobs", type=int, default=10, help="real jobs timed by the latency scenario")
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), help="default: all")
     args = parser.parse_args()
     if not shutil.which("sbatch"):
@@ -219,7 +333,7 @@ async def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="chl-bench-slurm-"))
     try:
         names = args.scenario or list(SCENARIOS)
-        submission = [n for n in names if n != "poll_load"]
+        submission = [n for n in names if n not in ("poll_load", "latency")]
         # Submission scenarios run in interleaved rounds (raw, backend, ..., raw, backend, ...)
         # so that load from elsewhere on the machine hits them alike; medians are reported.
         runs: dict[str, list[dict[str, Any]]] = {n: [] for n in submission}
@@ -239,12 +353,19 @@ async def main() -> None:
                 "all_visible_s_median": statistics.median(x["all_visible_s"] for x in results),
                 "commands": results[0].get("commands"),
             }
+        if "latency" in names:
+            cancel_all()
+            out["latency"] = await scenario_latency(args, base / "latency")
+            print("latency", json.dumps(out["latency"]), flush=True)
         if "poll_load" in names:
             cancel_all()
             out["poll_load"] = await scenario_poll_load(args, base / "poll_load")
             cancel_all()
         if "raw" in out and "backend" in out:
             out["backend_vs_raw_rate"] = out["backend"]["per_s_median"] / out["raw"]["per_s_median"]
+        if "raw" in out and "api" in out:
+            # ≤ 1.2 is the floor: time for N jobs to reach squeue through our API, over raw sbatch's.
+            out["api_vs_raw_time"] = out["api"]["all_visible_s_median"] / out["raw"]["all_visible_s_median"]
         print(json.dumps(out, indent=2))
     finally:
         cancel_all()

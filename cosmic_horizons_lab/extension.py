@@ -290,9 +290,12 @@ class CosmicHorizons(ExtensionApp):
         module, _, attr = ref.partition(":")
         cls = getattr(importlib.import_module(module), attr)
         kwargs: dict[str, Any] = {"parent": self, "work_dir": self.work_path, "python": sys.executable}
+        if self.backend == "slurm" and "min_poll_interval" not in self.config.get("SlurmBackend", {}):
+            # One squeue per tick at most, and never a tick answered from the previous one's snapshot.
+            kwargs["min_poll_interval"] = 0.9 * self.poll_interval
         if self.backend == "local":
             slots = self.local_slots or len(self.gpus) or os.cpu_count() or 1
-            kwargs.update(slots=slots, gpus=self.gpus[:slots], on_exit=lambda: self.orchestrator.wake())
+            kwargs.update(slots=slots, gpus=self.gpus[:slots], on_exit=lambda: self.orchestrator.wake(reconcile=True))
         return cls(**kwargs)
 
     def _publish(self, events: list[dict[str, Any]]) -> None:

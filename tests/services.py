@@ -116,7 +116,8 @@ class LabServer:
         args = [sys.executable, "-m", "jupyter", self.app, "--no-browser", "--allow-root",
                 f"--port={self.port}", "--ServerApp.ip=127.0.0.1", f"--ServerApp.root_dir={self.root}",
                 f"--IdentityProvider.token={self.token}", "--ServerApp.port_retries=0"]
-        args += [f"--CosmicHorizons.{k}={v}" for k, v in self.config.items()]
+        # "Section.trait" keys configure other classes (e.g. SlurmBackend.partition).
+        args += [f"--{k}={v}" if "." in k else f"--CosmicHorizons.{k}={v}" for k, v in self.config.items()]
         env = dict(os.environ, JUPYTER_DATA_DIR=str(self.state / "data"), JUPYTER_RUNTIME_DIR=str(self.state / "runtime"),
                    JUPYTER_CONFIG_DIR=str(self.state / "config"))
         if self.run_as:
