@@ -10,7 +10,10 @@ wgridder does (Arras et al. 2021, A&A 646, A58; Ye et al. 2022):
   (Barnett et al. 2019), whose support ``W`` follows from the accuracy asked for;
 * the w term is handled by w-stacking with the same kernel along w: each
   visibility goes to the ``W`` nearest w planes, each plane is Fourier
-  transformed and multiplied by ``exp(2πi w_k (n - 1))`` before the planes are summed;
+  transformed and multiplied by ``exp(2πi w_k (n - 1 - nshift))`` before the
+  planes are summed, with ``nshift`` the middle of ``n - 1``'s range over the
+  image (its phase ``exp(2πi w nshift)`` is applied to the visibilities), which
+  is what lets the planes be spaced as widely as ducc0's;
 * the image is divided by the kernels' Fourier transforms (computed by
   quadrature), which undoes the convolution to the accuracy asked for.
 
@@ -33,11 +36,19 @@ import torch
 from .device import chunk_size
 
 SIGMA = 2.0  # grid oversampling
-#: Oversampling of the w-plane spacing: ``dw = 1 / (2 SIGMA_W max|n - 1 - nshift|)``.
-#: Centring puts the largest ``|n - 1 - nshift|`` at the phase centre, where the
-#: bright sources are, so the w kernel needs more margin there than the uv kernel:
-#: 3 (instead of 2) keeps the error at the uncentred level with 25 % fewer planes.
-SIGMA_W = 3.0
+#: Choices of the w kernel, as (support beyond the uv kernel's ``W``, oversampling
+#: ``σ_w`` of the plane spacing ``dw = 1 / (2 σ_w max|n - 1 - nshift|)``). Centring puts
+#: the largest ``|n - 1 - nshift|`` at the phase centre, where the bright sources
+#: are, so the w kernel needs more margin than the uv kernel; each choice keeps the
+#: error at the uncentred ``(W, σ = 2)`` level (checked against ducc0). Wider support
+#: means more gridding work per visibility, wider spacing fewer planes, each an FFT:
+#: :func:`_choose_w_kernel` takes the cheapest for the data at hand, as ducc0 does.
+W_KERNEL_CHOICES = ((0, 3.0), (1, 2.0), (2, 1.5))
+#: Cost model of that choice, seconds on the 2-core CPU it was measured on: one
+#: visibility's contribution to one grid cell of one plane, and one plane's FFT,
+#: copies and sum per cell of the oversampled grid. Only their ratio matters.
+COST_PER_CELL_ADD = 3e-9
+COST_PER_PLANE_CELL = 4e-9
 #: w extent of one chunk of visibilities, in planes (see :func:`dirty_image`).
 CHUNK_W_SPAN = 0.25
 TABLE_SIZE = 1 << 15  # samples of the kernel's Fourier transform for large images
@@ -109,6 +120,30 @@ class ImageGeometry:
     def m_grid(self) -> np.ndarray:
         jy = np.arange(self.npix_y) - self.npix_y // 2
         return np.broadcast_to((jy * self.cell_y)[:, None], (self.npix_y, self.npix_x))
+
+
+def _w_kernel(support: int, sigma_w: float) -> Kernel:
+    """ES kernel of ``support`` with β for oversampling ``sigma_w`` (Barnett et al. 2019:
+    ``β ≈ 0.98 π W (1 - 1/(2σ))``, which is the 2.3 W of :class:`Kernel` at σ = 2)."""
+    return Kernel(support=support, beta=0.98 * math.pi * (1 - 0.5 / sigma_w) * support)
+
+
+def _choose_w_kernel(kernel: Kernel, n_vis: int, w_span: float, x_range: float,
+                     grid_cells: int) -> tuple[Kernel, float]:
+    """The w kernel and ``σ_w`` of :data:`W_KERNEL_CHOICES` with the least modelled cost.
+
+    ``w_span`` is the range of |w| in wavelengths, ``x_range`` the largest
+    ``|n - 1 - nshift|``, ``grid_cells`` the size of the oversampled grid.
+    """
+    def cost(choice: tuple[int, float]) -> float:
+        extra, sigma_w = choice
+        support = kernel.support + extra
+        planes = w_span * 2 * sigma_w * x_range + support + 1
+        return (n_vis * kernel.support**2 * support * COST_PER_CELL_ADD
+                + planes * grid_cells * COST_PER_PLANE_CELL)
+
+    extra, sigma_w = min(W_KERNEL_CHOICES, key=cost)
+    return _w_kernel(kernel.support + extra, sigma_w), sigma_w
 
 
 def _good_size(n: int) -> int:
@@ -273,10 +308,12 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
     if use_w:
         nshift = 0.5 * (float(nm1.min()) + float(nm1.max()))
         x_range = 0.5 * (float(nm1.max()) - float(nm1.min()))
-        dw = 1.0 / (2 * SIGMA_W * x_range)
-        w0 = float(w.min()) - dw * half
+        wkernel, sigma_w = _choose_w_kernel(kernel, len(w), float(w.max() - w.min()), x_range, nv * nu)
+        whalf = wkernel.support / 2
+        dw = 1.0 / (2 * sigma_w * x_range)
+        w0 = float(w.min()) - dw * whalf
         w_pix, order = torch.sort((w - w0) / dw)
-        n_planes = int(math.ceil(float(w_pix[-1]) + half)) + 1
+        n_planes = int(math.ceil(float(w_pix[-1]) + whalf)) + 1
         u_pix, v_pix, w, vals = u_pix[order], v_pix[order], w[order], vals[order]
         # exp(2πi w nshift), the phase taken out of the planes; turns reduced in float64
         turns = (torch.remainder(w * nshift, 1.0) * (2 * np.pi)).to(torch.float32)
@@ -284,6 +321,7 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
         del order, turns
     else:
         nshift, dw, w0, n_planes, w_pix = 0.0, 1.0, 0.0, 1, torch.zeros(len(w), dtype=torch.float64)
+        wkernel, whalf = kernel, half
     u_pix, v_pix, w_pix, vals = u_pix.numpy(), v_pix.numpy(), w_pix.numpy(), vals.numpy()
     # first covered cell per visibility (float64: positions of long baselines need it)
     u_first = np.floor(u_pix - half) + 1
@@ -354,14 +392,14 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
         idx = (base[:, None] + cell_offsets).reshape(-1)
         del ku, kv, u, v, uf, vf, base
         if use_w:
-            first_plane = int(math.floor(w_pix[s] - half)) + 1
-            last_plane = int(math.ceil(w_pix[e - 1] + half)) - 1
+            first_plane = int(math.floor(w_pix[s] - whalf)) + 1
+            last_plane = int(math.ceil(w_pix[e - 1] + whalf)) - 1
         else:
             first_plane = last_plane = 0
         for p in range(max(first_plane, 0), min(last_plane, n_planes - 1) + 1):
             if use_w:
                 # w weight of every visibility of the chunk, zero for those out of reach
-                wk = kernel.values((p - wp_t).to(torch.float32))
+                wk = wkernel.values((p - wp_t).to(torch.float32))
                 out = scratch[:(e - s) * support**2].view(e - s, support**2)
                 contrib = torch.mul(vkk, wk[:, None], out=out)
             else:
@@ -372,7 +410,7 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
                     nrow * ncol, dtype=torch.complex64, device=device)
             grid.index_add_(0, idx, contrib.reshape(-1))
         # planes no later (larger-w) visibility can reach are complete
-        done_below = int(math.floor(w_pix[e] - half)) + 1 if (use_w and e < n) else n_planes
+        done_below = int(math.floor(w_pix[e] - whalf)) + 1 if (use_w and e < n) else n_planes
         for p in sorted(q for q in planes if q < done_below):
             add_plane(p, planes.pop(p))
         s = e
@@ -388,7 +426,7 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
     jy = (np.arange(geom.npix_y) - oy) / nv
     corr = np.outer(kernel.fourier(jy), kernel.fourier(jx))
     if use_w:
-        corr = corr * kernel.fourier((nm1 - nshift) * dw)
+        corr = corr * wkernel.fourier((nm1 - nshift) * dw)
     return image.real.cpu().numpy() / corr
 
 

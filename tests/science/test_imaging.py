@@ -49,6 +49,20 @@ def test_dirty_image_with_uv_beyond_the_grid_band_matches_direct_transform(small
     assert _rel_rms(flat, direct_dirty_image(uvw, vis, weight, flat_geom)) < 1e-4
 
 
+@pytest.mark.parametrize("choice", [(0, 3.0), (1, 2.0), (2, 1.5)])
+def test_every_w_kernel_choice_meets_the_accuracy(small_rows, monkeypatch, choice):
+    """The cost model picks one w kernel per problem; each must be accurate on its own."""
+    from cosmic_horizons_lab.executor import gridding
+
+    monkeypatch.setattr(gridding, "W_KERNEL_CHOICES", (choice,))
+    uvw, vis, weight = small_rows
+    cell = 1.0 / (1.0 * np.abs(uvw[:, :2]).max())  # wide field: the w term matters
+    geom = ImageGeometry(64, 48, cell, cell)
+    ref = direct_dirty_image(uvw, vis, weight, geom)
+    assert _rel_rms(dirty_image(uvw, vis, weight, geom, CPU, epsilon=1e-6), ref) < 1e-5
+    assert _rel_rms(dirty_image(uvw, vis, weight, geom, CPU, epsilon=1e-4), ref) < 1e-4
+
+
 def test_dirty_image_reports_progress_per_w_plane(small_rows):
     uvw, vis, weight = small_rows
     cell = 1.0 / (1.0 * np.abs(uvw[:, :2]).max())
