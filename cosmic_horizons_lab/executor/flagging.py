@@ -17,7 +17,11 @@ default strategies do):
    539, A95) so the faint edges of flagged regions go too.
 
 All baselines of a chunk are processed at once as one tensor; chunks are sized
-to the device's free memory.
+to the device's free memory, and on the CPU kept to a few MiB
+(:data:`CPU_CHUNK_BYTES`) so a pass's temporaries stay in cache. Per pass the
+work is linear in the number of samples: the background is two matrix products
+(no 1-channel convolutions), and every SumThreshold window is one cumulative
+sum plus ⌈log2 M⌉ boolean ORs along either axis, with no transposed copies.
 
 Strategy levels (``rfi_strategy``):
 
