@@ -270,10 +270,13 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
     * w-stacking is centred as in ducc0: ``n - 1`` is written as
       ``nshift + (n - 1 - nshift)`` with ``nshift`` the middle of its range over
       the image; ``exp(2πi w nshift)`` is applied to the visibilities exactly, so
-      the planes need only resolve the residual half range: half as many planes.
-    * Visibilities are taken in chunks in w order; each chunk's uv kernel
-      weights (separable, ``W`` per axis) and grid indices are computed once and
-      scattered with ``index_add_`` into the ``W`` planes the w kernel reaches.
+      the planes need fewer of them (the w kernel's support and spacing are
+      then chosen by :func:`_choose_w_kernel`).
+    * Visibilities are taken in chunks in w order, a quarter plane wide; each
+      chunk's ``V × kv ⊗ ku`` (the separable uv kernel, ``W²`` cells) and grid
+      indices are computed once, then for each plane the chunk reaches they are
+      scaled by the w kernel (zero for the few out of its reach) and scattered
+      with ``index_add_``: no per-plane kernel evaluation or index arithmetic.
       Only the planes the current chunk can still reach are held; a plane is
       transformed as soon as no later visibility can touch it.
     * Planes live on a compact grid covering only the cells the data touch
@@ -379,12 +382,8 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
         uf = torch.from_numpy(u_first[s:e]).to(device)
         vf = torch.from_numpy(v_first[s:e]).to(device)
         base = ((vf - vlo) * ncol + (uf - ulo)).to(index_dtype)
-        # Scatter in grid order: the same adds with the grid walked nearly sequentially
-        # run several times faster than in w order, which jumps about the grid at random.
-        order = torch.argsort(base)
-        base, u, v, uf, vf = base[order], u[order], v[order], uf[order], vf[order]
-        val = torch.from_numpy(vals[s:e]).to(device)[order]
-        wp_t = torch.from_numpy(w_pix[s:e]).to(device)[order]
+        val = torch.from_numpy(vals[s:e]).to(device)
+        wp_t = torch.from_numpy(w_pix[s:e]).to(device)
         ku = kernel.values((uf - u).to(torch.float32)[:, None] + k)  # (n, W)
         kv = kernel.values((vf - v).to(torch.float32)[:, None] + k)
         # V kv ⊗ ku per visibility, once per chunk; each plane only scales it by its w weight
