@@ -86,7 +86,7 @@ _SMOOTH_BLOCK = 256
 
 @functools.lru_cache(maxsize=32)
 def _smoothing_matrix(n_out: int, n_in: int, sigma: float, device: torch.device) -> torch.Tensor:
-    """(n_out, n_in) matrix ``S`` with ``S @ x`` = Gaussian smoothing of ``x`` with edge replication.
+    """(n_out, n_in) matrix ``S``: ``S @ x`` is ``x`` smoothed by a Gaussian, edges replicated.
 
     Row ``i`` holds the kernel centred on input sample ``i + offset`` where the
     caller has already shifted the input by the kernel's half width (blocks) or

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .device import chunk_size
+from .device import chunk_size, host_threads
 
 SIGMA = 2.0  # grid oversampling
 #: Choices of the w kernel, as (support beyond the uv kernel's ``W``, oversampling
@@ -169,7 +169,7 @@ def ifft2_unnormalised(grid: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifft2(grid, norm="forward")
 
 
-def _ifft_rows_unnormalised(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def _ifft_rows_unnormalised(x: torch.Tensor, out: torch.Tensor, workers: int = 1) -> torch.Tensor:
     """``Σ_k x_k exp(+2πi k j / N)`` along the rows (last axis) of a 2-D complex64 tensor,
     into ``out`` or (on the CPU) in place in ``x``, which is then overwritten.
 
@@ -185,8 +185,7 @@ def _ifft_rows_unnormalised(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
             pass
         else:
             # in place: a fresh output of this size would cost page faults every plane
-            scipy.fft.ifft(x.numpy(), axis=1, norm="forward", workers=torch.get_num_threads(),
-                           overwrite_x=True)
+            scipy.fft.ifft(x.numpy(), axis=1, norm="forward", workers=workers, overwrite_x=True)
             return x
     return torch.fft.ifft(x, dim=1, norm="forward", out=out)
 
@@ -223,9 +222,11 @@ class _PlaneTransform:
         # aliasing (data beyond the grid's band) sums cells, so buffers are cleared each time
         self.alias_rows, self.alias_cols = nrow > nv, ncol > nu
         oy, ox = geom.npix_y // 2, geom.npix_x // 2
-        self.out_rows = _wrapped_segments(-oy, geom.npix_y, nv)  # image row i <- FFT row (i - oy) mod nv
+        # image row i <- FFT row (i - oy) mod nv, and likewise for columns
+        self.out_rows = _wrapped_segments(-oy, geom.npix_y, nv)
         self.out_cols = _wrapped_segments(-ox, geom.npix_x, nu)
         self.shape = (nrow, ncol)
+        self.workers = torch.get_num_threads()  # FFT threads on the CPU (coarse-grained)
         c64 = torch.complex64
         self.wide = torch.zeros((nrow, nu), dtype=c64, device=device)
         self.wide_f = torch.empty((nrow, nu), dtype=c64, device=device)
@@ -244,7 +245,7 @@ class _PlaneTransform:
             target = self.wide.narrow(1, dst, length)
             piece = grid.narrow(1, src, length)
             target.add_(piece) if self.alias_cols else target.copy_(piece)
-        wide_f = _ifft_rows_unnormalised(self.wide, self.wide_f)
+        wide_f = _ifft_rows_unnormalised(self.wide, self.wide_f, self.workers)
         if self.alias_rows or self.tall.device.type == "cpu":
             self.tall.zero_()
         for src, dst, length in self.rows:
@@ -252,7 +253,7 @@ class _PlaneTransform:
                 target = self.tall[csrc:csrc + clen, dst:dst + length]
                 piece = wide_f[src:src + length, cdst:cdst + clen].T
                 target.add_(piece) if self.alias_rows else target.copy_(piece)
-        return _ifft_rows_unnormalised(self.tall, self.tall_f)
+        return _ifft_rows_unnormalised(self.tall, self.tall_f, self.workers)
 
 
 def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
@@ -311,7 +312,8 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
     if use_w:
         nshift = 0.5 * (float(nm1.min()) + float(nm1.max()))
         x_range = 0.5 * (float(nm1.max()) - float(nm1.min()))
-        wkernel, sigma_w = _choose_w_kernel(kernel, len(w), float(w.max() - w.min()), x_range, nv * nu)
+        wkernel, sigma_w = _choose_w_kernel(kernel, len(w), float(w.max() - w.min()), x_range,
+                                            nv * nu)
         whalf = wkernel.support / 2
         dw = 1.0 / (2 * sigma_w * x_range)
         w0 = float(w.min()) - dw * whalf
@@ -368,55 +370,60 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
             progress(p + 1, n_planes)
 
     # kernel weights, indices and contributions per visibility: ~ 16 W² bytes with temporaries
-    step = chunk_size(support**2 * 48, device, minimum=1024)
-    planes: dict[int, torch.Tensor] = {}
-    scratch = torch.empty(step * support**2, dtype=torch.complex64, device=device)  # contributions
-    n = len(vals)
-    s = 0
-    while s < n:
-        e = min(n, s + step)
-        if use_w:  # a chunk spans a quarter plane in w, so nearly all its visibilities reach each plane
-            e = max(s + 1, min(e, int(np.searchsorted(w_pix, w_pix[s] + CHUNK_W_SPAN, side="right"))))
-        u = torch.from_numpy(u_pix[s:e]).to(device)
-        v = torch.from_numpy(v_pix[s:e]).to(device)
-        uf = torch.from_numpy(u_first[s:e]).to(device)
-        vf = torch.from_numpy(v_first[s:e]).to(device)
-        base = ((vf - vlo) * ncol + (uf - ulo)).to(index_dtype)
-        val = torch.from_numpy(vals[s:e]).to(device)
-        wp_t = torch.from_numpy(w_pix[s:e]).to(device)
-        ku = kernel.values((uf - u).to(torch.float32)[:, None] + k)  # (n, W)
-        kv = kernel.values((vf - v).to(torch.float32)[:, None] + k)
-        # V kv ⊗ ku per visibility, once per chunk; each plane only scales it by its w weight
-        vkk = (kv[:, :, None] * ku[:, None, :]).reshape(-1, support * support) * val[:, None]
-        idx = (base[:, None] + cell_offsets).reshape(-1)
-        del ku, kv, u, v, uf, vf, base
-        if use_w:
-            first_plane = int(math.floor(w_pix[s] - whalf)) + 1
-            last_plane = int(math.ceil(w_pix[e - 1] + whalf)) - 1
-        else:
-            first_plane = last_plane = 0
-        for p in range(max(first_plane, 0), min(last_plane, n_planes - 1) + 1):
+    # The loop is many small operators: one intra-op thread (see host_threads); the
+    # FFTs keep their workers.
+    with host_threads(device, 1):
+        step = chunk_size(support**2 * 48, device, minimum=1024)
+        planes: dict[int, torch.Tensor] = {}
+        # the contributions of one chunk to one plane
+        scratch = torch.empty(step * support**2, dtype=torch.complex64, device=device)
+        n = len(vals)
+        s = 0
+        while s < n:
+            e = min(n, s + step)
+            if use_w:  # a quarter plane in w: nearly all its visibilities reach each plane
+                span_end = int(np.searchsorted(w_pix, w_pix[s] + CHUNK_W_SPAN, side="right"))
+                e = max(s + 1, min(e, span_end))
+            u = torch.from_numpy(u_pix[s:e]).to(device)
+            v = torch.from_numpy(v_pix[s:e]).to(device)
+            uf = torch.from_numpy(u_first[s:e]).to(device)
+            vf = torch.from_numpy(v_first[s:e]).to(device)
+            base = ((vf - vlo) * ncol + (uf - ulo)).to(index_dtype)
+            val = torch.from_numpy(vals[s:e]).to(device)
+            wp_t = torch.from_numpy(w_pix[s:e]).to(device)
+            ku = kernel.values((uf - u).to(torch.float32)[:, None] + k)  # (n, W)
+            kv = kernel.values((vf - v).to(torch.float32)[:, None] + k)
+            # V kv ⊗ ku per visibility, once per chunk; each plane only scales it by its w weight
+            vkk = (kv[:, :, None] * ku[:, None, :]).reshape(-1, support * support) * val[:, None]
+            idx = (base[:, None] + cell_offsets).reshape(-1)
+            del ku, kv, u, v, uf, vf, base
             if use_w:
-                # w weight of every visibility of the chunk, zero for those out of reach
-                wk = wkernel.values((p - wp_t).to(torch.float32))
-                out = scratch[:(e - s) * support**2].view(e - s, support**2)
-                contrib = torch.mul(vkk, wk[:, None], out=out)
+                first_plane = int(math.floor(w_pix[s] - whalf)) + 1
+                last_plane = int(math.ceil(w_pix[e - 1] + whalf)) - 1
             else:
-                contrib = vkk
-            grid = planes.get(p)
-            if grid is None:
-                grid = planes[p] = free.pop() if free else torch.zeros(
-                    nrow * ncol, dtype=torch.complex64, device=device)
-            grid.index_add_(0, idx, contrib.reshape(-1))
-        # planes no later (larger-w) visibility can reach are complete
-        done_below = int(math.floor(w_pix[e] - whalf)) + 1 if (use_w and e < n) else n_planes
-        for p in sorted(q for q in planes if q < done_below):
+                first_plane = last_plane = 0
+            for p in range(max(first_plane, 0), min(last_plane, n_planes - 1) + 1):
+                if use_w:
+                    # w weight of every visibility of the chunk, zero for those out of reach
+                    wk = wkernel.values((p - wp_t).to(torch.float32))
+                    out = scratch[:(e - s) * support**2].view(e - s, support**2)
+                    contrib = torch.mul(vkk, wk[:, None], out=out)
+                else:
+                    contrib = vkk
+                grid = planes.get(p)
+                if grid is None:
+                    grid = planes[p] = free.pop() if free else torch.zeros(
+                        nrow * ncol, dtype=torch.complex64, device=device)
+                grid.index_add_(0, idx, contrib.reshape(-1))
+            # planes no later (larger-w) visibility can reach are complete
+            done_below = int(math.floor(w_pix[e] - whalf)) + 1 if (use_w and e < n) else n_planes
+            for p in sorted(q for q in planes if q < done_below):
+                add_plane(p, planes.pop(p))
+            s = e
+        for p in sorted(planes):
             add_plane(p, planes.pop(p))
-        s = e
-    for p in sorted(planes):
-        add_plane(p, planes.pop(p))
-    if progress is not None and ref_plane != n_planes - 1:  # trailing planes held no data
-        progress(n_planes, n_planes)
+        if progress is not None and ref_plane != n_planes - 1:  # trailing planes held no data
+            progress(n_planes, n_planes)
     image = acc.to(torch.complex128)
     if use_w and ref_plane is not None:
         image = image * torch.exp(2j * math.pi * (w0 + ref_plane * dw) * x_img)
