@@ -133,3 +133,15 @@ def test_weighting_schemes_trade_resolution_for_sensitivity(sim_sky):
         return np.sqrt(len(w) * (w**2).sum()) / w.sum()
     assert loss(nat) == pytest.approx(1.0)
     assert 1.0 < loss(bri) < loss(uni)
+
+
+def test_host_threads_limits_torch_threads_inside_the_block_only():
+    from cosmic_horizons_lab.executor.device import host_threads
+
+    before = torch.get_num_threads()
+    with host_threads(CPU, 1) as outer:
+        assert outer == before
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with host_threads(torch.device("meta"), 1):  # not the host: left alone
+        assert torch.get_num_threads() == before
