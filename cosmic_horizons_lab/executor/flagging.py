@@ -39,6 +39,7 @@ Strategy levels (``rfi_strategy``):
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import math
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .device import chunk_size
+from .device import chunk_size, host_threads
 
 
 @dataclass(frozen=True)
@@ -258,7 +259,8 @@ def flag_visibilities(vis: np.ndarray, flags: np.ndarray, strategy: str | FlagSt
         # instead of being faulted in fresh from the OS each time.
         step = max(1, min(step, CPU_CHUNK_BYTES // per_baseline))
     out = np.empty(vis.shape, bool)
-    for start in range(0, nb, step):
+
+    def flag_chunk(start: int) -> int:
         stop = min(nb, start + step)
         v = torch.from_numpy(np.ascontiguousarray(vis[start:stop])).to(device)
         fl = torch.from_numpy(np.ascontiguousarray(flags[start:stop])).to(device)
@@ -268,6 +270,22 @@ def flag_visibilities(vis: np.ndarray, flags: np.ndarray, strategy: str | FlagSt
         amp = torch.nan_to_num(amp, nan=0.0, posinf=0.0)
         result = flag_amplitudes(amp, initial, strat)
         out[start:stop] = result.cpu().numpy()[..., None] | flags[start:stop]
-        if progress is not None:
-            progress(stop, nb)
+        return stop
+
+    # On the host, chunks run side by side on one intra-op thread each: a pass is
+    # ~150 small operators, and with one OpenMP team per operator a single
+    # descheduled thread (the host is shared) stalls every one of them; whole
+    # chunks per thread only ever wait for themselves.
+    with host_threads(device, 1) as workers:
+        if device.type == "cpu" and workers > 1 and nb > 1:
+            step = min(step, -(-nb // workers))
+            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+                for stop in pool.map(flag_chunk, range(0, nb, step)):
+                    if progress is not None:
+                        progress(stop, nb)
+        else:
+            for start in range(0, nb, step):
+                stop = flag_chunk(start)
+                if progress is not None:
+                    progress(stop, nb)
     return out
