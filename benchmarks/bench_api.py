@@ -1,7 +1,11 @@
 """Benchmark of the server extension on the embedded defaults (SQLite, local backend).
 
 Measures, in one run against a real ``jupyter server`` process:
-- submissions per second through REST (N jobs from 8 concurrent clients),
+- submissions per second through REST (N jobs from 8 concurrent clients) while every slot
+  is busy with a long job (so the queue fills, as on a busy machine, and job processes
+  starting up do not take the two cores from the submissions);
+- then 100 WebSocket clients connect with ``after=0`` (each replays the burst), the long
+  jobs are cancelled and the queue drains: delivery latency is measured on the live events,
 - p50/p99 latency of ``GET jobs/{id}/status`` while jobs run,
 - event delivery latency p50/p99 from a transition's commit (the event's ``ts``)
   to its receipt by each of 100 concurrent WebSocket clients,
@@ -29,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.services import LabServer, kill_job_groups, write_script  # noqa: E402
 
 TRIVIAL = "from cosmic_horizons_lab.executor import report\nreport(progress=1.0, visibilities_processed=1)\n"
+BLOCKER = "import time\ntime.sleep(600)\n"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -40,32 +45,22 @@ async def run(args: argparse.Namespace) -> dict:
     root = Path(tempfile.mkdtemp(prefix="chl-bench-")) / "root"
     root.mkdir(parents=True)
     write_script(root, "trivial.py", TRIVIAL)
+    write_script(root, "blocker.py", BLOCKER)
     server = LabServer(root, config={"local_slots": args.slots, "poll_interval": 0.5}).start()
     base = server.url + "cosmic-horizons/api/"
     headers = {"Authorization": f"token {server.token}"}
     AsyncHTTPClient.configure(None, max_clients=64)
     http = AsyncHTTPClient()
     try:
-        # -- viewers ---------------------------------------------------------------
-        received: list[list[int]] = [[] for _ in range(args.viewers)]
-        latencies: list[float] = []
-        viewers = []
-        for _ in range(args.viewers):
-            req = HTTPRequest(server.url.replace("http", "ws") + "cosmic-horizons/api/events?after=0", headers=headers)
-            viewers.append(await websocket_connect(req))
-
-        async def listen(i: int, ws) -> None:
-            while True:
-                msg = await ws.read_message()
-                if msg is None:
-                    return
-                now = time.time()
-                data = json.loads(msg)
-                for ev in data if isinstance(data, list) else [data]:
-                    received[i].append(ev["id"])
-                    latencies.append(now - datetime.fromisoformat(ev["ts"]).timestamp())
-
-        listeners = [asyncio.ensure_future(listen(i, ws)) for i, ws in enumerate(viewers)]
+        # -- a busy machine: every slot holds a long job, so the queue fills while we submit ---
+        blockers = []
+        for _ in range(args.slots):
+            resp = await http.fetch(base + "jobs/submit", method="POST", headers=headers,
+                                    body=json.dumps({"agent": "Script", "params": {"path": "blocker.py"}, "priority": 10}))
+            blockers.append(json.loads(resp.body)["id"])
+        for job_id in blockers:
+            while json.loads((await http.fetch(base + f"jobs/{job_id}/status", headers=headers)).body)["status"] != "RUNNING":
+                await asyncio.sleep(0.1)
 
         # -- submissions -------------------------------------------------------------
         body = json.dumps({"agent": "Script", "params": {"path": "trivial.py"}})
@@ -81,6 +76,47 @@ async def run(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         await asyncio.gather(*[submitter() for _ in range(args.clients)])
         submit_seconds = time.perf_counter() - t0
+
+        # -- viewers: connect after the burst (replaying it), then watch the queue drain live --
+        received: list[list[int]] = [[] for _ in range(args.viewers)]
+        latencies: list[float] = []
+        viewers = []
+        for _ in range(args.viewers):
+            req = HTTPRequest(server.url.replace("http", "ws") + "cosmic-horizons/api/events?after=0", headers=headers)
+            viewers.append(await websocket_connect(req))
+
+        raw: list[list[tuple[float, str]]] = [[] for _ in range(args.viewers)]
+
+        async def listen(i: int, ws) -> None:
+            # Only stamp and keep each message here; decoding 100 copies of every event as it
+            # arrives would make this process, not the server, what the latency measures.
+            while True:
+                msg = await ws.read_message()
+                if msg is None:
+                    return
+                raw[i].append((time.time(), msg))
+                if '"job.completed"' in msg or '"job.cancelled"' in msg:
+                    tail_ids[i] = msg
+
+        tail_ids: list[str] = [""] * args.viewers
+
+        def decode() -> None:
+            for i, messages in enumerate(raw):
+                for now, msg in messages:
+                    data = json.loads(msg)
+                    for ev in data if isinstance(data, list) else [data]:
+                        received[i].append(ev["id"])
+                        if ev["id"] > live_from:
+                            latencies.append(now - datetime.fromisoformat(ev["ts"]).timestamp())
+
+        listeners = [asyncio.ensure_future(listen(i, ws)) for i, ws in enumerate(viewers)]
+
+        resp = await http.fetch(base + "events/latest", headers=headers)
+        live_from = json.loads(resp.body)["last_event_id"]  # latency counts only events born after this
+        await asyncio.sleep(1.0)  # let every viewer finish its replay
+        # -- free the slots: the queue drains ---------------------------------------------
+        for job_id in blockers:
+            await http.fetch(base + f"jobs/{job_id}", method="DELETE", headers=headers)
 
         # -- status polls while the jobs run -----------------------------------------
         status_lat: list[float] = []
@@ -102,11 +138,13 @@ async def run(args: argparse.Namespace) -> dict:
             resp = await http.fetch(base + f"jobs/{job_id}/status", headers=headers)
             s = json.loads(resp.body)["status"]
             statuses[s] = statuses.get(s, 0) + 1
+        # (the blockers end CANCELLED; the counted jobs are the submitted ones)
         resp = await http.fetch(base + "events/latest", headers=headers)
         last_id = json.loads(resp.body)["last_event_id"]
         deadline = time.time() + 30
-        while time.time() < deadline and not all(r and r[-1] >= last_id for r in received):
+        while time.time() < deadline and not all(f'"id":{last_id},' in (m[-1][1] if m else "") for m in raw):
             await asyncio.sleep(0.2)
+        decode()
         for ws in viewers:
             ws.close()
         for task in listeners:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from traitlets import Float
+from traitlets import Float, Int
 
 from ..executor.context import EXIT_FILE, LOG_FILE
 from .base import Backend, BackendJobState, GpuPool, LaunchSpec
@@ -27,7 +27,10 @@ from .base import Backend, BackendJobState, GpuPool, LaunchSpec
 LAUNCH_FILE = "local.json"
 # The shell records the executor's exit status atomically; a job killed as a
 # group (cancel, timeout) leaves none, and the backend knows why it killed it.
-WRAPPER = 'cd "$1" && "$0" -m cosmic_horizons_lab.executor "$1"; echo $? > "$1/.exit_code.tmp" && mv "$1/.exit_code.tmp" "$1/exit_code"'
+WRAPPER = (
+    'cd "$1" && nice -n "$2" "$0" -m cosmic_horizons_lab.executor "$1"; '
+    'echo $? > "$1/.exit_code.tmp" && mv "$1/.exit_code.tmp" "$1/exit_code"'
+)
 
 
 @dataclass
@@ -50,6 +53,12 @@ class LocalBackend(Backend):
 
     kill_grace_seconds = Float(
         5.0, help="Seconds between SIGTERM and SIGKILL when a job is cancelled or times out."
+    ).tag(config=True)
+
+    nice = Int(
+        5,
+        help="Niceness of job processes (0-19): jobs yield the CPU to the server, so the Lab, the "
+        "API and the live event stream stay responsive while jobs compute on the same cores.",
     ).tag(config=True)
 
     def __init__(self, *, slots: int, gpus: list[dict[str, Any]], on_exit: Any = None, **kwargs: Any) -> None:
@@ -90,7 +99,7 @@ class LocalBackend(Backend):
         log = open(spec.job_dir / LOG_FILE, "ab")
         try:
             proc = await asyncio.create_subprocess_exec(
-                "/bin/sh", "-c", WRAPPER, self.python, str(spec.job_dir),
+                "/bin/sh", "-c", WRAPPER, self.python, str(spec.job_dir), str(max(0, min(19, self.nice))),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
                 env=env, start_new_session=True,
             )
