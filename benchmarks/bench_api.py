@@ -46,7 +46,10 @@ async def run(args: argparse.Namespace) -> dict:
     root.mkdir(parents=True)
     write_script(root, "trivial.py", TRIVIAL)
     write_script(root, "blocker.py", BLOCKER)
-    server = LabServer(root, config={"local_slots": args.slots, "poll_interval": 0.5}).start()
+    config = {"local_slots": args.slots, "poll_interval": 0.5}
+    if args.nice is not None:
+        config["LocalBackend.nice"] = args.nice
+    server = LabServer(root, config=config).start()
     base = server.url + "cosmic-horizons/api/"
     headers = {"Authorization": f"token {server.token}"}
     AsyncHTTPClient.configure(None, max_clients=64)
@@ -179,6 +182,7 @@ def main() -> None:
     parser.add_argument("--viewers", type=int, default=100)
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--nice", type=int, default=None, help="LocalBackend.nice (default: the backend's)")
     args = parser.parse_args()
     r = asyncio.run(run(args))
     rows = [

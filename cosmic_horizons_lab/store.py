@@ -128,6 +128,11 @@ class Store:
                 tx = Tx(session)
                 async with session.begin():
                     yield tx
+                    # An event's time is when it is committed (the outbox's moment), which is
+                    # also what delivery latency is measured from.
+                    stamp = utcnow()
+                    for ev in tx.events:
+                        ev.ts = stamp
                     await session.flush()
                 if tx.events and self.publish is not None:
                     self.publish([event_to_json(ev) for ev in tx.events])

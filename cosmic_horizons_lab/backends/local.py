@@ -56,7 +56,7 @@ class LocalBackend(Backend):
     ).tag(config=True)
 
     nice = Int(
-        5,
+        10,
         help="Niceness of job processes (0-19): jobs yield the CPU to the server, so the Lab, the "
         "API and the live event stream stay responsive while jobs compute on the same cores.",
     ).tag(config=True)
