@@ -40,6 +40,7 @@ MAX_PAGE_SIZE = 200
 MAX_BATCH = 1000
 #: A wake-up waits this long for more wake-ups, so a burst of submissions is one tick.
 DEBOUNCE_SECONDS = 0.01
+QUEUE_DEBOUNCE_SECONDS = 0.1
 #: Submissions in flight at once to a backend that queues jobs itself (Slurm).
 SUBMIT_CONCURRENCY = 8
 
@@ -84,6 +85,9 @@ class Orchestrator:
         self.poll_interval = poll_interval
         self._wake = asyncio.Event()
         self._reconcile_due = False
+        # A backend with its own queue (Slurm) gains from bigger packs more than it loses in
+        # milliseconds; a slot backend starts work at once.
+        self._debounce = DEBOUNCE_SECONDS if backend.free_slots(0) is not None else QUEUE_DEBOUNCE_SECONDS
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._terminal_waiters: dict[str, list[asyncio.Future]] = {}
@@ -147,7 +151,7 @@ class Orchestrator:
         while not self._stopping:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_tick - time.monotonic()))
-                await asyncio.sleep(DEBOUNCE_SECONDS)
+                await asyncio.sleep(self._debounce)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
