@@ -39,6 +39,13 @@ SINGLE_OWNER_PROVIDERS = (IdentityProvider, PasswordIdentityProvider, LegacyIden
 _CORRELATION = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+def request_owner(handler: Any) -> str:
+    """Who owns what this request touches, as the identity provider names them (REST and WebSocket alike)."""
+    if type(handler.identity_provider) in SINGLE_OWNER_PROVIDERS:
+        return handler.extensionapp.owner
+    return handler.current_user.username
+
+
 class APIBase(ExtensionHandlerMixin, APIHandler):
     auth_resource = AUTH_RESOURCE
 
@@ -55,10 +62,7 @@ class APIBase(ExtensionHandlerMixin, APIHandler):
 
     @property
     def owner(self) -> str:
-        """Who owns what this request touches, as the identity provider names them."""
-        if type(self.identity_provider) in SINGLE_OWNER_PROVIDERS:
-            return self.app.owner
-        return self.current_user.username
+        return request_owner(self)
 
     @property
     def api_url(self) -> str:
@@ -360,9 +364,7 @@ class EventStreamHandler(ExtensionHandlerMixin, JupyterHandler, websocket.WebSoc
 
     @property
     def owner(self) -> str:
-        if type(self.identity_provider) in SINGLE_OWNER_PROVIDERS:
-            return self.extensionapp.owner
-        return self.current_user.username
+        return request_owner(self)
 
     async def pre_get(self) -> None:
         await self.extensionapp.ensure_started()

@@ -32,7 +32,7 @@ from .filters import created_between
 from .lifecycle import ACTIVE, EVENT_FOR, TERMINAL, Status, can_transition
 from .orm import Batch, Job, Run
 from .store import Store, Tx
-from .submission import Submission, SubmissionValidator, parse_json_body
+from .submission import Submission, SubmissionValidator
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +349,6 @@ class Orchestrator:
             "job.submitted",
             user=user,
             job=job,
-            ts=now,
             payload={
                 "status": job.status,
                 "agent": job.agent,
@@ -471,7 +470,7 @@ class Orchestrator:
         if error:
             body["error"] = job.error
         body.update(payload or {})
-        tx.emit(EVENT_FOR[status], user=job.user, job=job, payload=body, ts=now)
+        tx.emit(EVENT_FOR[status], user=job.user, job=job, payload=body)
         for hook in self.transition_hooks:
             hook(tx, job, previous)
         return True
@@ -920,4 +919,4 @@ def _topological_order(names: list[str], deps: list[list[str]]) -> list[int]:
     return order
 
 
-__all__ = ["Orchestrator", "Page", "BackendError", "parse_json_body"]
+__all__ = ["Orchestrator", "Page", "BackendError"]

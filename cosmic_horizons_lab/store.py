@@ -12,7 +12,6 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +67,13 @@ class Tx:
         user: str,
         job: Job | None = None,
         payload: dict[str, Any] | None = None,
-        ts: datetime | None = None,
     ) -> Event:
+        # ts is provisional: write() stamps every event of the transaction with its commit time.
         ev = Event(
             type=type_,
             job_id=job.id if job else None,
             user=user,
-            ts=ts or utcnow(),
+            ts=utcnow(),
             correlation_id=job.correlation_id if job else None,
             payload=payload or {},
         )

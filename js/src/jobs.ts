@@ -144,6 +144,17 @@ export function shortId(id: string): string {
   return id.length > 10 ? id.slice(0, 8) : id;
 }
 
+/** A byte count as people read it (decimal units). */
+export function formatBytes(n: number): string {
+  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
+  let k = 0;
+  while (n >= 1000 && k < units.length - 1) {
+    n /= 1000;
+    k++;
+  }
+  return `${n.toFixed(k ? 1 : 0)} ${units[k]}`;
+}
+
 export function formatDuration(seconds: number): string {
   if (!isFinite(seconds) || seconds < 0) {
     return '';

@@ -10,6 +10,7 @@ import { ApiError, ConnectionState, EventStream, requestAPI } from './api';
 import { drawHeatmap, heatmapFromHistory, IHeatmapData } from './heatmap';
 import {
   applyEvent,
+  formatBytes,
   formatDuration,
   IEvent,
   IJob,
@@ -411,14 +412,4 @@ function relativeToRoot(directory: string | undefined): string | undefined {
     return '';
   }
   return directory.startsWith(r + '/') ? directory.slice(r.length + 1) : undefined;
-}
-
-function formatBytes(n: number): string {
-  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
-  let k = 0;
-  while (n >= 1000 && k < units.length - 1) {
-    n /= 1000;
-    k++;
-  }
-  return `${n.toFixed(k ? 1 : 0)} ${units[k]}`;
 }

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from cosmic_horizons_lab.data import DEMO_DATASETS, DEMO_SHA256
+from cosmic_horizons_lab.data import DEMO_SHA256
 from cosmic_horizons_lab.executor.simulate import SIM_PRESETS, materialize, preset, simulate
 from cosmic_horizons_lab.executor.visibilities import describe_dataset, read_visibilities
 

@@ -1,18 +1,8 @@
 /** The view of Staging: one dataset's transfer to a target, live, with cancel. */
-import { formatDuration } from '../jobs';
+import { formatBytes as bytes, formatDuration } from '../jobs';
 import { callApi, h, RenderProps, stamp } from './common';
 
 const ENDED = new Set(['completed', 'failed', 'cancelled']);
-
-function bytes(n: number): string {
-  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
-  let k = 0;
-  while (n >= 1000 && k < units.length - 1) {
-    n /= 1000;
-    k++;
-  }
-  return `${n.toFixed(k ? 1 : 0)} ${units[k]}`;
-}
 
 function render({ model, el }: RenderProps): () => void {
   const root = h('div', 'chw chw-staging');
