@@ -522,6 +522,12 @@ class SlurmBackend(Backend):
         help="How long a job may be missing from both squeue and sacct (accounting lags the "
         "controller) before it is reported FAILED with reason 'lost'.",
     )
+    accounting_grace_seconds = Float(
+        5.0,
+        config=True,
+        help="A job the queue shows CANCELLED is held back this long for its accounting record, "
+        "which alone says who cancelled it; after that the queue's word is final.",
+    )
     sacct_completion_fallback = Bool(
         True,
         config=True,
@@ -549,6 +555,8 @@ class SlurmBackend(Backend):
         self._after_ok: dict[str, list[str]] = {}
         self._cancel_requested: dict[str, float] = {}
         self._cancelled_pending: set[str] = set()
+        # queue said CANCELLED, accounting has no record yet: (first seen, the queue's state)
+        self._awaiting_accounting: dict[str, tuple[float, BackendJobState]] = {}
         self._snapshot: QueueSnapshot | None = None
         self._snapshot_lock = asyncio.Lock()
         self._backoff_until = 0.0
@@ -1053,6 +1061,8 @@ class SlurmBackend(Backend):
             for bid in to_sacct:
                 row = sacct_lookup(rows, bid) if rows else None
                 queued = from_queue.get(bid)
+                if queued is None and bid in self._awaiting_accounting:
+                    queued = self._awaiting_accounting[bid][1]  # it has left the queue since
                 if row is not None:
                     state = self._from_sacct(bid, row)
                     if queued is not None and state.status not in TERMINAL:
@@ -1073,7 +1083,15 @@ class SlurmBackend(Backend):
                         self._missing_since.pop(bid, None)
                         result[bid] = state
                 elif queued is not None:
-                    self._finish(bid, queued, result)
+                    since, _ = self._awaiting_accounting.setdefault(bid, (now, queued))
+                    if (queued.status == "CANCELLED" and self._accounting == "sacct"
+                            and now - since < self.accounting_grace_seconds):  # fmt: skip
+                        # slurmdbd has not recorded it yet; only it knows who cancelled
+                        result[bid] = self._last.get(bid) or BackendJobState(
+                            status="QUEUING", detail={"source": "unconfirmed"}
+                        )
+                    else:
+                        self._finish(bid, queued, result)
                 elif rows is None:
                     # accounting unreachable: say what we last knew, declare nothing lost
                     result[bid] = self._last.get(bid) or BackendJobState(
@@ -1115,7 +1133,7 @@ class SlurmBackend(Backend):
             self._terminal.pop(next(iter(self._terminal)))  # the oldest: its caller stored it long ago
         result[bid] = state
         for table in (self._last, self._missing_since, self._submitted_at, self._job_dirs,
-                      self._after_ok, self._cancel_requested):  # fmt: skip
+                      self._after_ok, self._cancel_requested, self._awaiting_accounting):  # fmt: skip
             table.pop(bid, None)
         self._cancelled_pending.discard(bid)
 
@@ -1126,6 +1144,7 @@ class SlurmBackend(Backend):
             self._job_dirs.pop(bid, None)
             self._after_ok.pop(bid, None)
             self._cancel_requested.pop(bid, None)
+            self._awaiting_accounting.pop(bid, None)
             self._cancelled_pending.discard(bid)
 
     # ------------------------------------------------------------------ cancel
