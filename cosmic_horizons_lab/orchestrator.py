@@ -91,6 +91,8 @@ class Orchestrator:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._terminal_waiters: dict[str, list[asyncio.Future]] = {}
+        # who asked to cancel a running job, for its CANCELLED event (the backend may not know)
+        self._cancel_requested_by: dict[str, str] = {}
         self._pending: list[tuple[str, Submission, str | None, str | None, asyncio.Future]] = []
         #: ``async check(tx, user, submission)`` run inside the submission's transaction, before
         #: the job is added; raising a LabError refuses that submission (quotas hook in here).
@@ -420,6 +422,7 @@ class Orchestrator:
             await self.backend.cancel(job.backend_job_id)
         except BackendUnavailable as exc:
             raise BackendError(f"the backend cannot cancel now: {exc}") from None
+        self._cancel_requested_by[job_id] = user
         async with self.store.write() as tx:
             current = await tx.session.get(Job, job_id)
             if current.status not in TERMINAL:
@@ -846,6 +849,9 @@ class Orchestrator:
         reason = state.reason
         if target == Status.CANCELLED and job.reason == "cancel_requested":
             reason = "cancelled"
+        requested_by = self._cancel_requested_by.pop(job.id, None)
+        if target == Status.CANCELLED and requested_by:
+            extra["by"] = requested_by
         if self._transition(tx, job, target, reason=reason, error=error, payload=extra):
             # When the job's last record was written is when it ended; we may notice later.
             job.completed_at = max(run.ended_at, job.started_at) if job.started_at else run.ended_at

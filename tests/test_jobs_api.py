@@ -129,6 +129,7 @@ async def test_cancel_a_running_job_then_cancel_again_is_409(api, script, work_d
     assert code == 409 and err["error"] == "conflict"
     _, ev, _ = await api.get(f"jobs/{job['id']}/events")
     assert ev["events"][-1]["type"] == "job.cancelled"
+    assert ev["events"][-1]["payload"]["by"] == ev["events"][-1]["user"]  # who asked, kept
     # The process group is gone: SIGTERM reached the script.
     pid = json.loads((work_dir / "astro" / job["id"] / "local.json").read_text())["pid"]
     assert not group_alive(pid)

@@ -523,7 +523,7 @@ class SlurmBackend(Backend):
         "controller) before it is reported FAILED with reason 'lost'.",
     )
     accounting_grace_seconds = Float(
-        5.0,
+        10.0,
         config=True,
         help="A job the queue shows CANCELLED is held back this long for its accounting record, "
         "which alone says who cancelled it; after that the queue's word is final.",

@@ -112,14 +112,10 @@ def _submit_early(base: Path) -> dict[str, Any]:
         backend = make_backend(base)
         timeout_spec = make_job(base, "timeout", "import time\ntime.sleep(600)\n", max_runtime=30)
         exit3 = make_job(base, "exit3-early", "import sys\nsys.exit(3)\n")
-        sleeper = make_job(base, "cancel-early", "import time\ntime.sleep(600)\n")
         ids = {
             "timeout": await backend.submit(timeout_spec),
             "exit3": await backend.submit(exit3),
-            "cancelled": await backend.submit(sleeper),
         }
-        await wait_until(backend, [ids["cancelled"]], lambda s: s.status == "RUNNING", timeout=30)
-        await backend.cancel(ids["cancelled"])
         return {"ids": ids, "submitted": time.monotonic(), "dirs": {k: base / k for k in ids}}
 
     return asyncio.run(go())
