@@ -198,6 +198,19 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
+async def wait_for_accounting(job_id: str, timeout: float = 30.0) -> str:
+    """Wait until slurmdbd has recorded the job's end (it lags the controller); its State."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = sh("sacct", "-X", "--noheader", "--parsable2", "--format=State", f"--jobs={job_id}", check=False)
+        state = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+        if state and state.split()[0] not in ("PENDING", "RUNNING", "REQUEUED"):
+            return state
+        if time.monotonic() > deadline:
+            raise AssertionError(f"sacct never recorded the end of {job_id}: {out.stdout!r} {out.stderr!r}")
+        await asyncio.sleep(0.5)
+
+
 def records(job_dir: Path) -> list[dict[str, Any]]:
     path = job_dir / "events.jsonl"
     if not path.exists():

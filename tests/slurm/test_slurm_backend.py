@@ -9,7 +9,7 @@ import pytest
 
 from cosmic_horizons_lab.backends.slurm import SlurmSubmitError
 
-from .conftest import make_backend, make_job, records, wait_until
+from .conftest import make_backend, make_job, records, wait_for_accounting, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -339,6 +339,7 @@ async def test_finished_job_exit_code_from_accounting(backend, work):
     spec = make_job(work, "ended", "import sys\nsys.exit(3)\n")
     bid = await backend.submit(spec)
     await wait_until(backend, [bid])
+    await wait_for_accounting(bid)  # what this test reads; the queue may say it first
     fresh = make_backend(work)
     st = (await fresh.poll([bid]))[bid]
     assert (st.status, st.exit_code, st.detail["source"]) == ("FAILED", 3, "sacct")
