@@ -12,6 +12,7 @@ runs first, so the server never blocks on it.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -70,10 +71,39 @@ def _split(name: str) -> tuple[str, str]:
     return (stem, ext.lower() or "unknown") if stem else (name, "unknown")
 
 
-def _size(path: Path) -> int:
-    if path.is_file():
+class UnsafeDataset(ValueError):
+    """A folder dataset holds a symbolic link: following it could lead out of the archive."""
+
+
+def dataset_files(path: Path) -> list[Path]:
+    """The files a dataset is made of, in a stable order: the file itself, or every file in its folder.
+
+    A Measurement Set is a folder of casacore tables; staging copies and
+    checksums it file by file, in this order (sorted by relative path, so two
+    copies list alike). A symbolic link inside the folder raises
+    :class:`UnsafeDataset` rather than be followed.
+    """
+    if not path.is_dir():
+        return [path]
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            if os.path.islink(os.path.join(dirpath, name)):
+                raise UnsafeDataset(f"{Path(dirpath, name).relative_to(path)} in {path.name} is a symbolic link")
+        files.extend(Path(dirpath, name) for name in filenames)
+    return sorted(files, key=lambda f: f.relative_to(path).as_posix())
+
+
+def dataset_bytes(path: Path) -> int:
+    """Bytes in a dataset's files (links inside a folder are not followed, nor counted)."""
+    if not path.is_dir():
         return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    total = 0
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total
 
 
 def _stat_dataset(ds_id: str, path: Path, fmt: str, source: str, description: str = "") -> Dataset:
@@ -82,7 +112,7 @@ def _stat_dataset(ds_id: str, path: Path, fmt: str, source: str, description: st
         id=ds_id,
         path=path,
         format=fmt,
-        size_bytes=_size(path) if exists else 0,
+        size_bytes=dataset_bytes(path) if exists else 0,
         source=source,
         modified_at=datetime.fromtimestamp(path.stat().st_mtime, timezone.utc) if exists else None,
         description=description,
@@ -160,7 +190,7 @@ class DatasetRegistry:
                     id=ds_id,
                     path=path,
                     format=fmt,
-                    size_bytes=_size(path),
+                    size_bytes=dataset_bytes(path),
                     source="archive",
                     modified_at=datetime.fromtimestamp(st.st_mtime, timezone.utc),
                 ),

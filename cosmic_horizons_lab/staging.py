@@ -31,6 +31,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -43,7 +44,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .clock import isoformat, utcnow
-from .datasets import Dataset, DatasetRegistry
+from .datasets import Dataset, DatasetRegistry, UnsafeDataset, dataset_bytes, dataset_files
 from .errors import BadRequest, Conflict, Forbidden, NotFound, ValidationFailed
 from .orm import DatasetRecord, Transfer
 from .store import Store
@@ -146,6 +147,7 @@ def copy_chunks(
         with open(src, "rb", buffering=0) as fh:
             fh.seek(offset)
             paced_from, paced_bytes = time.monotonic(), 0
+            pos = offset  # in this file (live.done counts a whole folder's bytes)
             in_kernel = hasattr(os, "copy_file_range")
             while True:
                 if live.cancel.is_set():
@@ -159,8 +161,8 @@ def copy_chunks(
                         n = os.copy_file_range(fh.fileno(), fd, chunk)
                     except OSError:
                         in_kernel = False
-                        os.lseek(fd, live.done, os.SEEK_SET)
-                        fh.seek(live.done)
+                        os.lseek(fd, pos, os.SEEK_SET)
+                        fh.seek(pos)
                         continue
                     if not n:
                         break
@@ -174,6 +176,7 @@ def copy_chunks(
                         mv = mv[written:]
                     if hasher is not None:
                         hasher.update(view[:n])
+                pos += n
                 live.done += n
                 if max_rate > 0:
                     paced_bytes += n
@@ -183,6 +186,69 @@ def copy_chunks(
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _manifest_line(rel: str, size: int, digest: str) -> bytes:
+    return f"{digest}  {size}  {rel}\n".encode()
+
+
+def sha256_dataset(path: Path, stop: threading.Event | None = None) -> str:
+    """SHA-256 of a file; of a folder (a Measurement Set), that of its manifest.
+
+    The manifest is one ``<sha256>  <size>  <relative path>`` line per file,
+    sorted by path: a changed, missing, extra or renamed file changes it.
+    Blocking: run it in a thread.
+    """
+    if not path.is_dir():
+        return sha256_file(path, stop)
+    manifest = hashlib.sha256()
+    for f in dataset_files(path):
+        manifest.update(_manifest_line(f.relative_to(path).as_posix(), f.stat().st_size, sha256_file(f, stop)))
+    return manifest.hexdigest()
+
+
+def copy_tree(src: Path, part: Path, live: _Live, *, chunk: int, max_rate: float, hash_source: bool) -> str | None:
+    """Copy a folder dataset into the folder ``part``, file by file; blocking (a thread).
+
+    Files the ``part`` folder already holds in full are kept, a partial one is
+    resumed from its size (the read-back verification covers them all).
+    Returns the source's manifest SHA-256 when ``hash_source``.
+    """
+    part.mkdir(exist_ok=True)
+    root = part.resolve()
+    manifest = hashlib.sha256() if hash_source else None
+    for f in dataset_files(src):
+        rel = f.relative_to(src)
+        out = part / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not out.parent.resolve().is_relative_to(root):
+            raise UnsafeDataset(f"{rel.parent} in the staged copy leads out of it")
+        size = f.stat().st_size
+        have = out.stat().st_size if out.exists() and not out.is_symlink() else 0
+        offset = have if have <= size else 0
+        hasher = None
+        if hash_source:
+            hasher = _hash_prefix(f, offset, live.stop) if offset else hashlib.sha256()
+        copy_chunks(f, out, live, offset=offset, chunk=chunk, max_rate=max_rate, hasher=hasher)
+        if manifest is not None:
+            manifest.update(_manifest_line(rel.as_posix(), size, hasher.hexdigest()))
+    return manifest.hexdigest() if manifest is not None else None
+
+
+def resume_offset(src: Path, part: Path) -> int:
+    """Bytes of ``src`` a previous attempt left in ``part`` (a file, or a folder of them)."""
+    if part.is_symlink() or not part.exists():
+        return 0
+    if not src.is_dir():
+        have = part.stat().st_size if part.is_file() else 0
+        return have if have <= src.stat().st_size else 0
+    done = 0
+    for f in dataset_files(src):
+        out = part / f.relative_to(src)
+        if out.is_file() and not out.is_symlink():
+            have, size = out.stat().st_size, f.stat().st_size
+            done += have if have <= size else 0
+    return done
 
 
 def convert_to_uvh5(src: Path, part: Path) -> dict[str, Any]:
@@ -289,8 +355,8 @@ class Staging:
         root = self.datasets.root.resolve()
         if not dataset.path.resolve().is_relative_to(root):
             raise Forbidden("the dataset resolves outside the archive", field="dataset_id")
-        if not dataset.path.is_file():
-            raise ValidationFailed("only single-file datasets can be staged", field="dataset_id")
+        if not dataset.path.exists():
+            raise ValidationFailed(f"dataset {dataset.id!r} has no data yet", field="dataset_id")
         return dataset
 
     def destination(self, user: str, dataset: Dataset, target: Target, convert: str | None) -> Path:
@@ -333,6 +399,10 @@ class Staging:
         force = body.get("force", False)
         if not isinstance(force, bool):
             raise ValidationFailed("'force' must be a boolean", field="force")
+        try:
+            await asyncio.to_thread(dataset_files, dataset.path)
+        except UnsafeDataset as exc:
+            raise Forbidden(f"{exc}; a dataset with links inside is not staged", field="dataset_id") from None
         dest = self.destination(user, dataset, target, convert)
         created = await self._enqueue(user, dataset, target, dest, priority, convert, force)
         return await self.status(user, dataset.id, target.name), created
@@ -473,8 +543,14 @@ class Staging:
             except Exception:
                 log.exception("could not re-stage %s for %s", dataset.id, user)
             return ref
-        # A job's read keeps the copy "in use" for the purge clock, as TACC's atime does.
-        os.utime(dest)
+        # A job's read keeps the copy "in use" for the purge clock, as TACC's atime does
+        # (which purges file by file: a folder's files are all touched).
+        try:
+            for f in dataset_files(dest) + ([dest] if dest.is_dir() else []):
+                os.utime(f)
+        except (OSError, UnsafeDataset):
+            log.warning("staged copy %s is not usable; reading the archive", dest)
+            return ref
         fmt = "uvh5" if convert == "uvh5" else ref["format"]
         return {**ref, "path": str(dest), "format": fmt, "staged": {"target": target.name, "archive_path": ref["path"]}}
 
@@ -509,23 +585,23 @@ class Staging:
             asyncio.get_running_loop().create_task(self._pump())
 
     async def _source_checksum(self, dataset_id: str, src: Path) -> str | None:
-        st = src.stat()
+        size, mtime = await asyncio.to_thread(_fingerprint, src)
         async with self.store.read() as session:
             rec = await session.scalar(sa.select(DatasetRecord).where(DatasetRecord.path == str(src)))
-        if rec is not None and rec.size_bytes == st.st_size and rec.modified_at == _mtime(st) and rec.sha256:
+        if rec is not None and rec.size_bytes == size and rec.modified_at == mtime and rec.sha256:
             return rec.sha256
         return None
 
     async def _remember_checksum(self, dataset_id: str, src: Path, digest: str) -> None:
-        st = src.stat()
+        size, mtime = await asyncio.to_thread(_fingerprint, src)
         async with self.store.write() as tx:
             rec = await tx.session.scalar(sa.select(DatasetRecord).where(DatasetRecord.path == str(src)))
             if rec is None:
                 rec = DatasetRecord(dataset_id=dataset_id, path=str(src))
                 tx.session.add(rec)
-            if rec.size_bytes != st.st_size or rec.modified_at != _mtime(st):
+            if rec.size_bytes != size or rec.modified_at != mtime:
                 rec.validation, rec.validated_at = None, None
-            rec.size_bytes, rec.modified_at, rec.sha256 = st.st_size, _mtime(st), digest
+            rec.size_bytes, rec.modified_at, rec.sha256 = size, mtime, digest
 
     async def _run(self, tid: str) -> None:
         async with self.store.write() as tx:
@@ -537,13 +613,11 @@ class Staging:
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 self.destination(row.user, self.dataset(row.dataset_id), self.target(row.target), row.convert)
-                offset = part.stat().st_size if part.exists() and not part.is_symlink() and row.convert is None else 0
+                offset = resume_offset(src, part) if row.convert is None else 0
+                total = dataset_bytes(src)
             except Exception as exc:
                 self._fail(tx, row, f"cannot stage: {getattr(exc, 'message', exc)}")
                 return
-            total = src.stat().st_size
-            if offset > total:
-                offset = 0
             row.status, row.total_bytes, row.resumed_from, row.bytes_done = "running", total, offset, offset
             row.started_at = row.started_at or utcnow()
             row.error = None
@@ -556,20 +630,19 @@ class Staging:
                 copy_seconds, verify_seconds, digest = await self._convert(tid, src, part, live)
             else:
                 copy_seconds, verify_seconds, digest = await self._copy(tid, dataset_id, src, part, live, offset)
-            await asyncio.to_thread(os.replace, part, dest)
-            await asyncio.to_thread(_fsync_dir, dest.parent)
+            await asyncio.to_thread(_install, part, dest)
         except TransferAborted as exc:
             if exc.reason == "cancelled":
-                await asyncio.to_thread(_unlink, part)
+                await asyncio.to_thread(_remove, part)
                 await self._end(tid, "cancelled", "staging.cancelled", error="cancelled by the user")
             return  # stopping: the row stays running and resumes at the next start
         except ChecksumMismatch as exc:
-            await asyncio.to_thread(_unlink, part)
+            await asyncio.to_thread(_remove, part)
             await self._end(tid, "failed", "staging.failed", error=str(exc))
             return
         except Exception as exc:
             log.exception("staging %s failed", tid)
-            await asyncio.to_thread(_unlink, part)
+            await asyncio.to_thread(_remove, part)
             await self._end(tid, "failed", "staging.failed", error=f"{type(exc).__name__}: {exc}")
             return
         await self._end(tid, "completed", "staging.completed", sha256=digest,
@@ -578,25 +651,31 @@ class Staging:
     async def _copy(self, tid: str, dataset_id: str, src: Path, part: Path, live: _Live, offset: int) -> tuple[float, float, str]:
         known = await self._source_checksum(dataset_id, src)
         hasher = None
-        if known is None:
-            hasher = hashlib.sha256()
-            if offset:  # resuming without a known checksum: hash the source bytes the .part already holds
-                prefix = await asyncio.to_thread(_hash_prefix, src, offset, live.stop)
-                hasher = prefix
         started = time.monotonic()
-        copy = asyncio.ensure_future(asyncio.to_thread(
-            copy_chunks, src, part, live, offset=offset, chunk=self.chunk_bytes,
-            max_rate=self.max_bytes_per_second, hasher=hasher,
-        ))
+        if src.is_dir():
+            copy = asyncio.ensure_future(asyncio.to_thread(
+                copy_tree, src, part, live, chunk=self.chunk_bytes, max_rate=self.max_bytes_per_second,
+                hash_source=known is None,
+            ))
+        else:
+            if known is None:
+                hasher = hashlib.sha256()
+                if offset:  # resuming without a known checksum: hash the source bytes the .part already holds
+                    hasher = await asyncio.to_thread(_hash_prefix, src, offset, live.stop)
+                started = time.monotonic()
+            copy = asyncio.ensure_future(asyncio.to_thread(
+                copy_chunks, src, part, live, offset=offset, chunk=self.chunk_bytes,
+                max_rate=self.max_bytes_per_second, hasher=hasher,
+            ))
         reported = offset
         while not copy.done():
             await asyncio.wait({copy}, timeout=self.progress_interval)
             if live.done != reported and not copy.done():
                 reported = await self._progress(tid, live, reported)
-        await copy  # raises what the thread raised
+        tree_digest = await copy  # raises what the thread raised
         copy_seconds = time.monotonic() - started
         await self._progress(tid, live, reported)
-        expected = known or hasher.hexdigest()
+        expected = known or tree_digest or hasher.hexdigest()
         if known is None:
             await self._remember_checksum(dataset_id, src, expected)
         if not self.verify:
@@ -604,7 +683,7 @@ class Staging:
         live.phase = "verifying"
         await self._phase(tid, "verifying")
         started = time.monotonic()
-        actual = await asyncio.to_thread(sha256_file, part, live.stop)
+        actual = await asyncio.to_thread(sha256_dataset, part, live.stop)
         verify_seconds = time.monotonic() - started
         if actual != expected:
             raise ChecksumMismatch(
@@ -712,6 +791,13 @@ def _mtime(st: os.stat_result) -> datetime:
     return datetime.fromtimestamp(round(st.st_mtime, 6), timezone.utc)
 
 
+def _fingerprint(src: Path) -> tuple[int, datetime]:
+    """(bytes, newest mtime) of a file or a folder's files: a cached checksum holds while these do."""
+    stats = [f.stat() for f in dataset_files(src)]
+    newest = max(stats, key=lambda st: st.st_mtime, default=src.stat())
+    return sum(st.st_size for st in stats), _mtime(newest)
+
+
 def _hash_prefix(src: Path, n: int, stop: threading.Event) -> Any:
     h = hashlib.sha256()
     left = n
@@ -727,11 +813,29 @@ def _hash_prefix(src: Path, n: int, stop: threading.Event) -> Any:
     return h
 
 
-def _unlink(path: Path) -> None:
+def _remove(path: Path) -> None:
+    """Delete a staged copy or its ``.part``: a file, or a folder of them."""
     try:
-        path.unlink()
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     except FileNotFoundError:
         pass
+
+
+def _install(part: Path, dest: Path) -> None:
+    """Give verified bytes their final name. A file replaces the old copy atomically; a folder
+    cannot replace a folder, so the old one is moved aside first and removed after."""
+    old = None
+    if part.is_dir() and dest.exists():
+        old = dest.with_name(dest.name + ".old")
+        _remove(old)
+        os.replace(dest, old)
+    os.replace(part, dest)
+    _fsync_dir(dest.parent)
+    if old is not None:
+        _remove(old)
 
 
 def _fsync_dir(path: Path) -> None:

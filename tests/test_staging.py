@@ -241,3 +241,148 @@ def test_a_transfer_resumes_after_a_server_crash(tmp_path):
     assert status["resumed_from"] >= part_size - 256 * 1024 and status["resumed_from"] > 0
     final = root / "jobs" / "staging" / "tacc_scratch" / "astro" / "big.h5"
     assert status["sha256"] == _sha(src) == _sha(final) and not part.exists()
+
+
+# -- Measurement Sets: a folder of casacore tables is a dataset too ------------------------
+
+MS_ID = "TDEM0003"
+
+
+def _write_ms(folder: Path) -> Path:
+    """The demo observation as a real Measurement Set (pyuvdata + python-casacore)."""
+    from pyuvdata import UVData
+
+    from cosmic_horizons_lab.executor.visibilities import quiet
+
+    ms = folder / f"{MS_ID}.ms"
+    with quiet():
+        UVData.from_file(str(DEMO)).write_ms(str(ms))
+    return ms
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {f.relative_to(root).as_posix(): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+def _manifest_sha(root: Path) -> str:
+    """The documented folder checksum, computed here independently: sha256 of
+    '<sha256>  <size>  <relative path>' lines sorted by path."""
+    lines = "".join(f"{hashlib.sha256(data).hexdigest()}  {len(data)}  {rel}\n"
+                    for rel, data in sorted(_tree(root).items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+async def test_a_measurement_set_is_validated_staged_verified_and_read_by_jobs(api, lab, datasets_dir, work_dir, script):
+    ms = _write_ms(datasets_dir)
+    code, listing, _ = await api.get("datasets")
+    entry = next(d for d in listing["datasets"] if d["id"] == MS_ID)
+    assert entry["format"] == "measurement_set" and entry["size_bytes"] == sum(map(len, _tree(ms).values()))
+    code, report, _ = await api.get(f"jobs/dataset/{MS_ID}/validate")
+    assert code == 200 and report["valid"], report
+    assert report["shape"]["visibilities"] == 1360 * 64 * 4
+
+    lab.staging.max_bytes_per_second = 8 * MB  # under a second: progress events across files
+    code, st, _ = await api.post("jobs/dataset/stage", {"dataset_id": MS_ID})
+    assert code == 202 and st["total_bytes"] == entry["size_bytes"]
+    done = await _wait_event(lab, "staging.completed", st["transfer_id"])
+    assert done["payload"]["sha256"] == _manifest_sha(ms)
+    progress = [e["payload"]["bytes_transferred"] for e in await _events(lab) if e["type"] == "staging.progress"]
+    assert len(progress) >= 2 and progress == sorted(progress)
+    _, status, _ = await api.get(f"jobs/dataset/{MS_ID}/staging-status")
+    staged = Path(status["staged_path"])
+    assert staged.name == f"{MS_ID}.ms" and _tree(staged) == _tree(ms)
+    assert not Path(str(staged) + ".part").exists()
+
+    # A job is given the staged folder, and pyuvdata opens it there.
+    check = script(
+        "import json, sys\nfrom pyuvdata import UVData\n"
+        "spec = json.load(open('job.json'))\n"
+        "uv = UVData.from_file(spec['dataset']['path'], read_data=False)\n"
+        "print('NBLTS', uv.Nblts, spec['dataset']['path'])\n"
+    )
+    _, job, _ = await api.post("jobs/submit", {"agent": "Script", "dataset_id": MS_ID, "params": {"path": check}})
+    finished = await api.wait_for(job["id"], timeout=60)
+    _, logs, _ = await api.get(f"jobs/{job['id']}/logs")
+    assert finished["status"] == "COMPLETED", logs
+    assert f"NBLTS 1360 {staged}" in logs["data"]
+
+    # Forced again: the new folder replaces the old one whole.
+    code, again, _ = await api.post("jobs/dataset/stage", {"dataset_id": MS_ID, "force": True})
+    assert code == 202 and again["transfer_id"] != st["transfer_id"]
+    await _wait_event(lab, "staging.completed", again["transfer_id"])
+    assert _tree(staged) == _tree(ms) and not Path(str(staged) + ".old").exists()
+
+
+async def test_a_corrupted_file_in_a_measurement_set_fails_the_transfer(api, lab, datasets_dir):
+    ms = _write_ms(datasets_dir)
+    lab.staging.max_bytes_per_second = 3 * MB
+    _, st, _ = await api.post("jobs/dataset/stage", {"dataset_id": MS_ID})
+    part = Path(lab.staging.targets["tacc_scratch"].root) / "astro" / f"{MS_ID}.ms.part"
+    deadline = time.monotonic() + 20
+    data = part / "table.f21_TSM1"  # the main table's visibilities, the largest file
+    while not data.exists() or data.stat().st_size < 4096:
+        assert time.monotonic() < deadline, "the main table's data file was never started"
+        await asyncio.sleep(0.02)
+    with open(data, "r+b") as fh:  # bytes change under us, in one file of many
+        fh.write(b"\xff" * 4096)
+    failed = await _wait_event(lab, "staging.failed", st["transfer_id"])
+    assert "SHA-256" in failed["payload"]["error"]
+    assert not part.exists() and not (part.parent / f"{MS_ID}.ms").exists()
+    assert (ms / "table.f21_TSM1").exists()
+
+
+async def test_a_measurement_set_with_a_link_inside_is_refused(api, lab, datasets_dir, tmp_path):
+    ms = _write_ms(datasets_dir)
+    secret = _blob(tmp_path / "secret", 1024)
+    (ms / "ANTENNA" / "table.f9").symlink_to(secret)  # would copy a file from outside the archive
+    code, err, _ = await api.post("jobs/dataset/stage", {"dataset_id": MS_ID})
+    assert code == 403 and err["field"] == "dataset_id" and "link" in err["message"]
+    assert await _events(lab) == []
+
+
+async def test_a_measurement_set_can_be_converted_to_uvh5(api, lab, datasets_dir):
+    _write_ms(datasets_dir)
+    _, st, _ = await api.post("jobs/dataset/stage", {"dataset_id": MS_ID, "convert": "uvh5"})
+    done = await _wait_event(lab, "staging.completed", st["transfer_id"], timeout=60)
+    _, status, _ = await api.get(f"jobs/dataset/{MS_ID}/staging-status")
+    staged = Path(status["staged_path"])
+    assert staged.name == f"{MS_ID}.uvh5" and _sha(staged) == done["payload"]["sha256"]
+    from pyuvdata import UVData
+
+    uv = UVData.from_file(str(staged), read_data=False)
+    assert uv.Nblts == 1360 and (uv.baseline_array[:-1] <= uv.baseline_array[1:]).all()
+
+
+def test_a_measurement_set_transfer_resumes_after_a_server_crash(tmp_path):
+    root = tmp_path / "root"
+    (root / "datasets").mkdir(parents=True)
+    ms = _write_ms(root / "datasets")
+    total = sum(map(len, _tree(ms).values()))
+    config = {"staging_max_bytes_per_second": 1 * MB, "staging_chunk_bytes": 64 * 1024, "owner": "astro"}
+    server = LabServer(root, config=config).start()
+    try:
+        client = server.client()
+        st = client.request("POST", "jobs/dataset/stage", {"dataset_id": MS_ID})
+        deadline = time.monotonic() + 30
+        while client.request("GET", f"jobs/dataset/{MS_ID}/staging-status")["bytes_transferred"] < total // 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        server.kill()  # SIGKILL mid-copy, some files whole, one partly written
+    finally:
+        server.stop()
+    part = root / "jobs" / "staging" / "tacc_scratch" / "astro" / f"{MS_ID}.ms.part"
+    left = sum(map(len, _tree(part).values()))
+    assert 0 < left < total
+    again = LabServer(root, config={**config, "staging_max_bytes_per_second": 0}).start()
+    try:
+        client = again.client()
+        deadline = time.monotonic() + 30
+        while (status := client.request("GET", f"jobs/dataset/{MS_ID}/staging-status"))["status"] != "completed":
+            assert status["status"] in ("queued", "running", "verifying") and time.monotonic() < deadline, status
+            time.sleep(0.1)
+    finally:
+        again.stop()
+    assert status["transfer_id"] == st["transfer_id"]
+    assert status["resumed_from"] >= left - 64 * 1024 and status["resumed_from"] > 0
+    final = root / "jobs" / "staging" / "tacc_scratch" / "astro" / f"{MS_ID}.ms"
+    assert status["sha256"] == _manifest_sha(ms) and _tree(final) == _tree(ms) and not part.exists()

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ..datasets import dataset_bytes
+
 #: AIPS/uvfits polarisation codes -> names.
 POL_NAMES = {1: "I", 2: "Q", 3: "U", 4: "V", -1: "RR", -2: "LL", -3: "RL", -4: "LR",
              -5: "XX", -6: "YY", -7: "XY", -8: "YX"}
@@ -185,12 +187,6 @@ def _is_fits_image(path: Path) -> bool:
         return not head.get("GROUPS", False) and int(head.get("NAXIS", 0)) >= 2
 
 
-def _size_bytes(path: Path) -> int:
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return path.stat().st_size
-
-
 def describe_dataset(path: str | Path) -> dict[str, Any]:
     """Format, size and shape of a dataset, read from the data itself (for the registry).
 
@@ -201,7 +197,7 @@ def describe_dataset(path: str | Path) -> dict[str, Any]:
     """
     p = Path(path)
     fmt = dataset_format(p)
-    out: dict[str, Any] = {"format": fmt, "size_bytes": _size_bytes(p)}
+    out: dict[str, Any] = {"format": fmt, "size_bytes": dataset_bytes(p)}
     if fmt == "fits-image":
         from astropy.io import fits
 
