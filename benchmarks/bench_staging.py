@@ -10,9 +10,13 @@ default ``tacc_scratch`` target under work_dir, 8 MiB chunks), for one file of
 - staging with verification on (the default): copy, then the read-back
   SHA-256 of the staged copy (``verify_seconds``), end to end;
 - the first staging of a file, whose archive checksum is not known yet and
-  is computed while copying.
+  is computed while copying;
+- a folder dataset (``--ms-copies`` copies of the demo observation written as a
+  real Measurement Set, side by side in one ``.ms`` folder: thousands of
+  casacore table files, large and small) against ``cp -r``: the per-file
+  costs of staging a folder.
 
-    python benchmarks/bench_staging.py [--size-mb 512] [--repeat 3]
+    python benchmarks/bench_staging.py [--size-mb 512] [--repeat 3] [--ms-copies 64]
 """
 
 from __future__ import annotations
@@ -54,10 +58,71 @@ def transfer_figures(server: LabServer, transfer_id: str) -> tuple[float, float]
         db.close()
 
 
+def make_ms_folder(folder: Path, copies: int) -> tuple[int, int]:
+    """``copies`` of the demo Measurement Set inside ``folder``; (files, bytes)."""
+    import shutil
+
+    from pyuvdata import UVData
+
+    from cosmic_horizons_lab.data import DEMO_DATASETS
+    from cosmic_horizons_lab.executor.visibilities import quiet
+
+    one = folder.parent / "demo-one.ms"
+    with quiet():
+        UVData.from_file(str(DEMO_DATASETS["VLA.TDEM0003.1src"])).write_ms(str(one))
+    folder.mkdir()
+    for i in range(copies):
+        shutil.copytree(one, folder / f"part{i:03d}.ms")
+    shutil.rmtree(one)
+    files = [f for f in folder.rglob("*") if f.is_file()]
+    return len(files), sum(f.stat().st_size for f in files)
+
+
+def bench_folder(root: Path, copies: int, repeat: int) -> None:
+    src = root / "datasets" / "benchms.ms"
+    nfiles, nbytes = make_ms_folder(src, copies)
+    target = root / "jobs" / "staging" / "tacc_scratch"
+    cp_times = []
+    for _ in range(repeat):
+        dest = target / "cp-copy.ms"
+        t = time.perf_counter()
+        subprocess.run(["cp", "-r", str(src), str(dest)], check=True)
+        subprocess.run(["sync", "-f", str(dest)], check=True)
+        cp_times.append(time.perf_counter() - t)
+        subprocess.run(["rm", "-rf", str(dest)], check=True)
+    cp = min(cp_times)
+    best = {}
+    for verify in (True, False):
+        server = LabServer(root, config={"staging_verify": verify, "owner": "bench"}).start()
+        try:
+            client = server.client()
+            runs = []
+            for _ in range(repeat + (1 if verify else 0)):  # the first also hashes the archive
+                status = stage(client, "benchms")
+                runs.append(transfer_figures(server, status["transfer_id"]))
+            if verify:
+                best["first"] = runs.pop(0)
+            best[verify] = min(runs, key=lambda r: r[0] + r[1])
+        finally:
+            server.stop()
+    mb = nbytes / 1e6
+    print(f"\nfolder: {copies} copies of the demo Measurement Set, {nfiles} files, {mb:.1f} MB; best of {repeat}")
+    print(f"cp -r (+sync):                   {cp:7.3f} s  {mb / cp:8.1f} MB/s")
+    off_copy = best[False][0]
+    on_copy, on_verify = best[True]
+    print(f"staging, verify off (copy):      {off_copy:7.3f} s  {mb / off_copy:8.1f} MB/s  = {cp / off_copy:.2f} × cp -r")
+    print(f"staging, verify on: copy+verify  {on_copy + on_verify:7.3f} s  {mb / (on_copy + on_verify):8.1f} MB/s  "
+          f"= {cp / (on_copy + on_verify):.2f} × cp -r; verification overhead {100 * on_verify / on_copy:.0f}% of the copy")
+    first_copy, first_verify = best["first"]
+    print(f"first staging (manifest hashed while copying): copy {first_copy:.3f} s ({mb / first_copy:.1f} MB/s), "
+          f"verify {first_verify:.3f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mb", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--ms-copies", type=int, default=64, help="0 skips the folder benchmark")
     args = ap.parse_args()
     size = args.size_mb * 1024 * 1024
     with tempfile.TemporaryDirectory(prefix="bench-staging-", dir=os.environ.get("BENCH_DIR")) as tmp:
@@ -113,6 +178,8 @@ def main() -> None:
         print(f"first staging (archive checksum computed while copying): copy {first_copy:.3f} s "
               f"({mb / first_copy:.1f} MB/s), verify {first_verify:.3f} s")
         print(f"end to end incl. queue and events: verify on {on_wall:.3f} s, off {off_wall:.3f} s")
+        if args.ms_copies:
+            bench_folder(root, args.ms_copies, args.repeat)
 
 
 if __name__ == "__main__":

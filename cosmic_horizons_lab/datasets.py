@@ -85,13 +85,16 @@ def dataset_files(path: Path) -> list[Path]:
     """
     if not path.is_dir():
         return [path]
-    files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(path):
+    top = str(path)
+    rels: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        prefix = os.path.relpath(dirpath, top)
+        prefix = "" if prefix == "." else prefix + "/"
         for name in dirnames + filenames:
             if os.path.islink(os.path.join(dirpath, name)):
-                raise UnsafeDataset(f"{Path(dirpath, name).relative_to(path)} in {path.name} is a symbolic link")
-        files.extend(Path(dirpath, name) for name in filenames)
-    return sorted(files, key=lambda f: f.relative_to(path).as_posix())
+                raise UnsafeDataset(f"{prefix}{name} in {path.name} is a symbolic link")
+        rels.extend(prefix + name for name in filenames)
+    return [path / rel for rel in sorted(rels)]
 
 
 def dataset_bytes(path: Path) -> int:
