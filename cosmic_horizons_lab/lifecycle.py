@@ -3,8 +3,9 @@
 ``QUEUED → QUEUING → RUNNING → COMPLETED | FAILED | CANCELLED``. QUEUED is
 ours (waiting for a slot, a parent or a reachable backend); QUEUING means the
 backend has it but it does not run yet. A job may fail or be cancelled from
-any live state, and may go back to QUEUED for a retry; terminal states never
-change.
+any live state, and may go back to QUEUED for a retry; a running job goes back
+to QUEUING when the backend requeues it (Slurm: preemption with requeue, a node
+failure, ``scontrol requeue``); terminal states never change.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ _ALLOWED: dict[Status, frozenset[Status]] = {
     Status.QUEUING: frozenset(
         {Status.RUNNING, Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.QUEUED}
     ),
-    Status.RUNNING: frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.QUEUED}),
+    Status.RUNNING: frozenset(
+        {Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.QUEUED, Status.QUEUING}
+    ),
 }
 
 #: The event type that records arrival in each state.

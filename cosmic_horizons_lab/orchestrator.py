@@ -769,7 +769,9 @@ class Orchestrator:
             state = states.get(run.backend_job_id)
             if state is None and reachable:
                 state = BackendJobState("FAILED", None, "lost", {"detail": "the backend no longer knows this job"})
-            moved = state is not None and state.status not in (Status.QUEUING, job.status)
+            moved = state is not None and state.status != job.status and (
+                state.status != Status.QUEUING or _requeued(job, state)
+            )
             if records or moved:
                 changes.append((job.id, run.id, records, offset, state))
         if not changes:
@@ -830,6 +832,15 @@ class Orchestrator:
 
     def _apply_state(self, tx: Tx, job: Job, run: Run, state: BackendJobState) -> None:
         target = Status(state.status)
+        if _requeued(job, state):
+            # It ran and will run again from the start: say so, and why, rather than keep
+            # showing RUNNING while it waits (Slurm holds a requeued job a while).
+            self._transition(tx, job, Status.QUEUING, reason="requeued", payload={
+                "restarts": state.detail.get("restarts"), "slurm_state": state.detail.get("slurm_state"),
+                "slurm_reason": state.detail.get("slurm_reason"),
+            })
+            job.progress = 0.0
+            return
         if target == Status.QUEUING or job.status == target:
             return
         if target == Status.RUNNING:
@@ -855,6 +866,10 @@ class Orchestrator:
         if self._transition(tx, job, target, reason=reason, error=error, payload=extra):
             # When the job's last record was written is when it ended; we may notice later.
             job.completed_at = max(run.ended_at, job.started_at) if job.started_at else run.ended_at
+
+
+def _requeued(job: Job, state: BackendJobState) -> bool:
+    return job.status == Status.RUNNING and state.status == Status.QUEUING and state.reason == "requeued"
 
 
 def _failure_text(state: BackendJobState) -> str:

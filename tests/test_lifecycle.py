@@ -11,6 +11,7 @@ from cosmic_horizons_lab.lifecycle import Status, can_transition, is_terminal
 @pytest.mark.parametrize("src,dst,ok", [
     ("QUEUED", "QUEUING", True), ("QUEUING", "RUNNING", True), ("RUNNING", "COMPLETED", True),
     ("QUEUED", "CANCELLED", True), ("QUEUING", "COMPLETED", True), ("RUNNING", "QUEUED", True),
+    ("RUNNING", "QUEUING", True),  # requeued by the backend
     ("QUEUED", "COMPLETED", False), ("COMPLETED", "RUNNING", False), ("FAILED", "QUEUED", False),
     ("CANCELLED", "COMPLETED", False), ("COMPLETED", "FAILED", False),
 ])

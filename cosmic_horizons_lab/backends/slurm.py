@@ -941,6 +941,8 @@ class SlurmBackend(Backend):
         restarts = _num(e.raw.get("restart_cnt"))
         if restarts:
             detail["restarts"] = restarts  # requeued (preempted, node failure, scontrol requeue)
+            if status == "QUEUING":
+                reason = "requeued"  # pending again after running: Slurm drops the REQUEUED flag soon
         state = BackendJobState(status=status, reason=reason, detail=detail)  # type: ignore[arg-type]
         if status in ("COMPLETED", "FAILED"):
             state.exit_code = exit_code_of(code, sig)

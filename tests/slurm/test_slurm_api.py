@@ -41,6 +41,35 @@ async def test_exit_code_and_cancel_on_slurm(api, script):
     assert done["status"] == "CANCELLED"
 
 
+async def test_a_requeued_job_goes_back_to_queuing_with_the_reason(api, script, lab):
+    """Preemption with requeue, a node failure or ``scontrol requeue``: Slurm puts a running job
+    back in the queue. The job shows QUEUING again (reason ``requeued``, the restart count in
+    its event) instead of RUNNING while it waits, and its progress starts over."""
+    import subprocess
+
+    _, job, _ = await api.post("jobs/submit", {"agent": "Script", "params": {"path": script(
+        "from cosmic_horizons_lab.executor import report\nimport time\nreport(progress=0.3)\ntime.sleep(300)\n",
+        "long.py")}})
+    running = await api.wait_for(job["id"], {"RUNNING"}, timeout=60)
+    for _ in range(100):  # the executor's progress record has been read
+        _, now, _ = await api.get(f"jobs/{job['id']}")
+        if now["progress"] > 0:
+            break
+        await asyncio.sleep(0.1)
+    assert now["progress"] == pytest.approx(0.3)
+    subprocess.run(["scontrol", "requeue", running["backend_job_id"]], check=True, capture_output=True)
+    back = await api.wait_for(job["id"], {"QUEUING"}, timeout=30)
+    assert back["reason"] == "requeued" and back["progress"] == 0.0
+    _, ev, _ = await api.get(f"jobs/{job['id']}/events")
+    requeued = [e for e in ev["events"] if e["type"] == "job.queuing"][-1]
+    assert requeued["payload"]["restarts"] == 1 and requeued["payload"]["slurm_state"].startswith("PENDING")
+    types = [e["type"] for e in ev["events"]]
+    assert types.index("job.running") < len(types) - 1 - types[::-1].index("job.queuing")
+    code, _, _ = await api.delete(f"jobs/{job['id']}")  # Slurm holds it ~2 min before the rerun
+    assert code == 200
+    assert (await api.wait_for(job["id"], timeout=60))["status"] == "CANCELLED"
+
+
 async def test_a_batch_becomes_a_job_array_with_its_parallel_limit(api, script):
     path = script("import time\nt0 = time.time()\ntime.sleep(2)\nresult = [t0, time.time()]\n", "nap.py")
     _, batch, _ = await api.post(
