@@ -313,7 +313,7 @@ async def test_one_squeue_per_poll_whatever_the_number_of_jobs(work):
 
 async def test_resources_from_sinfo(backend, work, slurm_cluster):
     pools = {p.name: p for p in await backend.resources()}
-    assert set(pools) == {"gpu", "debug", "urgent"}
+    assert set(pools) == {"gpu", "debug", "requeue", "urgent"}
     assert pools["gpu"].total == 2 and pools["gpu"].backend == "slurm"
     assert pools["gpu"].detail["default_partition"] is True
     free_before = pools["gpu"].free
@@ -330,7 +330,7 @@ async def test_resources_from_sinfo(backend, work, slurm_cluster):
 async def test_health(backend):
     health = await backend.health()
     assert health["ok"] is True, health
-    assert set(health["partitions"]) == {"gpu", "debug", "urgent"}
+    assert set(health["partitions"]) == {"gpu", "debug", "requeue", "urgent"}
     assert backend.supported_features() >= {"cancel", "arrays", "dependencies"}
 
 
@@ -380,6 +380,23 @@ async def test_preempted_job_is_failed_preempted(backend, work):
     assert (st.status, st.reason) == ("FAILED", "preempted"), st
     assert st.detail["slurm_state"].startswith("PREEMPTED")
     assert (await wait_until(urgent_backend, [uid], timeout=60))[uid].status == "COMPLETED"
+
+
+async def test_preempted_job_in_a_requeue_partition_is_queuing_again(work):
+    """With PreemptMode=REQUEUE the preempted job is not lost: it goes back to the queue
+    (QUEUING, reason requeued, restart count), to run again once the urgent job is done."""
+    victim_backend = make_backend(work, partition="requeue")
+    victim = make_job(work, "victim-rq", "import time\ntime.sleep(300)\n", gpu_count=1)
+    vid = await victim_backend.submit(victim)
+    await wait_until(victim_backend, [vid], lambda s: s.status == "RUNNING", timeout=30)
+    urgent_backend = make_backend(work, partition="urgent")
+    uid = await urgent_backend.submit(make_job(work, "urgent-rq", "pass\n", gpu_count=2))
+    st = (await wait_until(victim_backend, [vid], lambda s: s.status != "RUNNING", timeout=60))[vid]
+    assert (st.status, st.reason) == ("QUEUING", "requeued"), st
+    assert st.detail["restarts"] == 1
+    assert (await wait_until(urgent_backend, [uid], timeout=60))[uid].status == "COMPLETED"
+    await victim_backend.cancel(vid)  # Slurm holds a requeued job ~2 min before its rerun
+    assert (await wait_until(victim_backend, [vid], timeout=30))[vid].status == "CANCELLED"
 
 
 async def test_batch_with_different_gpu_counts_is_one_array_per_count(backend, work):
