@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -18,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from typing import Any
 from cosmic_horizons_lab.client import Client
 
 REPO = Path(__file__).resolve().parent.parent
+HUB_PROXY = REPO / ".services" / "chp" / "node_modules" / ".bin" / "configurable-http-proxy"
 
 
 def free_port() -> int:
@@ -58,7 +62,7 @@ class PostgresServer:
             cmd = ("runuser", "-u", "postgres", "--", *cmd)
         return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
 
-    def start(self) -> "PostgresServer":
+    def start(self) -> PostgresServer:
         if self.as_root:
             shutil.chown(self.dir, "postgres", "postgres")
         data = self.dir / "data"
@@ -111,7 +115,7 @@ class LabServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
 
-    def start(self, timeout: float = 60.0) -> "LabServer":
+    def start(self, timeout: float = 60.0) -> LabServer:
         (self.root / "datasets").mkdir(parents=True, exist_ok=True)
         args = [sys.executable, "-m", "jupyter", self.app, "--no-browser", "--allow-root",
                 f"--port={self.port}", "--ServerApp.ip=127.0.0.1", f"--ServerApp.root_dir={self.root}",
@@ -194,3 +198,116 @@ def kill_job_groups(work_dir: Path) -> None:
             os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+class HubServer:
+    """A real JupyterHub: configurable-http-proxy (npm, ``scripts/setup --test``), the dummy
+    authenticator (any password), ``SimpleLocalProcessSpawner`` (each user's server a process
+    of this Unix user, its home under ``root/home/<name>``), an admin service token for the API."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_token = secrets.token_hex(16)
+        self.proc: subprocess.Popen | None = None
+        self.tokens: dict[str, str] = {}
+
+    def start(self) -> HubServer:
+        bin_dir = Path(sys.executable).parent
+        config = f"""
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = {self.port}
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = {free_port()}
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{free_port()}"
+c.ConfigurableHTTPProxy.command = [{str(HUB_PROXY)!r}]
+c.JupyterHub.db_url = "sqlite:///{self.root}/hub.sqlite"
+c.JupyterHub.cookie_secret_file = "{self.root}/cookie_secret"
+c.JupyterHub.authenticator_class = "dummy"
+c.JupyterHub.spawner_class = "simple"
+c.SimpleLocalProcessSpawner.home_dir_template = "{self.root}/home/{{username}}"
+c.Spawner.cmd = [{str(bin_dir / "jupyterhub-singleuser")!r}]
+c.Spawner.default_url = "/lab"
+c.Spawner.start_timeout = 180
+c.Spawner.http_timeout = 180
+c.Spawner.env_keep = ["PATH", "PYTHONPATH", "VIRTUAL_ENV", "LANG", "LC_ALL", "SLURM_CONF"]
+c.Spawner.args = [{'"--allow-root",' if os.getuid() == 0 else ''}  # CI runs as root
+    "--CosmicHorizons.datasets_dir={self.root}/datasets",
+]
+c.JupyterHub.services = [{{"name": "tester", "api_token": {self.admin_token!r}}}]
+c.JupyterHub.load_roles = [{{"name": "admin", "services": ["tester"]}}]
+"""
+        (self.root / "jupyterhub_config.py").write_text(config)
+        (self.root / "datasets").mkdir(exist_ok=True)
+        self.log = open(self.root / "hub.log", "wb")
+        self.proc = subprocess.Popen(
+            [str(bin_dir / "jupyterhub"), "-f", str(self.root / "jupyterhub_config.py")],
+            cwd=self.root, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
+        )
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                self.api("GET", "/hub/api/")
+                return self
+            except (urllib.error.URLError, ConnectionError):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("JupyterHub did not start:\n" + self.tail()) from None
+                time.sleep(0.3)
+
+    def tail(self) -> str:
+        return (self.root / "hub.log").read_text(errors="replace")[-6000:]
+
+    def api(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+        req = urllib.request.Request(
+            self.url + path, method=method, data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"token {token or self.admin_token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            data = resp.read()
+        return json.loads(data) if data else None
+
+    def status(self, method: str, path: str, token: str) -> int:
+        try:
+            self.api(method, path, token=token)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        return 200
+
+    def user_with_server(self, name: str) -> str:
+        """Create ``name`` (once), start their server, and return a token of theirs."""
+        if name in self.tokens:
+            return self.tokens[name]
+        self.api("POST", f"/hub/api/users/{name}")
+        token = self.api("POST", f"/hub/api/users/{name}/tokens", {"note": "test", "expires_in": 3600})["token"]
+        self.tokens[name] = token
+        try:
+            self.api("POST", f"/hub/api/users/{name}/server")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 202:
+                raise
+        deadline = time.monotonic() + 180
+        while True:
+            user = self.api("GET", f"/hub/api/users/{name}")
+            server = user.get("servers", {}).get("", {})
+            if server.get("ready"):
+                return token
+            assert time.monotonic() < deadline, f"{name}'s server never became ready:\n{self.tail()}"
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            for name in self.tokens:
+                try:
+                    self.api("DELETE", f"/hub/api/users/{name}/server")
+                except Exception:
+                    pass
+            time.sleep(1)
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+        subprocess.run(["pkill", "-f", f"{self.root}/home"], check=False)
+        self.log.close()

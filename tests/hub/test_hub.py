@@ -12,144 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import secrets
 import shutil
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from ..services import free_port
-
-REPO = Path(__file__).resolve().parents[2]
-PROXY = REPO / ".services" / "chp" / "node_modules" / ".bin" / "configurable-http-proxy"
+from ..services import HUB_PROXY, HubServer
 
 pytestmark = pytest.mark.timeout(300)
 
 
-class Hub:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.admin_token = secrets.token_hex(16)
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "Hub":
-        bin_dir = Path(sys.executable).parent
-        config = f"""
-c.JupyterHub.ip = "127.0.0.1"
-c.JupyterHub.port = {self.port}
-c.JupyterHub.hub_ip = "127.0.0.1"
-c.JupyterHub.hub_port = {free_port()}
-c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{free_port()}"
-c.ConfigurableHTTPProxy.command = [{str(PROXY)!r}]
-c.JupyterHub.db_url = "sqlite:///{self.root}/hub.sqlite"
-c.JupyterHub.cookie_secret_file = "{self.root}/cookie_secret"
-c.JupyterHub.authenticator_class = "dummy"
-c.JupyterHub.spawner_class = "simple"
-c.SimpleLocalProcessSpawner.home_dir_template = "{self.root}/home/{{username}}"
-c.Spawner.cmd = [{str(bin_dir / "jupyterhub-singleuser")!r}]
-c.Spawner.default_url = "/lab"
-c.Spawner.start_timeout = 180
-c.Spawner.http_timeout = 180
-c.Spawner.env_keep = ["PATH", "PYTHONPATH", "VIRTUAL_ENV", "LANG", "LC_ALL", "SLURM_CONF"]
-c.Spawner.args = [{'"--allow-root",' if os.getuid() == 0 else ''}  # CI runs as root
-    "--CosmicHorizons.datasets_dir={self.root}/datasets",
-]
-c.JupyterHub.services = [{{"name": "tester", "api_token": {self.admin_token!r}}}]
-c.JupyterHub.load_roles = [{{"name": "admin", "services": ["tester"]}}]
-"""
-        (self.root / "jupyterhub_config.py").write_text(config)
-        (self.root / "datasets").mkdir(exist_ok=True)
-        self.log = open(self.root / "hub.log", "wb")
-        self.proc = subprocess.Popen(
-            [str(bin_dir / "jupyterhub"), "-f", str(self.root / "jupyterhub_config.py")],
-            cwd=self.root, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
-        )
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                self.api("GET", "/hub/api/")
-                return self
-            except (urllib.error.URLError, ConnectionError):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("JupyterHub did not start:\n" + self.tail()) from None
-                time.sleep(0.3)
-
-    def tail(self) -> str:
-        return (self.root / "hub.log").read_text(errors="replace")[-6000:]
-
-    def api(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
-        req = urllib.request.Request(
-            self.url + path, method=method, data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"token {token or self.admin_token}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            data = resp.read()
-        return json.loads(data) if data else None
-
-    def status(self, method: str, path: str, token: str) -> int:
-        try:
-            self.api(method, path, token=token)
-        except urllib.error.HTTPError as exc:
-            return exc.code
-        return 200
-
-    def user_with_server(self, name: str) -> str:
-        """Create ``name``, start their server, and return a token of theirs."""
-        self.api("POST", f"/hub/api/users/{name}")
-        token = self.api("POST", f"/hub/api/users/{name}/tokens", {"note": "test", "expires_in": 3600})["token"]
-        try:
-            self.api("POST", f"/hub/api/users/{name}/server")
-        except urllib.error.HTTPError as exc:
-            if exc.code != 202:
-                raise
-        deadline = time.monotonic() + 180
-        while True:
-            user = self.api("GET", f"/hub/api/users/{name}")
-            server = user.get("servers", {}).get("", {})
-            if server.get("ready"):
-                return token
-            assert time.monotonic() < deadline, f"{name}'s server never became ready:\n{self.tail()}"
-            time.sleep(0.5)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            for name in ("astro", "radio"):
-                try:
-                    self.api("DELETE", f"/hub/api/users/{name}/server")
-                except Exception:
-                    pass
-            time.sleep(1)
-            os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-        subprocess.run(["pkill", "-f", f"{self.root}/home"], check=False)
-        self.log.close()
-
-
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory) -> Hub:
-    if not PROXY.exists() or shutil.which("node") is None:
+def hub(tmp_path_factory) -> HubServer:
+    if not HUB_PROXY.exists() or shutil.which("node") is None:
         pytest.fail("configurable-http-proxy is not installed: run scripts/setup --test")
-    root = tmp_path_factory.mktemp("hub")
-    hub = Hub(root).start()
+    hub = HubServer(tmp_path_factory.mktemp("hub")).start()
     yield hub
     hub.stop()
 
 
-async def run_in_kernel(hub: Hub, user: str, token: str, code: str, timeout: float = 120) -> tuple[str, dict]:
+async def run_in_kernel(hub: HubServer, user: str, token: str, code: str, timeout: float = 120) -> tuple[str, dict]:
     """Start a kernel through the proxy, run ``code``, return (its stdout, the execute reply)."""
     import websockets
 
