@@ -212,8 +212,15 @@ def parse_exit_status(value: Any) -> tuple[int | None, int | None]:
     return (raw >> 8) & 0xFF, raw & 0x7F
 
 
+#: The "signal" sacct gives a job the cgroup OOM killer ended (ExitCode 0:125); the
+#: process itself died of SIGKILL.
+_SIG_OOM = 125
+
+
 def exit_code_of(code: int | None, signal: int | None) -> int | None:
     """One number like a Python ``returncode``: the exit code, or minus the signal."""
+    if signal == _SIG_OOM:
+        return -9
     if signal:
         return -signal
     return code

@@ -232,6 +232,8 @@ def nodbd_cluster(slurm_cluster: Cluster):
         "SLURMCTLD_PORT": str(int(os.environ.get("SLURMCTLD_PORT", "6817")) + 1000),
         "SLURMD_PORT": str(int(os.environ.get("SLURMD_PORT", "6818")) + 1000),
         "SLURM_MIN_JOB_AGE": "2",
+        # its slurmd would share the main one's cgroup tree (slurm/uid_N/job_N): job ids collide
+        "SLURM_CGROUP": "no",
     }
     env.pop("SLURM_CONF", None)
     res = sh(str(SCRIPT), "start", check=False, env=env)
