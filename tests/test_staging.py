@@ -209,6 +209,20 @@ async def test_staging_can_convert_to_baseline_time_uvh5(api, lab, datasets_dir)
     assert (uv.baseline_array[:-1] <= uv.baseline_array[1:]).all()  # baseline-time order
 
 
+def _restart_until_staged(root: Path, config: dict, dataset_id: str) -> dict:
+    """Start the server again (unpaced) and wait for the transfer it resumes to complete."""
+    again = LabServer(root, config={**config, "staging_max_bytes_per_second": 0}).start()
+    try:
+        client = again.client()
+        deadline = time.monotonic() + 30
+        while (status := client.request("GET", f"jobs/dataset/{dataset_id}/staging-status"))["status"] != "completed":
+            assert status["status"] in ("queued", "running", "verifying") and time.monotonic() < deadline, status
+            time.sleep(0.1)
+    finally:
+        again.stop()
+    return status
+
+
 def test_a_transfer_resumes_after_a_server_crash(tmp_path):
     root = tmp_path / "root"
     (root / "datasets").mkdir(parents=True)
@@ -228,15 +242,7 @@ def test_a_transfer_resumes_after_a_server_crash(tmp_path):
     part = root / "jobs" / "staging" / "tacc_scratch" / "astro" / "big.h5.part"
     part_size = part.stat().st_size
     assert 0 < part_size < src.stat().st_size
-    again = LabServer(root, config={**config, "staging_max_bytes_per_second": 0}).start()
-    try:
-        client = again.client()
-        deadline = time.monotonic() + 30
-        while (status := client.request("GET", "jobs/dataset/big/staging-status"))["status"] != "completed":
-            assert status["status"] in ("queued", "running", "verifying") and time.monotonic() < deadline, status
-            time.sleep(0.1)
-    finally:
-        again.stop()
+    status = _restart_until_staged(root, config, "big")
     assert status["transfer_id"] == st["transfer_id"]
     assert status["resumed_from"] >= part_size - 256 * 1024 and status["resumed_from"] > 0
     final = root / "jobs" / "staging" / "tacc_scratch" / "astro" / "big.h5"
@@ -373,15 +379,7 @@ def test_a_measurement_set_transfer_resumes_after_a_server_crash(tmp_path):
     part = root / "jobs" / "staging" / "tacc_scratch" / "astro" / f"{MS_ID}.ms.part"
     left = sum(map(len, _tree(part).values()))
     assert 0 < left < total
-    again = LabServer(root, config={**config, "staging_max_bytes_per_second": 0}).start()
-    try:
-        client = again.client()
-        deadline = time.monotonic() + 30
-        while (status := client.request("GET", f"jobs/dataset/{MS_ID}/staging-status"))["status"] != "completed":
-            assert status["status"] in ("queued", "running", "verifying") and time.monotonic() < deadline, status
-            time.sleep(0.1)
-    finally:
-        again.stop()
+    status = _restart_until_staged(root, config, MS_ID)
     assert status["transfer_id"] == st["transfer_id"]
     assert status["resumed_from"] >= left - 64 * 1024 and status["resumed_from"] > 0
     final = root / "jobs" / "staging" / "tacc_scratch" / "astro" / f"{MS_ID}.ms"
