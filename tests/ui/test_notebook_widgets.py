@@ -37,14 +37,17 @@ WATCH = """
 """
 
 
-def write_notebook(path, cells) -> None:
+def open_notebook(page, server, name: str, cells) -> None:
+    """Write ``<name>.ipynb`` with these code cells under the server root and open it in Lab."""
     nb = {
         "cells": [{"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {}, "outputs": [],
                    "source": src} for i, src in enumerate(cells)],
         "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
         "nbformat": 4, "nbformat_minor": 5,
     }
-    path.write_text(json.dumps(nb))
+    (server.root / f"{name}.ipynb").write_text(json.dumps(nb))
+    page.goto(server.lab_url(f"lab/tree/{name}.ipynb"))
+    page.wait_for_selector(".jp-Notebook", timeout=60_000)
 
 
 def run_all(page, n_cells: int) -> None:
@@ -62,9 +65,7 @@ def run_all(page, n_cells: int) -> None:
 
 
 def test_queue_and_progress_render_and_update_live(page, lab_server) -> None:
-    write_notebook(lab_server.root / "widgets.ipynb", CELLS)
-    page.goto(lab_server.lab_url("lab/tree/widgets.ipynb"))
-    page.wait_for_selector(".jp-Notebook", timeout=60_000)
+    open_notebook(page, lab_server, "widgets", CELLS)
     page.evaluate(WATCH)
     run_all(page, len(CELLS))
     progress = page.locator(".chw-progress").first
@@ -95,9 +96,7 @@ def test_cancel_from_the_queue_widget(page, lab_server) -> None:
         "from cosmic_horizons_lab.lab import Lab\nlab = Lab()",
         'job = lab.submit("Script", params={"path": "slow.py"})\nqueue = lab.queue()\nqueue',
     ]
-    write_notebook(lab_server.root / "cancel.ipynb", cells)
-    page.goto(lab_server.lab_url("lab/tree/cancel.ipynb"))
-    page.wait_for_selector(".jp-Notebook", timeout=60_000)
+    open_notebook(page, lab_server, "cancel", cells)
     run_all(page, len(cells))
     running = page.locator(".chw-queue tr[data-status='RUNNING']").first
     running.wait_for(timeout=60_000)
@@ -117,9 +116,7 @@ pipe = lab.pipeline([stage("calibrate"), stage("image-A", "calibrate"), stage("i
                      stage("find", "image-A", "image-B")])
 pipe""",
     ]
-    write_notebook(lab_server.root / "timeline.ipynb", cells)
-    page.goto(lab_server.lab_url("lab/tree/timeline.ipynb"))
-    page.wait_for_selector(".jp-Notebook", timeout=60_000)
+    open_notebook(page, lab_server, "timeline", cells)
     run_all(page, len(cells))
     timeline = page.locator(".chw-timeline").first
     timeline.wait_for(timeout=60_000)
@@ -133,9 +130,7 @@ pipe""",
 
 def test_staging_panel_follows_a_transfer(page, lab_server) -> None:
     cells = ["from cosmic_horizons_lab.lab import Lab\nlab = Lab()\nlab.stage('VLA.TDEM0003.1src', force=True)"]
-    write_notebook(lab_server.root / "staging.ipynb", cells)
-    page.goto(lab_server.lab_url("lab/tree/staging.ipynb"))
-    page.wait_for_selector(".jp-Notebook", timeout=60_000)
+    open_notebook(page, lab_server, "staging", cells)
     run_all(page, len(cells))
     page.wait_for_selector(".chw-staging[data-status='completed']", timeout=60_000)
     assert "VLA.TDEM0003.1src" in page.locator(".chw-staging .chw-name").inner_text()
@@ -166,9 +161,7 @@ heatmap"""
 
 def test_gpu_heatmap_draws_samples(page, lab_server) -> None:
     """The drawing path, with recorded-style samples (this machine has no GPU to sample)."""
-    write_notebook(lab_server.root / "heatmap.ipynb", [HEATMAP_CELL])
-    page.goto(lab_server.lab_url("lab/tree/heatmap.ipynb"))
-    page.wait_for_selector(".jp-Notebook", timeout=60_000)
+    open_notebook(page, lab_server, "heatmap", [HEATMAP_CELL])
     run_all(page, 1)
     page.wait_for_selector(".chw-heatmap[data-state='ok']", timeout=60_000)
     page.wait_for_timeout(300)
@@ -186,9 +179,7 @@ def test_cancel_while_the_kernel_is_blocked_in_wait(page, lab_server) -> None:
         'from cosmic_horizons_lab.lab import Lab, JobFailed\nlab = Lab()\njob = lab.submit("Script", params={"path": "slow.py"})\njob',
         "try:\n    job.wait()\nexcept JobFailed as failed:\n    print('ENDED', job.status)",
     ]
-    write_notebook(lab_server.root / "blocked.ipynb", cells)
-    page.goto(lab_server.lab_url("lab/tree/blocked.ipynb"))
-    page.wait_for_selector(".jp-Notebook", timeout=60_000)
+    open_notebook(page, lab_server, "blocked", cells)
     run_all(page, len(cells))
     panel = page.locator(".chw-progress").first
     page.wait_for_selector(".chw-progress[data-status='RUNNING']", timeout=60_000)
