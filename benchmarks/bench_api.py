@@ -65,18 +65,9 @@ async def run(args: argparse.Namespace) -> dict:
                 await asyncio.sleep(0.1)
 
         # -- submissions -------------------------------------------------------------
-        body = json.dumps({"agent": "Script", "params": {"path": "trivial.py"}})
-        ids: list[str] = []
-        queue = list(range(args.jobs))
-
-        async def submitter() -> None:
-            while queue:
-                queue.pop()
-                resp = await http.fetch(base + "jobs/submit", method="POST", body=body, headers=headers)
-                ids.append(json.loads(resp.body)["id"])
-
         t0 = time.perf_counter()
-        await asyncio.gather(*[submitter() for _ in range(args.clients)])
+        ids = await server.submit_burst(http, {"agent": "Script", "params": {"path": "trivial.py"}},
+                                        args.jobs, args.clients)
         submit_seconds = time.perf_counter() - t0
 
         # -- viewers: connect after the burst (replaying it), then watch the queue drain live --

@@ -219,19 +219,10 @@ async def scenario_api(args: argparse.Namespace, base: Path) -> dict[str, Any]:
     http = AsyncHTTPClient(max_clients=16)
     api = server.url + "cosmic-horizons/api/"
     headers = {"Authorization": f"token {server.token}"}
-    body = json.dumps({"agent": "Script", "params": {"path": "x.py", "gpu_count": 0}})
     try:
-        pending = list(range(args.jobs))
-        ids: list[str] = []
-
-        async def client() -> None:
-            while pending:
-                pending.pop()
-                resp = await http.fetch(api + "jobs/submit", method="POST", body=body, headers=headers)
-                ids.append(json.loads(resp.body)["id"])
-
         t0 = time.perf_counter()
-        await asyncio.gather(*[client() for _ in range(8)])
+        ids = await server.submit_burst(http, {"agent": "Script", "params": {"path": "x.py", "gpu_count": 0}},
+                                        args.jobs, 8)
         accepted_s = time.perf_counter() - t0
         backend_ids: dict[str, str] = {}
         while len(backend_ids) < len(ids):

@@ -8,6 +8,7 @@ end of the session. A missing PostgreSQL is a failure, never a skip.
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import json
 import os
@@ -114,6 +115,25 @@ class LabServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
+
+    async def submit_burst(self, http: Any, submission: dict[str, Any], n: int, clients: int) -> list[str]:
+        """POST ``jobs/submit`` ``n`` times from ``clients`` concurrent connections; the job ids.
+
+        ``http`` is the caller's tornado ``AsyncHTTPClient``: its ``max_clients`` bounds the
+        connections, as a benchmark chooses.
+        """
+        url = self.url + "cosmic-horizons/api/jobs/submit"
+        body, headers = json.dumps(submission), {"Authorization": f"token {self.token}"}
+        left, ids = list(range(n)), []
+
+        async def one_client() -> None:
+            while left:
+                left.pop()
+                resp = await http.fetch(url, method="POST", body=body, headers=headers)
+                ids.append(json.loads(resp.body)["id"])
+
+        await asyncio.gather(*[one_client() for _ in range(clients)])
+        return ids
 
     def start(self, timeout: float = 60.0) -> LabServer:
         (self.root / "datasets").mkdir(parents=True, exist_ok=True)
