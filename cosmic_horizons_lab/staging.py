@@ -275,14 +275,11 @@ def copy_tree(
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="staging-copy") as pool:
         futures = [pool.submit(one, f, rel) for f, rel in zip(files, rels)]
-        wait(futures, return_when=FIRST_EXCEPTION)
+        wait(futures, return_when=FIRST_EXCEPTION)  # all done, or one failed
         for fut in futures:
             if fut.done() and fut.exception() is not None:
-                failed.set()
+                failed.set()  # the others stop at their next file
                 raise fut.exception()
-    for fut in futures:  # all finished: any late failure
-        if fut.exception() is not None:
-            raise fut.exception()
     _sync_filesystem(part)
     if not hash_source:
         return None
