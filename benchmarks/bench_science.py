@@ -136,7 +136,7 @@ def bench_gridding(sim, npix: int, device: torch.device, epsilon: float, repeat:
                 uvw=uvw, freq=np.array([299_792_458.0]), vis=vis.astype(np.complex64)[:, None],
                 wgt=weight.astype(np.float32)[:, None], npix_x=npix, npix_y=npix, pixsize_x=cell,
                 pixsize_y=cell, epsilon=epsilon, do_wgridding=True, divide_by_n=False,
-                flip_u=True, flip_w=True, nthreads=os.cpu_count() or 1).T
+                flip_v=True, nthreads=os.cpu_count() or 1).T
 
         t_ref, ref, ref_runs = timed(ducc, repeat, budget, device)
         rel = float(np.sqrt(np.mean((ours - ref) ** 2)) / np.sqrt(np.mean(ref**2)))

@@ -80,7 +80,7 @@ class AlphaCalAgent(Agent):
         from . import device as dev
         from .calibration import apply_gains, solve_gains
         from .flagging import flag_visibilities
-        from .skymodel import Source, predict, sources_from_params
+        from .skymodel import Geometry, Source, predict, sources_from_params
         from .visibilities import read_visibilities, write_uvfits
 
         params = {k: v for k, v in job.params.items()}
@@ -117,7 +117,7 @@ class AlphaCalAgent(Agent):
             sources = sources_from_params(params["sky_model"], vs.phase_centre)
         else:
             sources = [Source(0.0, 0.0, float(params.get("model_flux_jy", 1.0)))]
-        model = predict(vs.uvw, vs.freqs, sources).astype(np.complex64)
+        model = predict(vs.uvw, vs.freqs, sources, geometry=Geometry.of(vs)).astype(np.complex64)
 
         def cal_progress(done: int, total: int) -> None:
             job.report(progress=0.45 + 0.4 * done / total, stage="calibrating",

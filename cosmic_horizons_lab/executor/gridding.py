@@ -1,7 +1,10 @@
 """Visibilities to a dirty image: convolutional gridding, w-stacking and the FFT.
 
-The dirty image is ``D(l, m) = Re Σ_j w_j V_j exp(2πi (u_j l + v_j m + w_j (n - 1)))``,
-the adjoint of the measurement equation in :mod:`.skymodel`. Evaluated
+The dirty image is ``D(l, m) = Re Σ_j w_j V_j exp(-2πi (u_j l + v_j m + w_j (n - 1)))``,
+the adjoint of the measurement equation in :mod:`.skymodel` (whose sign convention,
+pyuvdata's, CASA's and WSClean's, it shares: see there). Since the image is real,
+this is ``Re Σ_j w_j conj(V_j) exp(+2πi (…))``: the visibilities are conjugated once
+on the way in and everything below works with the ``+`` sign. Evaluated
 directly that is O(visibilities × pixels); we grid instead, as ducc0's
 wgridder does (Arras et al. 2021, A&A 646, A58; Ye et al. 2022):
 
@@ -17,8 +20,9 @@ wgridder does (Arras et al. 2021, A&A 646, A58; Ye et al. 2022):
 * the image is divided by the kernels' Fourier transforms (computed by
   quadrature), which undoes the convolution to the accuracy asked for.
 
-Visibilities with ``w < 0`` are replaced by their Hermitian conjugates, which
-leaves the real image unchanged and halves the number of w planes.
+Visibilities with ``w < 0`` are replaced by their Hermitian conjugates (the
+conjugation above undone for them), which leaves the real image unchanged and
+halves the number of w planes.
 
 Orientation: the image array is ``[y, x]`` with x toward decreasing right
 ascension, as FITS images are displayed (``CDELT1 < 0``), and pixel
@@ -259,7 +263,7 @@ class _PlaneTransform:
 def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
                 geom: ImageGeometry, device: torch.device, *, epsilon: float = 1e-5,
                 do_w: bool = True, progress=None) -> np.ndarray:
-    """Un-normalised dirty image ``Re Σ w V exp(2πi (u l + v m + w (n-1)))`` (float64 [y, x]).
+    """Un-normalised dirty image ``Re Σ w V exp(-2πi (u l + v m + w (n-1)))`` (float64 [y, x]).
 
     ``uvw_lambda``: (n, 3) in wavelengths (one row per visibility, channels
     already folded in); ``vis`` and ``weight``: (n,). Zero-weight samples are
@@ -294,9 +298,10 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
     uvw = torch.as_tensor(np.asarray(uvw_lambda, np.float64)).index_select(0, keep)
     vals = torch.as_tensor(np.asarray(vis)).index_select(0, keep).to(torch.complex64)
     vals *= wt.index_select(0, keep).to(torch.float32)
-    # w < 0: use the Hermitian conjugate (-uvw, conj V), which leaves the real image unchanged
+    # Re V exp(-iφ) = Re conj(V) exp(+iφ): conjugate once, then grid with the + sign. For
+    # w < 0 use the Hermitian conjugate (-uvw, V) instead, which leaves the real image unchanged.
     sign = 1.0 - 2.0 * (uvw[:, 2] < 0).to(torch.float64)
-    torch.view_as_real(vals)[:, 1] *= sign.to(torch.float32)
+    torch.view_as_real(vals)[:, 1] *= -sign.to(torch.float32)
     w = uvw[:, 2] * sign
     kernel = Kernel.for_accuracy(epsilon)
     support = kernel.support
@@ -444,6 +449,6 @@ def direct_dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarr
     out = np.zeros(l.shape)
     for s in range(0, len(vis), 256):
         u, v, w = (uvw_lambda[s:s + 256, i, None] for i in range(3))
-        ph = np.exp(2j * np.pi * (u * l + v * m + w * nm1))
+        ph = np.exp(-2j * np.pi * (u * l + v * m + w * nm1))
         out += np.real((vis[s:s + 256] * weight[s:s + 256]) @ ph)
     return out.reshape(geom.npix_y, geom.npix_x)

@@ -9,8 +9,9 @@ the uv coverage, and hence the PSF, is a real instrument's. Output is
 deterministic in the seed.
 
 The measurement equation used throughout (and matched by the imager):
-``V_pq(ν) = g_p(ν,t) conj(g_q(ν,t)) Σ_k S_k (ν/ν0)^α_k exp(-2πi (u l_k + v m_k + w (n_k-1)))``
-with (u, v, w) in wavelengths, l toward east (increasing right ascension).
+``V_pq(ν) = g_p(ν,t) conj(g_q(ν,t)) M_pq(ν)``, with the sky term ``M`` of
+:func:`.skymodel.predict` (its docstring states the sign convention and which
+reference software shares it) and ``uvw = x_q - x_p`` as pyuvdata has it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .skymodel import Source, predict
+from .skymodel import Geometry, Source, predict, radec_from_lm
 from .visibilities import VisibilitySet, from_uvdata, quiet, write_uvfits
 
 ANTENNA_FILE = Path(__file__).resolve().parent.parent / "data" / "vla_antennas.json"
@@ -82,27 +83,6 @@ def _layout(n: int | None) -> tuple[dict[str, Any], np.ndarray, np.ndarray, list
     if n is not None:
         pos, numbers, names = pos[:n], numbers[:n], names[:n]
     return spec, pos, numbers, names
-
-
-def uvw_from_hour_angle(baselines_ecef: np.ndarray, longitude: float, hour_angle: np.ndarray,
-                        dec: float) -> np.ndarray:
-    """uvw (metres) of ECEF baseline vectors at the given hour angles (radians).
-
-    The baseline is first rotated into the local equatorial frame (X toward
-    the meridian on the equator, Y east, Z the celestial pole), then projected
-    with the textbook rotation (Thompson, Moran & Swenson eq. 4.1).
-    Returns shape ``(len(hour_angle), n_baselines, 3)``.
-    """
-    x0, y0, z0 = baselines_ecef.T
-    x = np.cos(longitude) * x0 + np.sin(longitude) * y0
-    y = -np.sin(longitude) * x0 + np.cos(longitude) * y0
-    z = z0
-    h = np.asarray(hour_angle)[:, None]
-    sh, ch, sd, cd = np.sin(h), np.cos(h), np.sin(dec), np.cos(dec)
-    u = sh * x + ch * y
-    v = -sd * ch * x + sd * sh * y + cd * z
-    w = cd * ch * x - cd * sh * y + sd * z
-    return np.stack([u, v, w], axis=-1)
 
 
 def _rfi(cfg: RFIConfig, shape: tuple[int, int, int], scale: float,
@@ -179,15 +159,20 @@ def simulate(cfg: SimConfig) -> Simulation:
                         history=f"cosmic_horizons_lab.simulate seed={cfg.seed}")
     vs = from_uvdata(uv)
     nb, nt, nf, npol = vs.shape
-    hour_angle = uv.lst_array[vs.row_index[0]] - ra
     index = {a: i for i, a in enumerate(numbers)}
     i1 = np.array([index[a] for a in vs.ant1])
     i2 = np.array([index[a] for a in vs.ant2])
-    # uvw = x_q - x_p is the convention pyuvdata and uvfits use (ant2 minus ant1).
-    uvw = uvw_from_hour_angle(pos[i2] - pos[i1], loc.lon.rad, hour_angle, dec)  # (T, B, 3)
-    vs.uvw = np.ascontiguousarray(uvw.transpose(1, 0, 2))
-    vs.source.uvw_array[vs.row_index[vs.present]] = vs.uvw[vs.present]
-    model = predict(vs.uvw, freqs, cfg.sources)  # (B, T, F)
+    # uvw = x_q - x_p is the convention pyuvdata and uvfits use (ant2 minus ant1); pyuvdata
+    # computes them (apparent coordinates, as the data are phased), so the file is what any
+    # other software would write for these antennas and times.
+    with quiet():
+        uv.set_uvws_from_antenna_positions()
+    vs.uvw[vs.present] = uv.uvw_array[vs.row_index[vs.present]]
+    # the components placed by their RA/Dec, so the prediction is exact (skymodel.Geometry)
+    sources = [s if s.ra is not None else replace(s, **dict(zip(("ra", "dec"),
+                                                                radec_from_lm(s.l, s.m, ra, dec))))
+               for s in cfg.sources]
+    model = predict(vs.uvw, freqs, sources, geometry=Geometry.of(vs))  # (B, T, F)
 
     n_ant = len(numbers)
     n_feed = 2

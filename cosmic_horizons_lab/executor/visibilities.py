@@ -106,8 +106,10 @@ def read_uvdata(path: str | Path) -> Any:
     """Read any visibility file pyuvdata understands, cross-correlations only."""
     from pyuvdata import UVData
 
+    # a single-channel Measurement Set is data too (pyuvdata skips it unless told)
+    kwargs = {"ignore_single_chan": False} if dataset_format(path) == "ms" else {}
     with quiet():
-        uv = UVData.from_file(str(path))
+        uv = UVData.from_file(str(path), **kwargs)
         if np.any(uv.ant_1_array == uv.ant_2_array):
             uv.select(ant_str="cross")
         if uv.Nspws > 1:
