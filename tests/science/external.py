@@ -281,3 +281,40 @@ def read_plane(path: Path):
     while data.ndim > 2:
         data = data[0]
     return data, wcs
+
+
+CASA_PYTHON = Path(__file__).resolve().parents[2] / ".services" / "casa" / "bin" / "python"
+
+_CASA_IMAGE = """
+import sys
+from casatasks import exportfits, importuvfits, tclean
+uvfits, ms, name, npix, cell = sys.argv[1:6]
+importuvfits(fitsfile=uvfits, vis=ms)
+tclean(vis=ms, imagename=name, imsize=[int(npix)] * 2, cell=cell + "arcsec", stokes="I",
+       weighting="natural", gridder="wproject", wprojplanes=-1, deconvolver="hogbom",
+       niter=int(sys.argv[6]), gain=0.1)
+exportfits(imagename=name + ".image", fitsimage=name + ".fits", overwrite=True)
+"""
+
+
+def casa_image(uvfits: Path, out_dir: Path, band: Band, niter: int = 0) -> Path:
+    """CASA's image (``importuvfits`` then ``tclean``: natural weighting, w-projection, Högbom
+    CLEAN of ``niter`` components, restored) of a uvfits file, as FITS. CASA runs from its own
+    venv (``scripts/setup --test``), offline: its measures data are python-casacore's, named
+    in a site config file."""
+    import casacore
+
+    if not CASA_PYTHON.exists():
+        raise RuntimeError(f"CASA is not installed at {CASA_PYTHON} (scripts/setup --test installs it)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "home").mkdir(exist_ok=True)
+    measures = Path(casacore.__file__).resolve().parent / "data"
+    site = out_dir / "casasiteconfig.py"
+    site.write_text(f"measurespath = {str(measures)!r}\nmeasures_auto_update = False\n"
+                    "data_auto_update = False\n")
+    env = {**os.environ, "HOME": str(out_dir / "home"), "CASASITECONFIG": str(site)}
+    name = out_dir / "casa"
+    subprocess.run([str(CASA_PYTHON), "-c", _CASA_IMAGE, str(uvfits), str(out_dir / "casa.ms"),
+                    str(name), str(band.npix), str(band.cell_arcsec), str(niter)],
+                   check=True, capture_output=True, text=True, timeout=600, env=env, cwd=out_dir)
+    return Path(f"{name}.fits")
