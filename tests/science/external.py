@@ -228,6 +228,10 @@ def write(uv, path: Path) -> Path:
         elif path.suffix == ".uvh5":
             uv.write_uvh5(str(path), clobber=True)
         else:
+            # single precision, as correlators write uvfits (CASA's importuvfits reads no other)
+            if uv.data_array.dtype != np.complex64:
+                uv = uv.copy()
+                uv.data_array = uv.data_array.astype(np.complex64)
             uv.write_uvfits(str(path))
     return path
 

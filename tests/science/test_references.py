@@ -230,6 +230,7 @@ def test_alphacal_gain_errors_are_thermal_with_noise(corrupted, tmp_path):
             expected_sq[p, k] = 2 * corrupted["sigma"] ** 2 / info
     measured = np.sqrt(np.mean(np.abs(solved - truth) ** 2))
     expected = np.sqrt(np.mean(expected_sq))
+    print(f"gain error: measured {measured:.3g}, thermal expectation {expected:.3g}")
     assert measured < 2 * expected, (measured, expected)
     assert measured > 0.3 * expected, (measured, expected)  # the noise is really there
 
