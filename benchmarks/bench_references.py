@@ -63,8 +63,8 @@ def source_errors(image_path: Path, sources, cell_arcsec: float) -> tuple[float,
 def ours_image(uvfits: Path, out: Path, band, niter: int) -> tuple[float, Path, Path]:
     import torch
 
-    from cosmic_horizons_lab.executor.imaging import make_images, write_fits
-    from cosmic_horizons_lab.executor.visibilities import read_visibilities
+    from cosmic_horizons_lab.science.imaging import make_images, write_fits
+    from cosmic_horizons_lab.science.visibilities import read_visibilities
 
     t = time.perf_counter()
     result = make_images(read_visibilities(uvfits), torch.device("cpu"), npix=band.npix,
@@ -75,8 +75,8 @@ def ours_image(uvfits: Path, out: Path, band, niter: int) -> tuple[float, Path, 
 
 
 def run_band(band, root: Path, niter: int) -> list[tuple[str, ...]]:
-    from cosmic_horizons_lab.executor.skymodel import Geometry, predict, sources_from_params
-    from cosmic_horizons_lab.executor.visibilities import read_visibilities
+    from cosmic_horizons_lab.science.skymodel import Geometry, predict, sources_from_params
+    from cosmic_horizons_lab.science.visibilities import read_visibilities
 
     rows = []
     sources = ext.field(band)

@@ -35,10 +35,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cosmic_horizons_lab.executor.flagging import flag_visibilities  # noqa: E402
-from cosmic_horizons_lab.executor.gridding import ImageGeometry, dirty_image  # noqa: E402
-from cosmic_horizons_lab.executor.imaging import visibility_rows  # noqa: E402
-from cosmic_horizons_lab.executor.simulate import RFIConfig, SimConfig, Source, simulate  # noqa: E402
+from cosmic_horizons_lab.science.flagging import flag_visibilities  # noqa: E402
+from cosmic_horizons_lab.science.gridding import ImageGeometry, dirty_image  # noqa: E402
+from cosmic_horizons_lab.science.imaging import visibility_rows  # noqa: E402
+from cosmic_horizons_lab.science.simulate import RFIConfig, SimConfig, Source, simulate  # noqa: E402
 
 ARCSEC = np.pi / 180 / 3600
 # Peak memory bandwidth of cards we may meet, bytes/s (vendor figures).
@@ -147,7 +147,7 @@ def bench_gridding(sim, npix: int, device: torch.device, epsilon: float, repeat:
 
 def bench_gpu_agents(sim, device: torch.device) -> list[tuple[str, float, float]]:
     """Rates of the agent stages on the GPU and the bandwidth they imply."""
-    from cosmic_horizons_lab.executor.calibration import solve_gains
+    from cosmic_horizons_lab.science.calibration import solve_gains
 
     name = torch.cuda.get_device_name(device)
     peak = next((v for k, v in PEAK_BANDWIDTH.items() if k in name), None)

@@ -65,7 +65,7 @@ def make_ms_folder(folder: Path, copies: int) -> tuple[int, int]:
     from pyuvdata import UVData
 
     from cosmic_horizons_lab.data import DEMO_DATASETS
-    from cosmic_horizons_lab.executor.visibilities import quiet
+    from cosmic_horizons_lab.science.visibilities import quiet
 
     one = folder.parent / "demo-one.ms"
     with quiet():

@@ -171,7 +171,7 @@ def main() -> None:
     (root / "steps.py").write_text(STEP_SCRIPT)
     (root / "blocker.py").write_text(BLOCKER_SCRIPT)
     cells = [
-        "from cosmic_horizons_lab.lab import Lab\nlab = Lab()\nqueue = lab.queue()\nqueue",
+        "from cosmic_horizons_lab.notebook.lab import Lab\nlab = Lab()\nqueue = lab.queue()\nqueue",
     ]
     (root / "bench.ipynb").write_text(notebook(cells))
     server = start_lab(root, base / "state")

@@ -2,10 +2,10 @@
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from cosmic_horizons_lab._version import __version__
 
 if TYPE_CHECKING:
-    from .lab import Lab
+    from cosmic_horizons_lab.notebook.lab import Lab
 
 __all__ = ["Lab", "__version__"]
 
@@ -13,13 +13,13 @@ __all__ = ["Lab", "__version__"]
 def __getattr__(name: str) -> Any:
     # Lazy: the server and the executor import this package and must not pay for the notebook API.
     if name == "Lab":
-        from .lab import Lab
+        from cosmic_horizons_lab.notebook.lab import Lab
 
         return Lab
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _jupyter_server_extension_points() -> list[dict]:
-    from .extension import CosmicHorizons
+    from cosmic_horizons_lab.server.app import CosmicHorizons
 
     return [{"module": "cosmic_horizons_lab", "app": CosmicHorizons}]

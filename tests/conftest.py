@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator
 from jupyter_server.auth.identity import IdentityProvider, User
 from tornado.httpclient import HTTPResponse
 
-from cosmic_horizons_lab.openapi import openapi_document
+from cosmic_horizons_lab.server.api.openapi import openapi_document
 
 from .services import PostgresServer, kill_job_groups
 

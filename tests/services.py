@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cosmic_horizons_lab.client import Client
+from cosmic_horizons_lab.notebook.client import Client
 
 REPO = Path(__file__).resolve().parent.parent
 HUB_PROXY = REPO / ".services" / "chp" / "node_modules" / ".bin" / "configurable-http-proxy"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from cosmic_horizons_lab.client import ApiError, Client
+from cosmic_horizons_lab.notebook.client import ApiError, Client
 
 from .services import LabServer, kill_job_groups, write_script
 

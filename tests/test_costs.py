@@ -8,9 +8,9 @@ from datetime import timedelta
 
 import pytest
 
-from cosmic_horizons_lab.clock import utcnow
-from cosmic_horizons_lab.costs import Budgets, CostModel
-from cosmic_horizons_lab.orm import Job
+from cosmic_horizons_lab.protocol.clock import utcnow
+from cosmic_horizons_lab.server.accounting.costs import Budgets, CostModel
+from cosmic_horizons_lab.server.store.orm import Job
 
 
 def test_tacc_rule_nodes_quarter_hour_minimum_and_queue_rates():

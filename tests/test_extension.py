@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from cosmic_horizons_lab.extension import CosmicHorizons
+from cosmic_horizons_lab.server.app import CosmicHorizons
 
 
 def test_extension_is_enabled_and_validates():

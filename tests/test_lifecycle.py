@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cosmic_horizons_lab.durations import format_slurm_time, parse_duration
-from cosmic_horizons_lab.lifecycle import Status, can_transition, is_terminal
+from cosmic_horizons_lab.protocol.durations import format_slurm_time, parse_duration
+from cosmic_horizons_lab.protocol.states import Status, can_transition, is_terminal
 
 
 @pytest.mark.parametrize("src,dst,ok", [

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cosmic_horizons_lab.orm import GpuSample, Job
+from cosmic_horizons_lab.server.store.orm import GpuSample, Job
 
 DEMO = Path(__file__).resolve().parent.parent / "cosmic_horizons_lab" / "data" / "day2_TDEM0003_10s_norx_1src_1spw.uvfits"
 DEMO_ID = "VLA.TDEM0003.1src"

@@ -258,7 +258,7 @@ def _write_ms(folder: Path) -> Path:
     """The demo observation as a real Measurement Set (pyuvdata + python-casacore)."""
     from pyuvdata import UVData
 
-    from cosmic_horizons_lab.executor.visibilities import quiet
+    from cosmic_horizons_lab.science.visibilities import quiet
 
     ms = folder / f"{MS_ID}.ms"
     with quiet():

@@ -6,8 +6,8 @@ import sqlalchemy as sa
 import pytest
 from alembic import command
 
-from cosmic_horizons_lab.clock import utcnow
-from cosmic_horizons_lab.store import Store, alembic_config
+from cosmic_horizons_lab.protocol.clock import utcnow
+from cosmic_horizons_lab.server.store.database import Store, alembic_config
 
 def _head() -> str:
     from alembic.script import ScriptDirectory

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from cosmic_horizons_lab.telemetry import GpuTelemetry, probe_gpus
+from cosmic_horizons_lab.server.telemetry import GpuTelemetry, probe_gpus
 
 
 class FakeNvmlDouble:

@@ -21,8 +21,8 @@ from typing import Any
 import psutil
 from traitlets import Float, Int
 
-from ..executor.context import EXIT_FILE, LOG_FILE
-from .base import Backend, BackendJobState, GpuPool, LaunchSpec
+from cosmic_horizons_lab.protocol.jobdir import EXIT_FILE, LOG_FILE
+from cosmic_horizons_lab.backends.base import Backend, BackendJobState, GpuPool, LaunchSpec
 
 LAUNCH_FILE = "local.json"
 # The shell records the executor's exit status atomically; a job killed as a

@@ -40,7 +40,7 @@ from typing import Any, Iterable
 
 from traitlets import Bool, Dict, Float, Integer, List, Unicode
 
-from .base import Backend, BackendJobState, BackendUnavailable, GpuPool, LaunchSpec
+from cosmic_horizons_lab.backends.base import Backend, BackendJobState, BackendUnavailable, GpuPool, LaunchSpec
 
 # ----------------------------------------------------------------------------- errors
 

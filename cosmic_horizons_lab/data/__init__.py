@@ -20,4 +20,23 @@ DEMO_SHA256: dict[str, str] = {
     "VLA.TDEM0003.1src": "926ed6175d6725f6f27b04a97b658d13341f528a3847b5bc1b7246a24bde4b27",
 }
 
-__all__ = ["DATA_DIR", "DEMO_DATASETS", "DEMO_SHA256"]
+#: Synthetic datasets (``SIM.<name>``) by registry id -> what they hold. The simulator
+#: (``science.simulate.SIM_PRESETS``) generates each on first use; the server lists them
+#: from here without importing the science.
+SIMULATED_DATASETS: dict[str, str] = {
+    "SIM.small": (
+        "19 VLA antennas, 16 x 60 s, 32 channels at 1.4 GHz, RR/LL; "
+        "a 1 Jy calibrator at the phase centre and two weaker sources; gains, noise."
+    ),
+    "SIM.rfi": (
+        "19 VLA antennas, 64 x 10 s, 64 channels at 36 GHz, RR/LL; a 1 Jy "
+        "calibrator, gains, noise, and injected RFI (channel stripes, time bursts, "
+        "blobs) with a known mask."
+    ),
+    "SIM.sky": (
+        "19 VLA antennas, 48 x 5 min over 4 h, 16 channels over 1-2 GHz, RR/LL; "
+        "five point sources and a Gaussian, unit gains, low noise: an imaging test."
+    ),
+}
+
+__all__ = ["DATA_DIR", "DEMO_DATASETS", "DEMO_SHA256", "SIMULATED_DATASETS"]

@@ -7,7 +7,7 @@ needs no database and no network. Inside a job, scripts call :func:`report`.
 
 from typing import Any
 
-from .context import JobContext, report
+from cosmic_horizons_lab.executor.context import JobContext, report
 
 #: The ``args`` of a Script job, for scripts that prefer a dict to argv.
 args: dict[str, Any] = {}

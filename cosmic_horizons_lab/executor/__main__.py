@@ -13,7 +13,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from .context import JOB_DIR_ENV, JobContext, append_record
+from cosmic_horizons_lab.executor.context import JobContext, append_record
+from cosmic_horizons_lab.protocol.jobdir import JOB_DIR_ENV
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,14 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     job.outputs.mkdir(parents=True, exist_ok=True)
     if job.dataset is not None and job.simulate and not job.dataset.path.exists():
         # A synthetic dataset is generated where it is first needed: here, not in the server.
-        from .simulate import materialize
+        from cosmic_horizons_lab.science.simulate import materialize
 
         tmp = job.dataset.path.with_name(f".{job.dataset.path.name}.{os.getpid()}")
         materialize(job.simulate, tmp)
         os.replace(tmp, job.dataset.path)
     append_record(job_dir, {"type": "started", "pid": os.getpid(), "host": socket.gethostname()})
 
-    from .registry import get_agent
+    from cosmic_horizons_lab.executor.registry import get_agent
 
     agent_cls = get_agent(job.agent)
     if agent_cls is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from .context import JobContext
+from cosmic_horizons_lab.executor.context import JobContext
 
 #: Parameters every agent accepts; an agent's own schema adds to these.
 COMMON_PARAMS: dict[str, Any] = {

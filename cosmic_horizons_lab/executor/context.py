@@ -10,19 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-JOB_DIR_ENV = "COSMIC_HORIZONS_JOB_DIR"
-EVENTS_FILE = "events.jsonl"
-JOB_FILE = "job.json"
-LOG_FILE = "stdout.log"
-OUTPUTS_DIR = "outputs"
-EXIT_FILE = "exit_code"
+from cosmic_horizons_lab.protocol.jobdir import EVENTS_FILE, JOB_DIR_ENV, JOB_FILE, OUTPUTS_DIR
 
 
 def _now() -> str:
@@ -103,11 +97,6 @@ class JobContext:
     def report(self, progress: float | None = None, **metrics: Any) -> None:
         """Record progress (a fraction 0..1) and metrics; the server turns them into events."""
         report(progress, _job_dir=self.job_dir, **metrics)
-
-
-def peak_host_memory_bytes() -> int:
-    """Peak resident memory of this process (the CPU stand-in for peak VRAM)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def report(progress: float | None = None, _job_dir: Path | None = None, **metrics: Any) -> None:

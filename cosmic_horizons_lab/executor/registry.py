@@ -11,13 +11,13 @@ import importlib
 from functools import cache
 from importlib.metadata import entry_points
 
-from .agent import Agent
+from cosmic_horizons_lab.executor.agent import Agent
 
 BUILTIN_AGENTS: dict[str, str] = {
     "Script": "cosmic_horizons_lab.executor.script:ScriptAgent",
-    "AlphaCal": "cosmic_horizons_lab.executor.alphacal:AlphaCalAgent",
-    "ImageReconstruction": "cosmic_horizons_lab.executor.reconstruction:ImageReconstructionAgent",
-    "AnomalyDetection": "cosmic_horizons_lab.executor.anomaly:AnomalyDetectionAgent",
+    "AlphaCal": "cosmic_horizons_lab.executor.agents.alphacal:AlphaCalAgent",
+    "ImageReconstruction": "cosmic_horizons_lab.executor.agents.reconstruction:ImageReconstructionAgent",
+    "AnomalyDetection": "cosmic_horizons_lab.executor.agents.anomaly:AnomalyDetectionAgent",
 }
 
 

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .agent import Agent
-from .context import JobContext
+from cosmic_horizons_lab.executor.agent import Agent
+from cosmic_horizons_lab.executor.context import JobContext
 
 
 class ScriptAgent(Agent):

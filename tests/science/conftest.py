@@ -41,13 +41,13 @@ def demo_path() -> Path:
 
 @pytest.fixture(scope="session")
 def sim_rfi():
-    from cosmic_horizons_lab.executor.simulate import preset, simulate
+    from cosmic_horizons_lab.science.simulate import preset, simulate
 
     return simulate(preset("SIM.rfi"))
 
 
 @pytest.fixture(scope="session")
 def sim_sky():
-    from cosmic_horizons_lab.executor.simulate import preset, simulate
+    from cosmic_horizons_lab.science.simulate import preset, simulate
 
     return simulate(preset("SIM.sky"))

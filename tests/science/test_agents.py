@@ -51,7 +51,7 @@ def test_synthetic_pipeline_recovers_the_sky(tmp_path):
     reference, must find every source and report nothing missing or new."""
     import numpy as np
 
-    from cosmic_horizons_lab.executor.simulate import SIM_PRESETS, materialize
+    from cosmic_horizons_lab.science.simulate import SIM_PRESETS, materialize
 
     path = materialize("SIM.sky", tmp_path / "sim.uvfits")
     cfg = SIM_PRESETS["SIM.sky"]["config"]

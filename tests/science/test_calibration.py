@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cosmic_horizons_lab.executor.calibration import apply_gains, expand_gains, solve_gains
-from cosmic_horizons_lab.executor.simulate import preset, simulate
+from cosmic_horizons_lab.science.calibration import apply_gains, expand_gains, solve_gains
+from cosmic_horizons_lab.science.simulate import preset, simulate
 
 CPU = torch.device("cpu")
 

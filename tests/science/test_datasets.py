@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from cosmic_horizons_lab.data import DEMO_SHA256
-from cosmic_horizons_lab.executor.simulate import SIM_PRESETS, materialize, preset, simulate
-from cosmic_horizons_lab.executor.visibilities import describe_dataset, read_visibilities
+from cosmic_horizons_lab.science.simulate import SIM_PRESETS, materialize, preset, simulate
+from cosmic_horizons_lab.science.visibilities import describe_dataset, read_visibilities
 
 
 def test_demo_file_is_intact(demo_path):
@@ -64,7 +64,7 @@ def test_a_measurement_set_reads_as_the_uvfits_it_was_written_from(demo_path, tm
     executor the same visibilities, and an agent runs on it as on the uvfits."""
     from pyuvdata import UVData
 
-    from cosmic_horizons_lab.executor.visibilities import quiet
+    from cosmic_horizons_lab.science.visibilities import quiet
 
     ms = tmp_path / "demo.ms"
     with quiet():
@@ -75,7 +75,7 @@ def test_a_measurement_set_reads_as_the_uvfits_it_was_written_from(demo_path, tm
     np.testing.assert_allclose(b.vis, a.vis, rtol=1e-6, atol=1e-6)
     assert np.array_equal(a.flags, b.flags)
     d = describe_dataset(ms)
-    assert d["format"] == "ms" and d["shape"] == describe_dataset(demo_path)["shape"]
+    assert d["format"] == "measurement_set" and d["shape"] == describe_dataset(demo_path)["shape"]
     assert d["size_bytes"] == sum(f.stat().st_size for f in ms.rglob("*") if f.is_file())
 
     from .conftest import run_job

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from cosmic_horizons_lab.executor.clean import Beam, fit_beam
-from cosmic_horizons_lab.executor.detection import Image, anomalies, find_sources, robust_sigma
+from cosmic_horizons_lab.science.clean import Beam, fit_beam
+from cosmic_horizons_lab.science.detection import Image, anomalies, find_sources, robust_sigma
 
 
 def _image(sources, sigma=0.01, n=128, fwhm=4.0, seed=0):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cosmic_horizons_lab.executor.gridding import ImageGeometry, ifft2_unnormalised
+from cosmic_horizons_lab.science.gridding import ImageGeometry, ifft2_unnormalised
 
 
 @pytest.mark.parametrize("n", [64, 128, 256, 512, 1024, 2048, 4096])

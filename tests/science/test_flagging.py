@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cosmic_horizons_lab.executor.flagging import (DEFAULT_STRATEGY, STRATEGIES, flag_visibilities,
+from cosmic_horizons_lab.science.flagging import (DEFAULT_STRATEGY, STRATEGIES, flag_visibilities,
                                                    sir_operator, sum_threshold)
 
 CPU = torch.device("cpu")
@@ -84,7 +84,7 @@ def _sum_threshold_reference(x, flags, m, chi):
 
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 16])
 def test_sum_threshold_window_matches_explicit_loops(m):
-    from cosmic_horizons_lab.executor.flagging import _sum_threshold_1d
+    from cosmic_horizons_lab.science.flagging import _sum_threshold_1d
 
     gen = torch.Generator().manual_seed(m)
     x = torch.randn((3, 24, 20), generator=gen) + 0.8
@@ -103,7 +103,7 @@ def test_smoothing_matches_replicate_padded_convolution(shape):
     convolution with edge replication."""
     import torch.nn.functional as F
 
-    from cosmic_horizons_lab.executor.flagging import _gauss_kernel, _smooth
+    from cosmic_horizons_lab.science.flagging import _gauss_kernel, _smooth
 
     x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
     y = x[:, None]

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from cosmic_horizons_lab.executor.gridding import ImageGeometry, dirty_image, direct_dirty_image
-from cosmic_horizons_lab.executor.imaging import (image_wcs, imaging_weights, make_images,
+from cosmic_horizons_lab.science.gridding import ImageGeometry, dirty_image, direct_dirty_image
+from cosmic_horizons_lab.science.imaging import (image_wcs, imaging_weights, make_images,
                                                   visibility_rows, write_fits)
-from cosmic_horizons_lab.executor.simulate import preset, simulate
+from cosmic_horizons_lab.science.simulate import preset, simulate
 
 CPU = torch.device("cpu")
 
@@ -52,7 +52,7 @@ def test_dirty_image_with_uv_beyond_the_grid_band_matches_direct_transform(small
 @pytest.mark.parametrize("choice", [(0, 3.0), (1, 2.0), (2, 1.5)])
 def test_every_w_kernel_choice_meets_the_accuracy(small_rows, monkeypatch, choice):
     """The cost model picks one w kernel per problem; each must be accurate on its own."""
-    from cosmic_horizons_lab.executor import gridding
+    from cosmic_horizons_lab.science import gridding
 
     monkeypatch.setattr(gridding, "W_KERNEL_CHOICES", (choice,))
     uvw, vis, weight = small_rows
@@ -138,7 +138,7 @@ def test_weighting_schemes_trade_resolution_for_sensitivity(sim_sky):
 
 
 def test_host_threads_limits_torch_threads_inside_the_block_only():
-    from cosmic_horizons_lab.executor.device import host_threads
+    from cosmic_horizons_lab.science.device import host_threads
 
     before = torch.get_num_threads()
     with host_threads(CPU, 1) as outer:

@@ -64,7 +64,7 @@ def test_alphacal_outputs_and_metrics(vla_pipeline):
 
 
 def test_calibrated_visibilities_match_the_model(vla_pipeline):
-    from cosmic_horizons_lab.executor.visibilities import read_visibilities
+    from cosmic_horizons_lab.science.visibilities import read_visibilities
 
     _, _, job_dir = vla_pipeline["cal"]
     vs = read_visibilities(job_dir / "outputs" / "calibrated.uvfits")

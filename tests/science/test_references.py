@@ -89,8 +89,8 @@ def test_every_file_format_gives_the_same_image(observed, tmp_path):
     """uvfits, UVH5 and a Measurement Set of one observation, as pyuvdata writes them."""
     import torch
 
-    from cosmic_horizons_lab.executor.imaging import make_images
-    from cosmic_horizons_lab.executor.visibilities import read_visibilities
+    from cosmic_horizons_lab.science.imaging import make_images
+    from cosmic_horizons_lab.science.visibilities import read_visibilities
 
     band = observed["band"]
     images = {fmt: make_images(read_visibilities(path), torch.device("cpu"), npix=128,
@@ -118,8 +118,8 @@ def test_catalogue_puts_sources_at_their_true_positions(observed, tmp_path):
 
 def test_model_prediction_matches_pyuvsim(observed):
     """AlphaCal's sky-model visibilities (components given by RA/Dec) against pyuvsim's."""
-    from cosmic_horizons_lab.executor.skymodel import Geometry, predict, sources_from_params
-    from cosmic_horizons_lab.executor.visibilities import read_visibilities
+    from cosmic_horizons_lab.science.skymodel import Geometry, predict, sources_from_params
+    from cosmic_horizons_lab.science.visibilities import read_visibilities
 
     vs = read_visibilities(observed["files"]["uvh5"])
     components = [{"ra_deg": s.ra_deg, "dec_deg": s.dec_deg, "flux_jy": s.flux_jy}
@@ -137,8 +137,8 @@ def test_simulated_presets_match_pyuvsim(name):
     """The ``SIM.*`` presets' sky term, point sources, against pyuvsim on the same baselines."""
     from dataclasses import replace
 
-    from cosmic_horizons_lab.executor.simulate import preset, simulate
-    from cosmic_horizons_lab.executor.skymodel import radec_from_lm
+    from cosmic_horizons_lab.science.simulate import preset, simulate
+    from cosmic_horizons_lab.science.skymodel import radec_from_lm
 
     cfg = preset(name)
     points = tuple(s for s in cfg.sources if s.fwhm == 0)
@@ -147,7 +147,7 @@ def test_simulated_presets_match_pyuvsim(name):
     truth_sources = [ext.PointSource(*np.degrees(radec_from_lm(s.l, s.m, ra0, dec0)), s.flux)
                      for s in points]
     theirs = ext.observe(ext.linear_template(sim.data.source), truth_sources)
-    from cosmic_horizons_lab.executor.visibilities import from_uvdata
+    from cosmic_horizons_lab.science.visibilities import from_uvdata
 
     ref = from_uvdata(theirs)
     assert np.array_equal(ref.ant1, sim.data.ant1) and np.allclose(ref.times, sim.data.times)
@@ -210,7 +210,7 @@ def test_alphacal_recovers_known_gains_without_noise(calibrated):
 def test_alphacal_gain_errors_are_thermal_with_noise(corrupted, tmp_path):
     """Within twice the thermal expectation: with the other gains known, least squares gives
     E|δg_p|² = 2σ² / Σ_q,samples |g_q M_pq|²."""
-    from cosmic_horizons_lab.executor.visibilities import read_visibilities
+    from cosmic_horizons_lab.science.visibilities import read_visibilities
 
     solved, truth = _alphacal(corrupted, "noisy", tmp_path / "cal")
     vs = read_visibilities(corrupted["clean"])
@@ -276,7 +276,7 @@ def test_quicklook_puts_east_left_and_north_up(observed):
     import matplotlib
 
     matplotlib.use("Agg")
-    from cosmic_horizons_lab.quicklook import quicklook
+    from cosmic_horizons_lab.notebook.quicklook import quicklook
 
     # percentile 100: only the brightest pixel reaches the colour map's top
     fig = quicklook(observed["ours"] / "restored.fits", percentile=100.0)

@@ -171,7 +171,7 @@ def test_two_users_servers_on_one_database_are_isolated_and_slurm_agrees(
     """Each user's single-user server runs as that Unix user, on a shared PostgreSQL."""
     import subprocess
 
-    from cosmic_horizons_lab.client import ApiError
+    from cosmic_horizons_lab.notebook.client import ApiError
 
     from ..services import LabServer, write_script
 

@@ -40,7 +40,7 @@ import os
 import time
 from pathlib import Path
 from cosmic_horizons_lab.executor import report
-from cosmic_horizons_lab.executor.context import JOB_DIR_ENV
+from cosmic_horizons_lab.protocol.jobdir import JOB_DIR_ENV
 
 steps = 4
 for i in range(steps):

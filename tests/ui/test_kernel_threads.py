@@ -20,7 +20,7 @@ from jupyter_client import manager as jupyter_client  # start_new_kernel lives h
 SETUP = """
 import threading, time
 import traitlets
-from cosmic_horizons_lab.widgets.live import LiveWidget, UpdatePump
+from cosmic_horizons_lab.notebook.widgets.live import LiveWidget, UpdatePump
 
 class Probe(LiveWidget):
     _esm = "export default { render() {} }"

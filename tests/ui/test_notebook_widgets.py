@@ -16,7 +16,7 @@ from .conftest import copy_to_docs, open_sidebar, screenshot
 pytestmark = pytest.mark.ui
 
 CELLS = [
-    "from cosmic_horizons_lab.lab import Lab\nlab = Lab()\nlab",
+    "from cosmic_horizons_lab.notebook.lab import Lab\nlab = Lab()\nlab",
     "queue = lab.queue()\nqueue",
     'job = lab.submit("Script", params={"path": "fast.py"})\njob',
     "gpus = lab.gpus()\ngpus",
@@ -93,7 +93,7 @@ def test_queue_and_progress_render_and_update_live(page, lab_server) -> None:
 
 def test_cancel_from_the_queue_widget(page, lab_server) -> None:
     cells = [
-        "from cosmic_horizons_lab.lab import Lab\nlab = Lab()",
+        "from cosmic_horizons_lab.notebook.lab import Lab\nlab = Lab()",
         'job = lab.submit("Script", params={"path": "slow.py"})\nqueue = lab.queue()\nqueue',
     ]
     open_notebook(page, lab_server, "cancel", cells)
@@ -108,7 +108,7 @@ def test_cancel_from_the_queue_widget(page, lab_server) -> None:
 
 def test_pipeline_timeline_updates_live(page, lab_server) -> None:
     cells = [
-        "from cosmic_horizons_lab.lab import Lab\nlab = Lab()",
+        "from cosmic_horizons_lab.notebook.lab import Lab\nlab = Lab()",
         """\
 stage = lambda name, *parents: {"name": name, "agent": "Script", "params": {"path": "fast.py"},
                                 "depends_on": list(parents)}
@@ -129,7 +129,7 @@ pipe""",
 
 
 def test_staging_panel_follows_a_transfer(page, lab_server) -> None:
-    cells = ["from cosmic_horizons_lab.lab import Lab\nlab = Lab()\nlab.stage('VLA.TDEM0003.1src', force=True)"]
+    cells = ["from cosmic_horizons_lab.notebook.lab import Lab\nlab = Lab()\nlab.stage('VLA.TDEM0003.1src', force=True)"]
     open_notebook(page, lab_server, "staging", cells)
     run_all(page, len(cells))
     page.wait_for_selector(".chw-staging[data-status='completed']", timeout=60_000)
@@ -142,8 +142,8 @@ def test_staging_panel_follows_a_transfer(page, lab_server) -> None:
 HEATMAP_CELL = """\
 import time
 from datetime import datetime, timezone
-from cosmic_horizons_lab.lab import Lab
-from cosmic_horizons_lab.widgets import GpuHeatmap
+from cosmic_horizons_lab.notebook.lab import Lab
+from cosmic_horizons_lab.notebook.widgets import GpuHeatmap
 
 lab = Lab()
 now = time.time()
@@ -176,7 +176,7 @@ def test_gpu_heatmap_draws_samples(page, lab_server) -> None:
 def test_cancel_while_the_kernel_is_blocked_in_wait(page, lab_server) -> None:
     """The progress panel's cancel works while a cell blocks in job.wait(), and its updates keep coming."""
     cells = [
-        'from cosmic_horizons_lab.lab import Lab, JobFailed\nlab = Lab()\njob = lab.submit("Script", params={"path": "slow.py"})\njob',
+        'from cosmic_horizons_lab.notebook.lab import Lab, JobFailed\nlab = Lab()\njob = lab.submit("Script", params={"path": "slow.py"})\njob',
         "try:\n    job.wait()\nexcept JobFailed as failed:\n    print('ENDED', job.status)",
     ]
     open_notebook(page, lab_server, "blocked", cells)

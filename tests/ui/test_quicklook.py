@@ -7,7 +7,7 @@ import numpy as np
 from astropy.io import fits
 import matplotlib  # noqa: F401  (the notebook extra installs it)
 
-from cosmic_horizons_lab.quicklook import figure_png, quicklook, sources_from  # noqa: E402
+from cosmic_horizons_lab.notebook.quicklook import figure_png, quicklook, sources_from  # noqa: E402
 
 
 def radio_image() -> "fits.HDUList":

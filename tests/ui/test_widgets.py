@@ -15,10 +15,10 @@ import pytest
 
 import anywidget  # noqa: F401  (the notebook extra installs it)
 
-from cosmic_horizons_lab.client import ApiError  # noqa: E402
-from cosmic_horizons_lab.lab import Job, Lab, find_server  # noqa: E402
-from cosmic_horizons_lab.widgets import GpuHeatmap, JobProgress, JobQueue, Timeline  # noqa: E402
-from cosmic_horizons_lab.widgets.live import UpdatePump, apply_event, merge_snapshot  # noqa: E402
+from cosmic_horizons_lab.notebook.client import ApiError  # noqa: E402
+from cosmic_horizons_lab.notebook.lab import Job, Lab, find_server  # noqa: E402
+from cosmic_horizons_lab.notebook.widgets import GpuHeatmap, JobProgress, JobQueue, Timeline  # noqa: E402
+from cosmic_horizons_lab.notebook.widgets.live import UpdatePump, apply_event, merge_snapshot  # noqa: E402
 
 
 def iso(t: float) -> str:
@@ -36,7 +36,7 @@ class FakeSubscription:
 
 
 class FakeClient:
-    """The parts of ``cosmic_horizons_lab.client.Client`` the notebook API uses."""
+    """The parts of ``cosmic_horizons_lab.notebook.client.Client`` the notebook API uses."""
 
     base_url = "http://fake/"
     token = None
@@ -359,7 +359,7 @@ def test_find_server_on_a_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "hubtoken")
     monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/alice/")
     monkeypatch.setenv("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:43210/user/alice/")
-    monkeypatch.setattr("cosmic_horizons_lab.lab._running_servers", lambda: [])
+    monkeypatch.setattr("cosmic_horizons_lab.notebook.lab._running_servers", lambda: [])
     url, token, _ = find_server()
     assert url == "http://127.0.0.1:43210/user/alice/" and token == "hubtoken"
 
@@ -371,8 +371,8 @@ def test_find_server_prefers_the_kernels_parent(monkeypatch: pytest.MonkeyPatch)
         {"url": "http://127.0.0.1:1/", "token": "a", "pid": 999999, "root_dir": "/nonexistent"},
         {"url": "http://127.0.0.1:2/", "token": "b", "pid": 12345, "root_dir": "/nonexistent"},
     ]
-    monkeypatch.setattr("cosmic_horizons_lab.lab._running_servers", lambda: servers)
-    monkeypatch.setattr("cosmic_horizons_lab.lab._ancestors", lambda pid: {1, 12345})
+    monkeypatch.setattr("cosmic_horizons_lab.notebook.lab._running_servers", lambda: servers)
+    monkeypatch.setattr("cosmic_horizons_lab.notebook.lab._ancestors", lambda pid: {1, 12345})
     url, token, info = find_server()
     assert (url, token) == ("http://127.0.0.1:2/", "b") and info["pid"] == 12345
     assert find_server("http://x/", "t")[:2] == ("http://x/", "t")
@@ -381,8 +381,8 @@ def test_find_server_prefers_the_kernels_parent(monkeypatch: pytest.MonkeyPatch)
 def test_no_server_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("COSMIC_HORIZONS_URL", "JUPYTERHUB_API_TOKEN", "JUPYTERHUB_SERVICE_PREFIX", "JUPYTERHUB_SERVICE_URL"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr("cosmic_horizons_lab.lab._running_servers", lambda: [])
-    from cosmic_horizons_lab.lab import ServerNotFound
+    monkeypatch.setattr("cosmic_horizons_lab.notebook.lab._running_servers", lambda: [])
+    from cosmic_horizons_lab.notebook.lab import ServerNotFound
 
     with pytest.raises(ServerNotFound, match="url="):
         Lab()
@@ -416,7 +416,7 @@ def test_pump_leading_edge_is_immediate_and_trailing_edge_bounded() -> None:
 
 
 def test_staging_follows_its_transfer_events(lab: Lab, client: FakeClient) -> None:
-    from cosmic_horizons_lab.widgets import Staging
+    from cosmic_horizons_lab.notebook.widgets import Staging
 
     def request(method: str, path: str, body: Any = None, **_: Any) -> Any:
         if path == "events/latest":

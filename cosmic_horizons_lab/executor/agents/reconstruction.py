@@ -1,0 +1,128 @@
+"""The ImageReconstruction agent: visibilities to a CLEANed, restored Stokes I image.
+
+Reads AlphaCal's ``calibrated.uvfits`` from a parent stage when there is one,
+else the job's dataset. Outputs FITS images with a celestial WCS:
+``dirty.fits``, ``psf.fits``, ``model.fits`` (CLEAN components, Jy/pixel),
+``residual.fits`` and ``restored.fits`` (Jy/beam), the input to AnomalyDetection.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from cosmic_horizons_lab.executor.agent import Agent
+from cosmic_horizons_lab.executor.context import JobContext
+
+
+class ImageReconstructionAgent(Agent):
+    name = "ImageReconstruction"
+    description = ("Grid visibilities (ES kernel, w-stacking), FFT to a dirty image, Högbom CLEAN, "
+                   "restore; FITS images with WCS.")
+    params_schema = {
+        "properties": {
+            "npix": {"type": "integer", "minimum": 32, "maximum": 16384, "default": 512,
+                     "description": "Image side in pixels (square image)."},
+            "cell_arcsec": {"type": "number", "exclusiveMinimum": 0,
+                            "description": "Pixel size; default: a quarter of the finest fringe."},
+            "weighting": {"type": "string", "enum": ["natural", "uniform", "briggs"],
+                          "default": "natural",
+                          "description": "natural: best sensitivity; uniform: best resolution; "
+                                         "briggs: in between, set by robust."},
+            "robust": {"type": "number", "minimum": -2, "maximum": 2, "default": 0.0,
+                       "description": "Briggs robustness (-2 ≈ uniform, 2 ≈ natural)."},
+            "niter": {"type": "integer", "minimum": 0, "maximum": 1000000, "default": 1000,
+                      "description": "Maximum CLEAN components; 0 makes only the dirty image."},
+            "gain": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.1,
+                     "description": "CLEAN loop gain."},
+            "threshold_sigma": {"type": "number", "minimum": 0, "default": 3.0,
+                                "description": "Stop CLEAN at this many σ of the thermal image noise "
+                                               "(estimated from the visibilities)."},
+            "epsilon": {"type": "number", "minimum": 1e-7, "maximum": 1e-2, "default": 1e-5,
+                        "description": "Gridding accuracy (sets the kernel support)."},
+            "w_correction": {"type": "boolean", "default": True,
+                             "description": "Correct the w term (w-stacking); off is faster for "
+                                            "small fields."},
+        },
+    }
+
+    def run(self, job: JobContext) -> dict[str, Any]:
+        import numpy as np
+
+        from cosmic_horizons_lab.science import device as dev
+        from cosmic_horizons_lab.science.detection import robust_sigma
+        from cosmic_horizons_lab.science.imaging import make_images, write_fits
+        from cosmic_horizons_lab.science.visibilities import read_visibilities
+
+        p = job.params
+        device = dev.select_device(p.get("gpu_count"))
+        dev.reset_peak_memory(device)
+        started = time.perf_counter()
+        source = _input_visibilities(job)
+        job.report(progress=0.0, stage="reading", device=dev.device_description(device))
+        vs = read_visibilities(source)
+        n_vis = vs.n_visibilities
+
+        def progress(frac: float) -> None:
+            job.report(progress=0.05 + 0.85 * frac, stage="imaging",
+                       visibilities_processed=int(n_vis * min(1.0, frac / 0.8)),
+                       vram_usage=dev.peak_memory_bytes(device))
+
+        result = make_images(vs, device, npix=int(p.get("npix", 512)),
+                             cell_arcsec=p.get("cell_arcsec"), weighting=p.get("weighting", "natural"),
+                             robust=float(p.get("robust", 0.0)), epsilon=float(p.get("epsilon", 1e-5)),
+                             do_w=bool(p.get("w_correction", True)), niter=int(p.get("niter", 1000)),
+                             gain=float(p.get("gain", 0.1)),
+                             threshold_sigma=float(p.get("threshold_sigma", 3.0)), progress=progress)
+        dev.synchronize(device)
+        out = job.outputs
+        files = ["dirty.fits", "psf.fits"]
+        write_fits(out / "dirty.fits", result.dirty, result)
+        write_fits(out / "psf.fits", result.psf, result)
+        final = result.dirty
+        if result.clean is not None and result.restored is not None:
+            write_fits(out / "model.fits", result.clean.model, result, bunit="JY/PIXEL")
+            write_fits(out / "residual.fits", result.clean.residual, result)
+            write_fits(out / "restored.fits", result.restored, result)
+            files += ["model.fits", "residual.fits", "restored.fits"]
+            final = result.restored
+        iy, ix = np.unravel_index(int(np.argmax(final)), final.shape)
+        from cosmic_horizons_lab.science.imaging import image_wcs
+
+        ra, dec = image_wcs(result.geometry, result.phase_centre, result.ref_freq, ndim=2) \
+            .pixel_to_world_values(ix, iy)
+        rms_src = result.clean.residual if result.clean is not None else result.dirty
+        elapsed = time.perf_counter() - started
+        metrics = {
+            "visibilities_processed": n_vis,
+            "visibilities_gridded": result.n_visibilities,
+            "vram_usage": dev.peak_memory_bytes(device),
+            "visibilities_per_s": result.n_visibilities / max(elapsed, 1e-9),
+            "image_rms": robust_sigma(rms_src),
+            "peak_jy_beam": float(final[iy, ix]),
+            "peak_pixel": [int(ix), int(iy)],
+            "peak_ra_deg": float(ra), "peak_dec_deg": float(dec),
+            "cell_arcsec": float(np.degrees(result.geometry.cell_x) * 3600),
+            "beam_arcsec": [float(result.beam.major * np.degrees(result.geometry.cell_x) * 3600),
+                            float(result.beam.minor * np.degrees(result.geometry.cell_x) * 3600)],
+            "clean_components": result.clean.components if result.clean else 0,
+            "clean_iterations": result.clean.iterations if result.clean else 0,
+            "expected_image_noise": result.extras.get("expected_image_noise_jy_beam"),
+            "elapsed_s": elapsed,
+        }
+        metrics["dynamic_range"] = metrics["peak_jy_beam"] / metrics["image_rms"] \
+            if metrics["image_rms"] > 0 else None
+        job.report(progress=1.0, stage="done", **metrics)
+        return {**metrics, "device": dev.device_description(device), "outputs": files}
+
+
+def _input_visibilities(job: JobContext) -> Path:
+    for folder in job.inputs:
+        candidate = Path(folder) / "calibrated.uvfits"
+        if candidate.exists():
+            return candidate
+    if job.dataset is None:
+        raise ValueError("ImageReconstruction needs calibrated visibilities from a parent stage "
+                         "or a visibility dataset")
+    return Path(job.dataset.path)

@@ -1,0 +1,178 @@
+"""From calibrated visibilities to science images: weighting, dirty image and PSF, CLEAN, FITS.
+
+Images are Stokes I from the parallel hands, in Jy/beam: the dirty image and
+PSF are divided by the sum of weights, so a 1 Jy point source at the phase
+centre peaks at 1. FITS files carry a SIN-projected celestial WCS centred on
+the phase centre (``CDELT1 < 0``: east to the left), a frequency and a Stokes
+axis, and the restoring beam (``BMAJ``/``BMIN``/``BPA``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cosmic_horizons_lab.science.clean import Beam, CleanResult, fit_beam, hogbom, restore
+from cosmic_horizons_lab.science.gridding import ImageGeometry, dirty_image
+from cosmic_horizons_lab.science.skymodel import C
+from cosmic_horizons_lab.science.visibilities import VisibilitySet
+
+ARCSEC = np.pi / 180 / 3600
+
+
+@dataclass
+class ImagingResult:
+    geometry: ImageGeometry
+    dirty: np.ndarray
+    psf: np.ndarray
+    beam: Beam
+    clean: CleanResult | None
+    restored: np.ndarray | None
+    n_visibilities: int
+    ref_freq: float
+    phase_centre: tuple[float, float]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def visibility_rows(vs: VisibilitySet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stokes I samples as flat rows: uvw in wavelengths (n, 3), vis (n,), statistical
+    weight (n,), zero where the sample is unusable."""
+    vis, flags, weight = vs.stokes_i()
+    lam = C / vs.freqs
+    uvw = vs.uvw[:, :, None, :] / lam[None, None, :, None]
+    usable = ~flags & vs.present[:, :, None] & np.isfinite(vis) & (weight > 0)
+    return uvw.reshape(-1, 3), vis.reshape(-1), np.where(usable, weight, 0.0).reshape(-1)
+
+
+def thermal_noise(vs: VisibilitySet) -> float:
+    """Noise σ (real or imaginary part) of a unit-weight Stokes I sample, from the data.
+
+    Differences of adjacent channels cancel the sky (smooth in frequency) and
+    keep the noise (independent per channel); the MAD makes it robust to RFI
+    left in the data. With one channel, adjacent integrations are used.
+    """
+    vis, flags, weight = vs.stokes_i()
+    axis = 2 if vis.shape[2] > 1 else 1
+    # scale each sample to unit weight, so the estimate is of a weight-1 sample
+    vis = vis * np.sqrt(np.maximum(weight, 0))
+    bad = flags | (weight <= 0)
+    d = np.diff(vis, axis=axis)
+    ok = ~(np.delete(bad, 0, axis=axis) | np.delete(bad, -1, axis=axis))
+    vals = np.concatenate([d.real[ok], d.imag[ok]])
+    if vals.size == 0:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(vals - np.median(vals))) / np.sqrt(2))
+
+
+def imaging_weights(uvw: np.ndarray, usable: np.ndarray, geom: ImageGeometry, scheme: str,
+                    robust: float = 0.0) -> np.ndarray:
+    """Natural, uniform or Briggs weights (Briggs 1995) per row, from the statistical ones.
+
+    Uniform and Briggs count samples per uv cell of the image's grid,
+    counting each sample's Hermitian mirror too, since both fill the grid.
+    """
+    w = np.asarray(usable, np.float64)
+    if scheme == "natural":
+        return w
+    nv, nu = geom.grid_shape
+    iu = np.round(uvw[:, 0] * geom.cell_x * nu).astype(np.int64)
+    iv = np.round(uvw[:, 1] * geom.cell_y * nv).astype(np.int64)
+    cell = np.remainder(iv, nv) * nu + np.remainder(iu, nu)
+    mirror = np.remainder(-iv, nv) * nu + np.remainder(-iu, nu)
+    density = np.bincount(cell, weights=w, minlength=nv * nu) + \
+        np.bincount(mirror, weights=w, minlength=nv * nu)
+    d = density[cell]
+    if scheme == "uniform":
+        return np.where(d > 0, w / np.maximum(d, 1e-30), 0.0)
+    if scheme == "briggs":
+        f2 = (5 * 10 ** (-robust)) ** 2 / ((density**2).sum() / max(2 * w.sum(), 1e-30))
+        return w / (1 + d * f2)
+    raise ValueError(f"unknown weighting {scheme!r}")
+
+
+def choose_geometry(uvw: np.ndarray, usable: np.ndarray, npix: int,
+                    cell_arcsec: float | None) -> ImageGeometry:
+    """Square image of ``npix``; the cell samples the longest baseline's fringe 4× by default."""
+    if cell_arcsec is None or cell_arcsec <= 0:
+        uvmax = float(np.abs(uvw[usable, :2]).max()) if usable.any() else 1.0
+        cell = 1.0 / (4.0 * uvmax)
+    else:
+        cell = cell_arcsec * ARCSEC
+    return ImageGeometry(npix, npix, cell, cell)
+
+
+def make_images(vs: VisibilitySet, device: torch.device, *, npix: int = 512,
+                cell_arcsec: float | None = None, weighting: str = "natural", robust: float = 0.0,
+                epsilon: float = 1e-5, do_w: bool = True, niter: int = 1000, gain: float = 0.1,
+                threshold_sigma: float = 3.0, progress=None) -> ImagingResult:
+    """Dirty image, PSF, CLEAN and restored image of a visibility set (Stokes I)."""
+    uvw, vis, stat_weight = visibility_rows(vs)
+    usable = stat_weight > 0
+    geom = choose_geometry(uvw, usable, npix, cell_arcsec)
+    wgt = imaging_weights(uvw, stat_weight, geom, weighting, robust)
+    wsum = float(wgt.sum())
+    if wsum <= 0:
+        raise ValueError("no unflagged visibilities to image")
+    report = (lambda frac: progress(frac)) if progress else (lambda frac: None)
+    dirty = dirty_image(uvw, vis, wgt, geom, device, epsilon=epsilon, do_w=do_w,
+                        progress=lambda d, t: report(0.45 * d / t)) / wsum
+    psf = dirty_image(uvw, np.ones_like(vis), wgt, geom, device, epsilon=epsilon, do_w=do_w,
+                      progress=lambda d, t: report(0.45 + 0.35 * d / t)) / wsum
+    beam = fit_beam(psf)
+    clean = restored = None
+    noise = thermal_noise(vs)  # of a unit-weight sample: σ² of a sample is noise² / weight
+    image_noise = noise * float(np.sqrt((wgt**2 / np.where(usable, stat_weight, 1.0)).sum())) / wsum
+    if niter > 0:
+        # A residual's own σ is mostly sidelobes when the uv coverage is sparse, so the
+        # stopping level comes from the visibilities' thermal noise instead.
+        clean = hogbom(dirty, psf, device, gain=gain, niter=niter,
+                       threshold=threshold_sigma * image_noise)
+        restored = restore(clean.model, clean.residual, beam)
+    report(1.0)
+    return ImagingResult(geometry=geom, dirty=dirty, psf=psf, beam=beam, clean=clean,
+                         restored=restored, n_visibilities=int(usable.sum()),
+                         ref_freq=float(np.mean(vs.freqs)), phase_centre=vs.phase_centre,
+                         extras={"thermal_noise_jy": noise, "expected_image_noise_jy_beam": image_noise})
+
+
+def image_wcs(geom: ImageGeometry, phase_centre: tuple[float, float], freq: float,
+              ndim: int = 4) -> Any:
+    """The celestial (+ frequency + Stokes) WCS of an image from :func:`make_images`."""
+    from astropy.wcs import WCS
+
+    w = WCS(naxis=ndim)
+    ctype = ["RA---SIN", "DEC--SIN", "FREQ", "STOKES"][:ndim]
+    w.wcs.ctype = ctype
+    w.wcs.crval = [np.degrees(phase_centre[0]), np.degrees(phase_centre[1]), freq, 1.0][:ndim]
+    w.wcs.cdelt = [-np.degrees(geom.cell_x), np.degrees(geom.cell_y), 1.0, 1.0][:ndim]
+    # pixel npix//2 (0-based) is the phase centre; FITS counts from 1
+    w.wcs.crpix = [geom.npix_x // 2 + 1, geom.npix_y // 2 + 1, 1.0, 1.0][:ndim]
+    w.wcs.cunit = ["deg", "deg", "Hz", ""][:ndim]
+    w.wcs.radesys = "FK5"
+    w.wcs.equinox = 2000.0
+    return w
+
+
+def write_fits(path: str | Path, data: np.ndarray, result: ImagingResult, *, bunit: str = "JY/BEAM",
+               extra: dict[str, Any] | None = None) -> Path:
+    """One image plane as a 4-D FITS image (RA, Dec, FREQ, STOKES) with its WCS and beam."""
+    from astropy.io import fits
+
+    wcs = image_wcs(result.geometry, result.phase_centre, result.ref_freq)
+    header = wcs.to_header()
+    cell_deg = np.degrees(result.geometry.cell_x)
+    header["BMAJ"] = result.beam.major * cell_deg
+    header["BMIN"] = result.beam.minor * cell_deg
+    header["BPA"] = np.degrees(result.beam.pa)
+    header["BUNIT"] = bunit
+    header["BTYPE"] = "Intensity"
+    header["ORIGIN"] = "cosmic_horizons_lab"
+    for k, v in (extra or {}).items():
+        header[k] = v
+    hdu = fits.PrimaryHDU(data=np.asarray(data, np.float32)[None, None], header=header)
+    hdu.writeto(path, overwrite=True)
+    return Path(path)

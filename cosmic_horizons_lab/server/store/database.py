@@ -1,0 +1,173 @@
+"""The job store: SQLAlchemy 2 async over SQLite (embedded) or PostgreSQL (shared).
+
+All writes go through :meth:`Store.write`, one transaction at a time: a
+transition and the event that records it commit together (the outbox), and
+the events are published to live subscribers right after the commit and
+before the next writer starts, so subscribers see events in id order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event as sa_event
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from cosmic_horizons_lab.protocol.clock import isoformat, utcnow
+from cosmic_horizons_lab.server.store.orm import Event, Job
+
+PublishFn = Callable[[list[dict[str, Any]]], None]
+
+MIGRATIONS = str(Path(__file__).parent / "migrations")
+
+
+def event_to_json(ev: Event) -> dict[str, Any]:
+    return {
+        "id": ev.id,
+        "type": ev.type,
+        "job_id": ev.job_id,
+        "user": ev.user,
+        "ts": isoformat(ev.ts),
+        "correlation_id": ev.correlation_id,
+        "payload": ev.payload or {},
+    }
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+def alembic_config(connection: sa.Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", MIGRATIONS)
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+@dataclass
+class Tx:
+    """One write transaction: the session plus the events it records."""
+
+    session: AsyncSession
+    events: list[Event] = field(default_factory=list)
+
+    def emit(
+        self,
+        type_: str,
+        *,
+        user: str,
+        job: Job | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> Event:
+        # ts is provisional: write() stamps every event of the transaction with its commit time.
+        ev = Event(
+            type=type_,
+            job_id=job.id if job else None,
+            user=user,
+            ts=utcnow(),
+            correlation_id=job.correlation_id if job else None,
+            payload=payload or {},
+        )
+        self.session.add(ev)
+        self.events.append(ev)
+        return ev
+
+
+class Store:
+    """Engine, migrations and the serialised write path."""
+
+    def __init__(self, url: str, publish: PublishFn | None = None, echo: bool = False) -> None:
+        self.url = url
+        self.publish = publish
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {"echo": echo}
+        if not self.is_sqlite:
+            kwargs.update(pool_size=5, max_overflow=5, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.is_sqlite:
+            sa_event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        """Bring the schema to the newest revision (creating it on first use)."""
+        if self.is_sqlite:
+            db_path = self.url.split("///", 1)[-1]
+            if db_path and db_path != ":memory:":
+                Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        async with self.engine.begin() as conn:
+            await conn.run_sync(lambda sync_conn: command.upgrade(alembic_config(sync_conn), "head"))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def revision(self) -> str | None:
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(_current_revision)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[Tx]:
+        """A write transaction; its events are published after commit, in id order."""
+        async with self._write_lock:
+            async with self.sessions() as session:
+                tx = Tx(session)
+                async with session.begin():
+                    yield tx
+                    # An event's time is when it is committed (the outbox's moment), which is
+                    # also what delivery latency is measured from.
+                    stamp = utcnow()
+                    for ev in tx.events:
+                        ev.ts = stamp
+                    await session.flush()
+                if tx.events and self.publish is not None:
+                    self.publish([event_to_json(ev) for ev in tx.events])
+
+    async def events_after(
+        self, user: str, after: int, *, job_id: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """A user's events (or one job's) with id > ``after``, oldest first."""
+        query = sa.select(Event).where(Event.user == user, Event.id > after)
+        if job_id is not None:
+            query = query.where(Event.job_id == job_id)
+        query = query.order_by(Event.id).limit(limit)
+        async with self.read() as session:
+            rows: Sequence[Event] = (await session.scalars(query)).all()
+        return [event_to_json(ev) for ev in rows]
+
+    async def last_event_id(self, user: str | None = None) -> int:
+        query = sa.select(sa.func.max(Event.id))
+        if user is not None:
+            query = query.where(Event.user == user)
+        async with self.read() as session:
+            return (await session.scalar(query)) or 0
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets readers (status polls, history) run while the single writer commits;
+    # NORMAL sync is durable across application crashes, which is what we need.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _current_revision(sync_conn: sa.Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(sync_conn).get_current_revision()
