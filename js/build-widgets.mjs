@@ -1,5 +1,7 @@
 // Bundle each anywidget view (src/widgets/*.ts, not common) into one ES
-// module under cosmic_horizons_lab/static/, with no import left to fetch.
+// module under cosmic_horizons_lab/static/, with no import left to fetch: what
+// a view uses from src/model and src/api (page.ts, paths.ts; never the
+// JupyterLab packages) is inlined into it.
 import { build } from 'esbuild';
 import { copyFileSync, mkdirSync } from 'node:fs';
 

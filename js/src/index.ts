@@ -5,10 +5,11 @@
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { LabIcon } from '@jupyterlab/ui-components';
 
-import { JobsPanel } from './panel';
+import { JobsPanel } from './sidebar/panel';
 
-export { JobsPanel } from './panel';
-export { EventStream, requestAPI, ApiError } from './api';
+export { JobsPanel } from './sidebar/panel';
+export { EventStream } from './api/events';
+export { requestAPI, ApiError } from './api/rest';
 
 const ICON_SVG = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" width="16">
   <g class="jp-icon3" fill="#616161">

@@ -1,4 +1,7 @@
-/** What the anywidget views share: the model interface and small DOM helpers. */
+/**
+ * What the anywidget views share: the model interface and small DOM helpers.
+ * (Job state and formatting: ../model; the API from the page: ../api/page.)
+ */
 
 export interface AnyModel {
   get(name: string): any;
@@ -47,41 +50,4 @@ export function floats(value: any, kind: 'f32' | 'f64'): ArrayLike<number> {
 /** Mark the DOM with when the view last applied a model change (for benchmarks). */
 export function stamp(el: HTMLElement): void {
   el.dataset.updatedAt = String(performance.timeOrigin + performance.now());
-}
-
-/**
- * Call the Cosmic Horizons REST API straight from the page, when the page is
- * JupyterLab (its config names the base URL; the login cookie and the _xsrf
- * cookie authenticate). This works while the kernel is busy — a cell blocked
- * in `job.wait()` — when a comm message would wait for the cell to end.
- * Resolves to false where there is no such page (another front end): the
- * caller then asks the kernel over the comm instead.
- */
-export async function callApi(method: string, path: string): Promise<boolean> {
-  const el = document.getElementById('jupyter-config-data');
-  if (!el) {
-    return false;
-  }
-  let base: string;
-  try {
-    base = JSON.parse(el.textContent ?? '{}').baseUrl ?? '/';
-  } catch {
-    return false;
-  }
-  const xsrf = document.cookie.match('\\b_xsrf=([^;]*)\\b')?.[1];
-  const headers: Record<string, string> = {};
-  if (xsrf) {
-    headers['X-XSRFToken'] = decodeURIComponent(xsrf);
-  }
-  try {
-    const response = await fetch(`${base.replace(/\/?$/, '/')}cosmic-horizons/api/${path}`, {
-      method,
-      headers,
-      credentials: 'same-origin'
-    });
-    // 409: already ended, which is what cancel wanted.
-    return response.ok || response.status === 409;
-  } catch {
-    return false;
-  }
 }

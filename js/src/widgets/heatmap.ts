@@ -1,5 +1,6 @@
 /** The view of GpuHeatmap: GPUs × time, utilisation and memory; or "no GPU". */
-import { drawHeatmap, IHeatmapData } from '../heatmap';
+import { noGpuText } from '../model/format';
+import { drawHeatmap, IHeatmapData } from '../model/heatmap';
 import { floats, h, RenderProps, stamp } from './common';
 
 function render({ model, el }: RenderProps): () => void {
@@ -17,8 +18,7 @@ function render({ model, el }: RenderProps): () => void {
     const available = !!model.get('available');
     root.dataset.state = available ? 'ok' : 'none';
     if (!available) {
-      const reason = model.get('reason');
-      none.textContent = `No GPU on this server${reason ? ` (${reason})` : ''}.`;
+      none.textContent = noGpuText(model.get('reason'));
       canvas.style.display = 'none';
       summary.textContent = '';
       stamp(root);

@@ -1,6 +1,8 @@
 /** The view of JobProgress: one job's status, progress, metrics, and cancel. */
-import { formatDuration, isTerminal, parseTime, shortId } from '../jobs';
-import { callApi, h, RenderProps, stamp } from './common';
+import { cancelJob } from '../api/page';
+import { barWidth, formatDuration, fraction, jobName, percent, runSeconds, shortId } from '../model/format';
+import { isTerminal, Status } from '../model/states';
+import { h, RenderProps, stamp } from './common';
 
 function render({ model, el }: RenderProps): () => void {
   const root = h('div', 'chw chw-progress');
@@ -22,7 +24,7 @@ function render({ model, el }: RenderProps): () => void {
   cancel.addEventListener('click', async () => {
     cancel.disabled = true;
     const id = model.get('job')?.id;
-    if (!id || !(await callApi('DELETE', `jobs/${encodeURIComponent(id)}`))) {
+    if (!id || !(await cancelJob(id))) {
       model.send({ action: 'cancel' });
     }
   });
@@ -30,23 +32,22 @@ function render({ model, el }: RenderProps): () => void {
   let previewUrl = '';
   const update = () => {
     const job = model.get('job') ?? {};
-    const st: string = job.status ?? 'QUEUED';
+    const st: string = job.status ?? Status.QUEUED;
     root.dataset.status = st;
     root.dataset.jobId = job.id ?? '';
     status.textContent = st;
     status.dataset.status = st;
-    name.textContent = [job.agent, job.dataset_id].filter(Boolean).join(' · ');
+    name.textContent = jobName(job);
     id.textContent = job.id ? shortId(job.id) : '';
     id.title = job.id ?? '';
     cancel.style.display = isTerminal(st) ? 'none' : '';
-    const p = Math.max(0, Math.min(1, Number(job.progress ?? 0)));
-    bar.style.width = `${(p * 100).toFixed(1)}%`;
+    const p = fraction(job.progress);
+    bar.style.width = barWidth(p);
     bar.dataset.status = st;
-    const parts = [`${Math.round(p * 100)}%`];
-    const start = parseTime(job.started_at);
-    const end = parseTime(job.completed_at);
-    if (start) {
-      parts.push(formatDuration((end ?? Date.now() / 1000) - start));
+    const parts = [percent(p)];
+    const seconds = runSeconds(job);
+    if (seconds !== undefined) {
+      parts.push(formatDuration(seconds));
     }
     for (const [k, v] of Object.entries(job.metrics ?? {})) {
       parts.push(`${k}: ${typeof v === 'number' ? +v.toPrecision(4) : String(v)}`);

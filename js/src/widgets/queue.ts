@@ -1,6 +1,8 @@
 /** The view of JobQueue: a table of jobs, patched row by row, with cancel. */
-import { isTerminal, shortId } from '../jobs';
-import { callApi, h, RenderProps, stamp } from './common';
+import { cancelJob } from '../api/page';
+import { barWidth, fraction, shortId } from '../model/format';
+import { isTerminal, Status } from '../model/states';
+import { h, RenderProps, stamp } from './common';
 
 const COLUMNS = ['status', 'agent', 'dataset', 'id', 'progress', 'created', ''];
 
@@ -37,7 +39,7 @@ function render({ model, el }: RenderProps): () => void {
     if (button) {
       button.disabled = true;
       const id = button.dataset.jobId ?? '';
-      void callApi('DELETE', `jobs/${encodeURIComponent(id)}`).then(done => {
+      void cancelJob(id).then(done => {
         if (!done) {
           model.send({ action: 'cancel', id });
         }
@@ -52,7 +54,7 @@ function render({ model, el }: RenderProps): () => void {
   });
 
   const rowHtml = (job: any) => {
-    const p = Math.max(0, Math.min(1, Number(job.progress ?? 0)));
+    const p = fraction(job.progress);
     const created = job.created_at ? new Date(job.created_at).toLocaleTimeString() : '';
     const cancel = isTerminal(job.status)
       ? ''
@@ -61,7 +63,7 @@ function render({ model, el }: RenderProps): () => void {
       `<td><span class="chw-status" data-status="${esc(job.status)}">${esc(job.status)}</span></td>` +
       `<td>${esc(job.agent ?? '')}</td><td>${esc(job.dataset_id ?? '')}</td>` +
       `<td class="chw-id" title="${esc(job.id)}">${esc(shortId(job.id))}</td>` +
-      `<td><div class="chw-track"><div class="chw-bar" data-status="${esc(job.status)}" style="width:${(p * 100).toFixed(1)}%"></div></div></td>` +
+      `<td><div class="chw-track"><div class="chw-bar" data-status="${esc(job.status)}" style="width:${barWidth(p)}"></div></div></td>` +
       `<td>${esc(created)}</td><td>${cancel}</td>`
     );
   };
@@ -72,8 +74,8 @@ function render({ model, el }: RenderProps): () => void {
     const active = checkbox.checked;
     checkbox.checked = !!model.get('active_only');
     const shown = active ? jobs.filter(j => !isTerminal(j.status)) : jobs;
-    const running = jobs.filter(j => j.status === 'RUNNING').length;
-    const queued = jobs.filter(j => !isTerminal(j.status) && j.status !== 'RUNNING').length;
+    const running = jobs.filter(j => j.status === Status.RUNNING).length;
+    const queued = jobs.filter(j => !isTerminal(j.status) && j.status !== Status.RUNNING).length;
     counts.textContent = `${jobs.length} job${jobs.length === 1 ? '' : 's'} · ${running} running · ${queued} waiting`;
     message.textContent = model.get('error') ?? '';
     root.dataset.connected = String(!!model.get('connected'));

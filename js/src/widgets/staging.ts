@@ -1,8 +1,19 @@
 /** The view of Staging: one dataset's transfer to a target, live, with cancel. */
-import { formatBytes as bytes, formatDuration } from '../jobs';
-import { callApi, h, RenderProps, stamp } from './common';
+import { callApi } from '../api/page';
+import { stagingStatusPath } from '../api/paths';
+import { barWidth, formatBytes as bytes, formatDuration, fraction } from '../model/format';
+import { JobStatus, Status } from '../model/states';
+import { h, RenderProps, stamp } from './common';
 
 const ENDED = new Set(['completed', 'failed', 'cancelled']);
+
+/** The job state whose colours a transfer state borrows. */
+const AS_JOB_STATUS: Record<string, JobStatus> = {
+  completed: Status.COMPLETED,
+  failed: Status.FAILED,
+  cancelled: Status.CANCELLED,
+  running: Status.RUNNING
+};
 
 function render({ model, el }: RenderProps): () => void {
   const root = h('div', 'chw chw-staging');
@@ -21,9 +32,7 @@ function render({ model, el }: RenderProps): () => void {
   cancel.addEventListener('click', async () => {
     cancel.disabled = true;
     const t = model.get('transfer') ?? {};
-    const query = t.target_resource ? `?target_resource=${encodeURIComponent(t.target_resource)}` : '';
-    const path = `jobs/dataset/${encodeURIComponent(t.dataset_id ?? '')}/staging-status${query}`;
-    if (!(await callApi('DELETE', path))) {
+    if (!(await callApi('DELETE', stagingStatusPath(t.dataset_id ?? '', t.target_resource)))) {
       model.send({ action: 'cancel' });
     }
   });
@@ -33,11 +42,11 @@ function render({ model, el }: RenderProps): () => void {
     const st = String(t.status ?? 'not_staged');
     root.dataset.status = st;
     status.textContent = st.toUpperCase().replace('_', ' ');
-    status.dataset.status = { completed: 'COMPLETED', failed: 'FAILED', cancelled: 'CANCELLED', running: 'RUNNING' }[st] ?? st;
+    status.dataset.status = AS_JOB_STATUS[st] ?? st;
     name.textContent = `${t.dataset_id ?? ''} → ${t.target_resource ?? ''}`;
     cancel.style.display = ENDED.has(st) || st === 'not_staged' ? 'none' : '';
-    const p = Math.max(0, Math.min(1, Number(t.progress ?? 0)));
-    bar.style.width = `${(p * 100).toFixed(1)}%`;
+    const p = fraction(t.progress);
+    bar.style.width = barWidth(p);
     bar.dataset.status = status.dataset.status ?? '';
     const parts = [`${bytes(Number(t.bytes_transferred ?? 0))} of ${bytes(Number(t.total_bytes ?? 0))}`];
     if (t.rate_bytes_per_second) {

@@ -2,11 +2,11 @@
  * The view of Timeline: one bar per job from queued to end, coloured by
  * state (the waiting part pale), dependencies drawn as arrows.
  */
-import { isTerminal } from '../jobs';
+import { isTerminal, JobStatus } from '../model/states';
 import { RenderProps, h, stamp } from './common';
 
 const SVG = 'http://www.w3.org/2000/svg';
-const COLOURS: Record<string, string> = {
+const COLOURS: Record<JobStatus, string> = {
   QUEUED: '#9e9e9e',
   QUEUING: '#78909c',
   RUNNING: '#1976d2',
@@ -61,7 +61,7 @@ function render({ model, el }: RenderProps): () => void {
       const q = j.queued ?? now;
       const s = j.start;
       const e = ends[i] ?? now;
-      const colour = COLOURS[j.status] ?? '#9e9e9e';
+      const colour = COLOURS[j.status as JobStatus] ?? '#9e9e9e';
       const wait = svg('rect', { x: x(q), y, width: Math.max(1, x(s ?? e) - x(q)), height: rowH - 8, fill: colour, opacity: 0.3 });
       chart.append(wait);
       if (s !== undefined && s !== null) {

@@ -6,19 +6,32 @@
 import { PageConfig } from '@jupyterlab/coreutils';
 import { Widget } from '@lumino/widgets';
 
-import { ApiError, ConnectionState, EventStream, requestAPI } from './api';
-import { drawHeatmap, heatmapFromHistory, IHeatmapData } from './heatmap';
+import { ConnectionState, EventStream } from '../api/events';
 import {
-  applyEvent,
+  EVENTS_LATEST,
+  GPUS,
+  gpuHistoryPath,
+  historyPath,
+  jobLogsPath,
+  jobOutputsPath,
+  jobPath
+} from '../api/paths';
+import { ApiError, requestAPI } from '../api/rest';
+import {
+  barWidth,
   formatBytes,
   formatDuration,
-  IEvent,
-  IJob,
-  isTerminal,
-  mergeSnapshot,
-  parseTime,
+  fraction,
+  jobName,
+  noGpuText,
+  percent,
+  runSeconds,
   shortId
-} from './jobs';
+} from '../model/format';
+import { drawHeatmap, IHeatmapData } from '../model/heatmap';
+import { applyEvent, IEvent, IJob, mergeSnapshot } from '../model/jobs';
+import { isTerminal, Status } from '../model/states';
+import { heatmapFromHistory } from './heatmap';
 
 export interface IPanelOptions {
   /** Open a path (relative to the server root) in Lab. */
@@ -84,7 +97,7 @@ export class JobsPanel extends Widget {
   /** Open the event stream first, then load the list: no change falls between. */
   async start(): Promise<void> {
     try {
-      const latest = await requestAPI<any>('events/latest');
+      const latest = await requestAPI<any>(EVENTS_LATEST);
       this.stream.lastId = Number(latest?.last_event_id ?? 0);
     } catch {
       // An older server: replay from the start, which also misses nothing.
@@ -105,9 +118,7 @@ export class JobsPanel extends Widget {
 
   async reload(): Promise<void> {
     try {
-      const page = await requestAPI<any>(
-        `jobs/history/list?page=1&page_size=${this.options.pageSize ?? 100}`
-      );
+      const page = await requestAPI<any>(historyPath(1, this.options.pageSize ?? 100));
       const items: IJob[] = Array.isArray(page) ? page : page?.items ?? [];
       for (const item of items) {
         this.jobs.set(item.id, mergeSnapshot(this.jobs.get(item.id), item));
@@ -131,7 +142,7 @@ export class JobsPanel extends Widget {
       }
       let job = this.jobs.get(event.job_id);
       if (!job) {
-        job = { id: event.job_id, status: 'QUEUED', agent: event.payload?.agent };
+        job = { id: event.job_id, status: Status.QUEUED, agent: event.payload?.agent };
         this.jobs.set(job.id, job);
         void this.fetchJob(job.id);
       }
@@ -148,7 +159,7 @@ export class JobsPanel extends Widget {
     }
     this.fetching.add(id);
     try {
-      const record = await requestAPI<IJob>(`jobs/${encodeURIComponent(id)}`);
+      const record = await requestAPI<IJob>(jobPath(id));
       this.jobs.set(id, mergeSnapshot(this.jobs.get(id), record));
       this.dirty.add(id);
       this.scheduleRender();
@@ -237,24 +248,21 @@ export class JobsPanel extends Widget {
     const status = el.querySelector('.ch-status') as HTMLElement;
     status.textContent = job.status;
     status.dataset.status = job.status;
-    (el.querySelector('.ch-name') as HTMLElement).textContent = [job.agent, job.dataset_id]
-      .filter(Boolean)
-      .join(' · ');
+    (el.querySelector('.ch-name') as HTMLElement).textContent = jobName(job);
     const idEl = el.querySelector('.ch-id') as HTMLElement;
     idEl.textContent = shortId(job.id);
     idEl.title = job.id;
     (el.querySelector('.ch-cancel') as HTMLElement).style.visibility = isTerminal(job.status)
       ? 'hidden'
       : 'visible';
-    const progress = Math.max(0, Math.min(1, Number(job.progress ?? 0)));
+    const progress = fraction(job.progress);
     const bar = el.querySelector('.ch-bar') as HTMLElement;
-    bar.style.width = `${(progress * 100).toFixed(1)}%`;
+    bar.style.width = barWidth(progress);
     bar.dataset.status = job.status;
-    const started = parseTime(job.started_at);
-    const ended = parseTime(job.completed_at) ?? (isTerminal(job.status) ? undefined : Date.now() / 1000);
-    const parts = [`${Math.round(progress * 100)}%`];
-    if (started && ended) {
-      parts.push(formatDuration(ended - started));
+    const parts = [percent(progress)];
+    const seconds = runSeconds(job, isTerminal(job.status));
+    if (seconds !== undefined) {
+      parts.push(formatDuration(seconds));
     }
     const vram = job.metrics?.vram_usage;
     if (vram !== undefined) {
@@ -288,9 +296,7 @@ export class JobsPanel extends Widget {
 
   private async tailLog(id: string, row: IRow): Promise<void> {
     try {
-      const body = await requestAPI<any>(
-        `jobs/${encodeURIComponent(id)}/logs?offset=${row.logOffset}`
-      );
+      const body = await requestAPI<any>(jobLogsPath(id, row.logOffset));
       const text: string =
         typeof body === 'string' ? body : body?.text ?? body?.data ?? body?.content ?? body?.log ?? '';
       const next = Number(body?.next_offset ?? body?.end ?? row.logOffset + text.length);
@@ -309,7 +315,7 @@ export class JobsPanel extends Widget {
   private async loadOutputs(id: string, row: IRow): Promise<void> {
     const box = row.el.querySelector('.ch-outputs') as HTMLElement;
     try {
-      const body = await requestAPI<any>(`jobs/${encodeURIComponent(id)}/outputs`);
+      const body = await requestAPI<any>(jobOutputsPath(id));
       const files: any[] = Array.isArray(body) ? body : body?.files ?? body?.outputs ?? [];
       const folder = relativeToRoot(body?.directory);
       box.replaceChildren(
@@ -338,7 +344,7 @@ export class JobsPanel extends Widget {
 
   async cancel(id: string): Promise<void> {
     try {
-      const job = await requestAPI<IJob>(`jobs/${encodeURIComponent(id)}`, { method: 'DELETE' });
+      const job = await requestAPI<IJob>(jobPath(id), { method: 'DELETE' });
       if (job?.id) {
         this.jobs.set(id, mergeSnapshot(this.jobs.get(id), job));
         this.dirty.add(id);
@@ -355,15 +361,14 @@ export class JobsPanel extends Widget {
     const window_ = this.options.gpuWindow ?? 300;
     const nogpu = this.gpuEl.querySelector('.ch-nogpu') as HTMLElement;
     try {
-      const inventory = await requestAPI<any>('gpus');
+      const inventory = await requestAPI<any>(GPUS);
       const gpus: any[] = Array.isArray(inventory) ? inventory : inventory?.gpus ?? [];
       if (!gpus.length) {
         this.gpuEl.dataset.state = 'none';
-        nogpu.textContent =
-          'No GPU on this server' + (inventory?.reason ? ` (${inventory.reason})` : '') + '.';
+        nogpu.textContent = noGpuText(inventory?.reason);
         return;
       }
-      const history = await requestAPI<any>(`gpus/history?seconds=${window_}`);
+      const history = await requestAPI<any>(gpuHistoryPath(window_));
       this.gpuData = heatmapFromHistory(
         Array.isArray(history?.gpus) ? history : { ...history, gpus },
         window_

@@ -1,57 +1,12 @@
 /**
- * The REST API and the event stream, through JupyterLab's ServerConnection so
- * that the token, cookies and XSRF are handled as for Lab's own requests.
+ * The caller's live events over one WebSocket, through JupyterLab's
+ * ServerConnection settings (base URL, token, WebSocket class).
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-import { IEvent } from './jobs';
-
-export const API_PATH = 'cosmic-horizons/api';
-
-/** An error answered by the API: `{"error", "message", "field"}`. */
-export class ApiError extends Error {
-  constructor(
-    readonly status: number,
-    readonly error: string,
-    message: string,
-    readonly field: string | null = null
-  ) {
-    super(message);
-  }
-}
-
-export async function requestAPI<T = any>(
-  path: string,
-  init: RequestInit = {},
-  settings: ServerConnection.ISettings = ServerConnection.makeSettings()
-): Promise<T> {
-  const url = URLExt.join(settings.baseUrl, API_PATH, path);
-  let response: Response;
-  try {
-    response = await ServerConnection.makeRequest(url, init, settings);
-  } catch (error) {
-    throw new ApiError(0, 'network', String(error));
-  }
-  const text = await response.text();
-  let body: any = null;
-  if (text) {
-    try {
-      body = JSON.parse(text);
-    } catch {
-      body = text;
-    }
-  }
-  if (!response.ok) {
-    throw new ApiError(
-      response.status,
-      body?.error ?? 'http_error',
-      body?.message ?? response.statusText,
-      body?.field ?? null
-    );
-  }
-  return body as T;
-}
+import { IEvent } from '../model/jobs';
+import { API_PREFIX, EVENTS } from './paths';
 
 export type ConnectionState = 'connecting' | 'open' | 'closed';
 
@@ -79,7 +34,7 @@ export class EventStream {
     if (this.disposed) {
       return;
     }
-    let url = URLExt.join(this.settings.wsUrl, API_PATH, 'events');
+    let url = URLExt.join(this.settings.wsUrl, API_PREFIX, EVENTS);
     const query: Record<string, string> = {};
     if (this.lastId > 0) {
       query.after = String(this.lastId);

@@ -2,30 +2,7 @@
  * Job records and events: the shapes of design.md, and how one event moves a
  * job record forward. Shared by the sidebar and the notebook widgets' views.
  */
-
-export type JobStatus =
-  | 'QUEUED'
-  | 'QUEUING'
-  | 'RUNNING'
-  | 'COMPLETED'
-  | 'FAILED'
-  | 'CANCELLED';
-
-export const TERMINAL: ReadonlySet<string> = new Set([
-  'COMPLETED',
-  'FAILED',
-  'CANCELLED'
-]);
-
-/** Lifecycle order, so that a late snapshot never moves a job backwards. */
-const ORDER: Record<string, number> = {
-  QUEUED: 0,
-  QUEUING: 1,
-  RUNNING: 2,
-  COMPLETED: 3,
-  FAILED: 3,
-  CANCELLED: 3
-};
+import { isTerminal, JOB_SUBMITTED, lifecycleRank, Status, TYPE_STATUS } from './states';
 
 export interface IJob {
   id: string;
@@ -56,20 +33,6 @@ export interface IEvent {
   payload?: Record<string, any>;
 }
 
-const TYPE_STATUS: Record<string, JobStatus> = {
-  'job.submitted': 'QUEUED',
-  'job.queued': 'QUEUED',
-  'job.queuing': 'QUEUING',
-  'job.running': 'RUNNING',
-  'job.completed': 'COMPLETED',
-  'job.failed': 'FAILED',
-  'job.cancelled': 'CANCELLED'
-};
-
-export function isTerminal(status: string | undefined | null): boolean {
-  return !!status && TERMINAL.has(status);
-}
-
 /** The status an event says its job is in, or undefined. */
 export function eventStatus(event: IEvent): string | undefined {
   const fromPayload = event.payload?.status;
@@ -90,11 +53,11 @@ export function applyEvent(job: IJob, event: IEvent): boolean {
   const p = event.payload ?? {};
   let changed = false;
   const status = eventStatus(event);
-  if (status && !isTerminal(job.status) && (ORDER[status] ?? 0) >= (ORDER[job.status] ?? 0)) {
+  if (status && !isTerminal(job.status) && lifecycleRank(status) >= lifecycleRank(job.status)) {
     if (status !== job.status) {
       job.status = status;
       changed = true;
-      if (status === 'RUNNING' && !job.started_at) {
+      if (status === Status.RUNNING && !job.started_at) {
         job.started_at = event.ts ?? null;
       }
       if (isTerminal(status) && !job.completed_at) {
@@ -106,7 +69,7 @@ export function applyEvent(job: IJob, event: IEvent): boolean {
     job.progress = p.progress;
     changed = true;
   }
-  if (job.status === 'COMPLETED') {
+  if (job.status === Status.COMPLETED) {
     job.progress = 1;
   }
   if (p.metrics && typeof p.metrics === 'object') {
@@ -119,7 +82,7 @@ export function applyEvent(job: IJob, event: IEvent): boolean {
       changed = true;
     }
   }
-  if (event.type === 'job.submitted' && !job.created_at) {
+  if (event.type === JOB_SUBMITTED && !job.created_at) {
     job.created_at = event.ts ?? null;
   }
   return changed;
@@ -131,48 +94,11 @@ export function mergeSnapshot(job: IJob | undefined, snapshot: IJob): IJob {
     return { ...snapshot };
   }
   const keepStatus =
-    isTerminal(job.status) || (ORDER[job.status] ?? 0) > (ORDER[snapshot.status] ?? 0);
+    isTerminal(job.status) || lifecycleRank(job.status) > lifecycleRank(snapshot.status);
   const merged: IJob = { ...job, ...snapshot };
   if (keepStatus) {
     merged.status = job.status;
     merged.progress = job.progress ?? snapshot.progress;
   }
   return merged;
-}
-
-export function shortId(id: string): string {
-  return id.length > 10 ? id.slice(0, 8) : id;
-}
-
-/** A byte count as people read it (decimal units). */
-export function formatBytes(n: number): string {
-  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
-  let k = 0;
-  while (n >= 1000 && k < units.length - 1) {
-    n /= 1000;
-    k++;
-  }
-  return `${n.toFixed(k ? 1 : 0)} ${units[k]}`;
-}
-
-export function formatDuration(seconds: number): string {
-  if (!isFinite(seconds) || seconds < 0) {
-    return '';
-  }
-  if (seconds < 60) {
-    return `${seconds.toFixed(seconds < 10 ? 1 : 0)} s`;
-  }
-  const m = Math.floor(seconds / 60);
-  if (m < 60) {
-    return `${m} min ${Math.round(seconds % 60)} s`;
-  }
-  return `${Math.floor(m / 60)} h ${m % 60} min`;
-}
-
-export function parseTime(value: string | null | undefined): number | undefined {
-  if (!value) {
-    return undefined;
-  }
-  const t = Date.parse(value);
-  return isNaN(t) ? undefined : t / 1000;
 }
