@@ -6,11 +6,12 @@ a new server finds out what happened while it was down.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+from cosmic_horizons_lab.protocol.checksums import sha256_file
 
 #: The files of a job directory, and the variable through which a job process finds its own.
 JOB_DIR_ENV = "COSMIC_HORIZONS_JOB_DIR"
@@ -96,18 +97,10 @@ class OutputIndex:
             key = (str(file), st.st_size, st.st_mtime_ns)
             digest = self._hashes.get(key)
             if digest is None:
-                digest = _sha256(file)
+                digest = sha256_file(file)
                 self._hashes[key] = digest
             items.append({"path": file.relative_to(out).as_posix(), "size_bytes": st.st_size, "sha256": digest})
         return items
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def output_file(path: Path, relative: str) -> Path | None:

@@ -52,12 +52,12 @@ class DatasetInspector:
 
     async def validate(self, dataset_id: str) -> dict[str, Any]:
         dataset = self._dataset(dataset_id)
-        from cosmic_horizons_lab.server.staging.service import _mtime
+        from cosmic_horizons_lab.server.staging.checksums import mtime_stamp
 
         st = await asyncio.to_thread(dataset.path.stat)
         async with self.store.read() as session:
             rec = await session.scalar(sa.select(DatasetRecord).where(DatasetRecord.path == str(dataset.path)))
-        if rec is not None and rec.validation and rec.size_bytes == st.st_size and rec.modified_at == _mtime(st):
+        if rec is not None and rec.validation and rec.size_bytes == st.st_size and rec.modified_at == mtime_stamp(st):
             return {"dataset_id": dataset.id, **rec.validation, "checked_at": isoformat(rec.validated_at), "cached": True}
         try:
             report = (await asyncio.to_thread(run_science, "inspection", ["validate", str(dataset.path)]))[0]
@@ -69,9 +69,9 @@ class DatasetInspector:
             if rec is None:
                 rec = DatasetRecord(dataset_id=dataset.id, path=str(dataset.path))
                 tx.session.add(rec)
-            elif rec.size_bytes != st.st_size or rec.modified_at != _mtime(st):
+            elif rec.size_bytes != st.st_size or rec.modified_at != mtime_stamp(st):
                 rec.sha256 = None  # the file changed: its checksum is no longer known
-            rec.size_bytes, rec.modified_at, rec.validation, rec.validated_at = st.st_size, _mtime(st), report, now
+            rec.size_bytes, rec.modified_at, rec.validation, rec.validated_at = st.st_size, mtime_stamp(st), report, now
         return {"dataset_id": dataset.id, **report, "checked_at": isoformat(now), "cached": False}
 
     async def layout(self, dataset_id: str) -> dict[str, Any]:

@@ -33,7 +33,8 @@ from cosmic_horizons_lab.protocol.jobdir import OutputIndex
 from cosmic_horizons_lab.server.advisor import Advisor, DatasetInspector
 from cosmic_horizons_lab.server.jobs.orchestrator import Orchestrator
 from cosmic_horizons_lab.server.prometheus import Instruments
-from cosmic_horizons_lab.server.staging.service import DEFAULT_THROUGHPUT, Staging, targets_from_settings
+from cosmic_horizons_lab.server.staging.service import DEFAULT_THROUGHPUT, Staging
+from cosmic_horizons_lab.server.staging.targets import targets_from_settings
 from cosmic_horizons_lab.server.store.database import Store, sqlite_url
 from cosmic_horizons_lab.server.api.submission import SubmissionValidator
 from cosmic_horizons_lab.server.telemetry import GpuTelemetry, probe_gpus

@@ -1,0 +1,148 @@
+"""What the staging API accepts (requests, validated) and what it answers (JSON shapes).
+
+Paths never come from the request: dataset ids and target names are looked
+up in the registry and the configured targets, and a destination that
+resolves outside its target's root (a symlink planted in scratch, a user name
+with ``..``) is refused. Each check names the field at fault, so a client
+can point at it, and runs in a fixed order: a request with several faults
+is told about the same one every time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cosmic_horizons_lab.protocol.clock import isoformat
+from cosmic_horizons_lab.server.datasets import Dataset, DatasetRegistry
+from cosmic_horizons_lab.server.errors import BadRequest, Forbidden, NotFound, ValidationFailed
+from cosmic_horizons_lab.server.staging.copy import LiveCopy
+from cosmic_horizons_lab.server.staging.targets import Target
+from cosmic_horizons_lab.server.store.orm import Transfer
+
+PRIORITIES = ("high", "normal")
+#: Conversions a transfer may ask for, and the suffix of what they write.
+CONVERSIONS = {"uvh5": ".uvh5"}
+STAGE_FIELDS = {"dataset_id", "target_resource", "priority", "convert", "force"}
+ESTIMATE_FIELDS = ("dataset_id", "target_resource")
+
+
+@dataclass(frozen=True)
+class StageRequest:
+    """A validated ``POST`` staging request."""
+
+    dataset: Dataset
+    target: Target
+    priority: str
+    convert: str | None
+    force: bool
+
+
+def lookup_target(targets: dict[str, Target], name: Any) -> Target:
+    if not isinstance(name, str) or name not in targets:
+        raise ValidationFailed(
+            f"unknown target {name!r}; configured targets: {', '.join(sorted(targets))}",
+            field="target_resource",
+        )
+    return targets[name]
+
+
+def lookup_dataset(datasets: DatasetRegistry, dataset_id: Any) -> Dataset:
+    dataset = datasets.get(dataset_id) if isinstance(dataset_id, str) and dataset_id else None
+    if dataset is None:
+        raise NotFound(f"unknown dataset {dataset_id!r} (GET datasets lists them)", field="dataset_id")
+    root = datasets.root.resolve()
+    if not dataset.path.resolve().is_relative_to(root):
+        raise Forbidden("the dataset resolves outside the archive", field="dataset_id")
+    if not dataset.path.exists():
+        raise ValidationFailed(f"dataset {dataset.id!r} has no data yet", field="dataset_id")
+    return dataset
+
+
+def destination(user: str, dataset: Dataset, target: Target, convert: str | None) -> Path:
+    """``<target>/<user>/<file>``, refused if anything on the way leads out of the target's root."""
+    root = target.root.resolve()
+    name = dataset.path.name if convert is None else dataset.id + CONVERSIONS[convert]
+    if "/" in user or user in ("", ".", "..") or "\x00" in user:
+        raise Forbidden("this user name cannot name a staging folder", field=None)
+    dest = root / user / name
+    for step in (dest.parent, dest, Path(str(dest) + ".part")):
+        if step.is_symlink() or not step.resolve().is_relative_to(root):
+            raise Forbidden(
+                f"the staging destination leads outside target {target.name!r}; refused", field="target_resource"
+            )
+    return dest
+
+
+def parse_stage(body: Any, datasets: DatasetRegistry, targets: dict[str, Target]) -> StageRequest:
+    """Validate a staging request's body (the dataset's files and destination are checked after)."""
+    if not isinstance(body, dict):
+        raise BadRequest("a staging request is a JSON object", field=None)
+    unknown = sorted(set(body) - STAGE_FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r}; known fields: {', '.join(sorted(STAGE_FIELDS))}", field=unknown[0])
+    dataset = lookup_dataset(datasets, body.get("dataset_id"))
+    target = lookup_target(targets, body.get("target_resource", "tacc_scratch"))
+    priority = body.get("priority", "normal")
+    if priority not in PRIORITIES:
+        raise ValidationFailed("'priority' must be 'high' or 'normal'", field="priority")
+    convert = body.get("convert")
+    if convert is not None and convert not in CONVERSIONS:
+        raise ValidationFailed(f"'convert' must be one of {sorted(CONVERSIONS)} or null", field="convert")
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise ValidationFailed("'force' must be a boolean", field="force")
+    return StageRequest(dataset, target, priority, convert, force)
+
+
+def parse_estimate(body: Any, datasets: DatasetRegistry, targets: dict[str, Target]) -> tuple[Dataset, Target]:
+    """Validate a transfer-estimate request's body: (dataset, target)."""
+    if not isinstance(body, dict):
+        raise BadRequest("an estimate request is a JSON object", field=None)
+    unknown = sorted(set(body) - set(ESTIMATE_FIELDS))
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r}; known fields: {', '.join(ESTIMATE_FIELDS)}", field=unknown[0])
+    dataset = lookup_dataset(datasets, body.get("dataset_id"))
+    return dataset, lookup_target(targets, body.get("target_resource", "tacc_scratch"))
+
+
+# -- answers -----------------------------------------------------------------------------
+def transfer_payload(row: Transfer) -> dict[str, Any]:
+    """What every ``staging.*`` event says of a transfer, and the base of its status document."""
+    total = row.total_bytes or 0
+    return {
+        "transfer_id": row.id, "dataset_id": row.dataset_id, "target_resource": row.target,
+        "priority": row.priority, "status": row.status, "bytes_transferred": row.bytes_done or 0,
+        "total_bytes": total, "progress": round((row.bytes_done or 0) / total, 6) if total else 0.0,
+    }
+
+
+def transfer_json(row: Transfer, live: LiveCopy | None, target: Target | None) -> dict[str, Any]:
+    """A transfer's status document: the stored row, with a running copy's live counters over it."""
+    doc = transfer_payload(row)
+    if live is not None:
+        eta = live.eta()
+        doc.update(bytes_transferred=live.done, progress=round(live.done / live.total, 6) if live.total else 0.0,
+                   rate_bytes_per_second=round(live.rate(), 1), eta_seconds=None if eta is None else round(eta, 3),
+                   phase=live.phase)
+    elif row.status == "completed" and row.copy_seconds:
+        doc["rate_bytes_per_second"] = round((row.total_bytes - row.resumed_from) / row.copy_seconds, 1)
+    if row.status == "completed":
+        doc["progress"] = 1.0
+    dest = Path(row.dest_path)
+    doc.update(
+        convert=row.convert, sha256=row.sha256, error=row.error, resumed_from=row.resumed_from,
+        staged_path=str(dest) if row.status == "completed" else None,
+        stale=bool(row.status == "completed" and target is not None and target.is_stale(dest)),
+        created_at=isoformat(row.created_at), started_at=isoformat(row.started_at),
+        completed_at=isoformat(row.completed_at),
+    )
+    return doc
+
+
+def not_staged(dataset: Dataset, target_name: str | None) -> dict[str, Any]:
+    """The status document of a dataset this user never staged (to that target)."""
+    return {"dataset_id": dataset.id, "target_resource": target_name,
+            "status": "not_staged", "progress": 0.0, "bytes_transferred": 0, "total_bytes": dataset.size_bytes,
+            "stale": False, "transfer_id": None}
