@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,36 @@ class ApiError(Exception):
         self.message = message
         self.field = field
         self.body = body
+
+
+def submission(
+    agent: str,
+    dataset_id: str | None = None,
+    params: dict[str, Any] | None = None,
+    *,
+    priority: int | None = None,
+    depends_on: Sequence[Any] | Any | None = None,
+    notes: str | None = None,
+    webhook_url: str | None = None,
+    **agent_params: Any,
+) -> dict[str, Any]:
+    """The JSON body of one submission (``POST jobs/submit``, or one entry of ``jobs/submit-batch``).
+
+    The one place a submission is built, whoever submits (``Lab.submit``,
+    ``Lab.submit_batch``, a test, a benchmark): keyword arguments other than the
+    named ones are the agent's parameters, merged over ``params``; fields left
+    ``None`` are omitted (the server's defaults apply); ``depends_on`` takes one
+    job or a list, as ids or as handles with an ``id``.
+    """
+    body: dict[str, Any] = {"agent": agent, "params": {**(params or {}), **agent_params}}
+    if dataset_id is not None:
+        body["dataset_id"] = dataset_id
+    if depends_on is not None:
+        parents = depends_on if isinstance(depends_on, (list, tuple)) else [depends_on]
+        depends_on = [str(getattr(parent, "id", parent)) for parent in parents]
+    fields = {"priority": priority, "depends_on": depends_on, "notes": notes, "webhook_url": webhook_url}
+    body.update({key: value for key, value in fields.items() if value is not None})
+    return body
 
 
 class Client:
@@ -95,19 +125,19 @@ class Client:
         correlation_id: str | None = None,
         **fields: Any,
     ) -> dict[str, Any]:
-        """Submit one job. ``fields``: priority, webhook_url, depends_on, notes."""
-        body: dict[str, Any] = {"agent": agent, "params": params or {}, **fields}
-        if dataset_id is not None:
-            body["dataset_id"] = dataset_id
+        """Submit one job; the body is :func:`submission`'s (``fields``: priority, webhook_url,
+        depends_on, notes; any other keyword is an agent parameter)."""
         headers = {}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
         if correlation_id:
             headers["X-Correlation-ID"] = correlation_id
-        return self.request("POST", "jobs/submit", body, headers=headers)
+        return self.request("POST", "jobs/submit", submission(agent, dataset_id, params, **fields), headers=headers)
 
     def submit_batch(self, jobs: list[dict[str, Any]], parallel_limit: int | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"jobs": jobs}
+        """Submit several jobs; each entry holds :func:`submission`'s arguments (agent, dataset_id,
+        params, priority, depends_on, notes, webhook_url; other keys are agent parameters)."""
+        body: dict[str, Any] = {"jobs": [submission(**entry) for entry in jobs]}
         if parallel_limit is not None:
             body["parallelLimit"] = parallel_limit
         return self.request("POST", "jobs/submit-batch", body)

@@ -15,7 +15,7 @@ import pytest
 
 import anywidget  # noqa: F401  (the notebook extra installs it)
 
-from cosmic_horizons_lab.notebook.client import ApiError  # noqa: E402
+from cosmic_horizons_lab.notebook.client import ApiError, submission  # noqa: E402
 from cosmic_horizons_lab.notebook.lab import Job, Lab, find_server  # noqa: E402
 from cosmic_horizons_lab.notebook.widgets import GpuHeatmap, JobProgress, JobQueue, Timeline  # noqa: E402
 from cosmic_horizons_lab.notebook.widgets.live import UpdatePump, apply_event, merge_snapshot  # noqa: E402
@@ -67,7 +67,7 @@ class FakeClient:
         raise AssertionError(path)
 
     def submit(self, agent: str, dataset_id: str | None = None, params: dict | None = None, **fields: Any) -> dict:
-        self.submitted.append({"agent": agent, "dataset_id": dataset_id, "params": params, **fields})
+        self.submitted.append(submission(agent, dataset_id, params, **fields))  # the body Client.submit sends
         return dict(self._add(f"new{next(self.ids)}", agent, time.time()), dataset_id=dataset_id, params=params)
 
     def job(self, job_id: str) -> dict[str, Any]:
@@ -308,7 +308,7 @@ def test_api_errors_surface_with_the_servers_message(lab: Lab) -> None:
 
 def test_heatmap_no_gpu_state(lab: Lab) -> None:
     heatmap = GpuHeatmap(lab, poll=False)
-    heatmap.update_from(lab._gpu_history(300))
+    heatmap.update_from(lab.gpu_history(300))
     lab.pump.flush()
     assert heatmap.loaded and not heatmap.available
     assert "NVML unavailable" in heatmap.reason
@@ -359,7 +359,7 @@ def test_find_server_on_a_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "hubtoken")
     monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/alice/")
     monkeypatch.setenv("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:43210/user/alice/")
-    monkeypatch.setattr("cosmic_horizons_lab.notebook.lab._running_servers", lambda: [])
+    monkeypatch.setattr("cosmic_horizons_lab.notebook.discovery._running_servers", lambda: [])
     url, token, _ = find_server()
     assert url == "http://127.0.0.1:43210/user/alice/" and token == "hubtoken"
 
@@ -371,8 +371,8 @@ def test_find_server_prefers_the_kernels_parent(monkeypatch: pytest.MonkeyPatch)
         {"url": "http://127.0.0.1:1/", "token": "a", "pid": 999999, "root_dir": "/nonexistent"},
         {"url": "http://127.0.0.1:2/", "token": "b", "pid": 12345, "root_dir": "/nonexistent"},
     ]
-    monkeypatch.setattr("cosmic_horizons_lab.notebook.lab._running_servers", lambda: servers)
-    monkeypatch.setattr("cosmic_horizons_lab.notebook.lab._ancestors", lambda pid: {1, 12345})
+    monkeypatch.setattr("cosmic_horizons_lab.notebook.discovery._running_servers", lambda: servers)
+    monkeypatch.setattr("cosmic_horizons_lab.notebook.discovery._ancestors", lambda pid: {1, 12345})
     url, token, info = find_server()
     assert (url, token) == ("http://127.0.0.1:2/", "b") and info["pid"] == 12345
     assert find_server("http://x/", "t")[:2] == ("http://x/", "t")
@@ -381,7 +381,7 @@ def test_find_server_prefers_the_kernels_parent(monkeypatch: pytest.MonkeyPatch)
 def test_no_server_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("COSMIC_HORIZONS_URL", "JUPYTERHUB_API_TOKEN", "JUPYTERHUB_SERVICE_PREFIX", "JUPYTERHUB_SERVICE_URL"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr("cosmic_horizons_lab.notebook.lab._running_servers", lambda: [])
+    monkeypatch.setattr("cosmic_horizons_lab.notebook.discovery._running_servers", lambda: [])
     from cosmic_horizons_lab.notebook.lab import ServerNotFound
 
     with pytest.raises(ServerNotFound, match="url="):

@@ -89,7 +89,7 @@ class GpuHeatmap(LiveWidget):
     def _poll(self) -> None:
         while not self._stop.is_set():
             try:
-                self.update_from(self._lab._gpu_history(self.window))
+                self.update_from(self._lab.gpu_history(self.window))
             except Exception as exc:
                 self.report_error(exc)
             if not self.available and self.loaded:

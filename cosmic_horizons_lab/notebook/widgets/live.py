@@ -2,9 +2,13 @@
 
 The server's events reach the kernel on one WebSocket per :class:`~cosmic_horizons_lab.notebook.lab.Lab`
 (:class:`EventFeed`, a daemon thread of ``Client.subscribe``) and are fanned out
-to the widgets that listen. A widget never writes its traitlets from the event
-thread: it *stages* the new state, and the :class:`UpdatePump` applies the
-staged state of every dirty widget at a bounded rate. The first change after a
+to its listeners: the Lab's job registry, which applies each ``job.*`` event
+once to the one :class:`~cosmic_horizons_lab.notebook.jobs.Job` of that id, and
+widgets that follow other events (staging). A widget never writes its
+traitlets from the event thread: it *stages* new values, or *invalidates*
+itself when the jobs it shows changed, and the :class:`UpdatePump` applies
+every dirty widget at a bounded rate (an invalidated one renders from its jobs
+then, so it always shows their latest state). The first change after a
 quiet spell is sent at once (low latency); changes within the next
 ``interval`` are merged and sent together (a burst of 1,000 events costs a
 handful of comm messages, latest state wins).
@@ -27,77 +31,16 @@ from typing import Any, Callable, Iterable, Protocol
 import anywidget
 import traitlets
 
+# The job state machine lives in notebook/state.py (no anywidget needed); re-exported here.
+from cosmic_horizons_lab.notebook.state import TERMINAL, Event, apply_event, merge_snapshot
+
 log = logging.getLogger(__name__)
 
-Event = dict[str, Any]
-
-TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
-ORDER = {"QUEUED": 0, "QUEUING": 1, "RUNNING": 2, "COMPLETED": 3, "FAILED": 3, "CANCELLED": 3}
-TYPE_STATUS = {
-    "job.submitted": "QUEUED",
-    "job.queued": "QUEUED",
-    "job.queuing": "QUEUING",
-    "job.running": "RUNNING",
-    "job.completed": "COMPLETED",
-    "job.failed": "FAILED",
-    "job.cancelled": "CANCELLED",
-}
+__all__ = ["TERMINAL", "Event", "EventFeed", "LiveWidget", "Listener", "UpdatePump", "apply_event", "merge_snapshot"]
 
 
 class Listener(Protocol):
     def on_event(self, event: Event) -> None: ...
-
-
-def apply_event(job: dict[str, Any], event: Event) -> bool:
-    """Move a job record forward by one ``job.*`` event (in place).
-
-    Terminal states never change and a status never moves back, so events and
-    REST snapshots can be merged in any order. Returns whether it changed.
-    """
-    etype = str(event.get("type", ""))
-    if not etype.startswith("job."):
-        return False
-    payload = event.get("payload") or {}
-    changed = False
-    status = payload.get("status") or TYPE_STATUS.get(etype)
-    current = job.get("status") or "QUEUED"
-    if status:
-        status = str(status).upper()
-        if current not in TERMINAL and ORDER.get(status, 0) >= ORDER.get(current, 0) and status != current:
-            job["status"] = status
-            changed = True
-            if status == "RUNNING" and not job.get("started_at"):
-                job["started_at"] = event.get("ts")
-            if status in TERMINAL and not job.get("completed_at"):
-                job["completed_at"] = event.get("ts")
-    if isinstance(payload.get("progress"), (int, float)) and job.get("status") not in TERMINAL:
-        job["progress"] = float(payload["progress"])
-        changed = True
-    if job.get("status") == "COMPLETED" and job.get("progress") != 1.0:
-        job["progress"] = 1.0
-        changed = True
-    if isinstance(payload.get("metrics"), dict):
-        job["metrics"] = {**(job.get("metrics") or {}), **payload["metrics"]}
-        changed = True
-    for key in ("error", "output_url", "agent", "dataset_id", "batch_id", "result"):
-        if payload.get(key) is not None:
-            job[key] = payload[key]
-            changed = True
-    if etype == "job.submitted" and not job.get("created_at"):
-        job["created_at"] = event.get("ts")
-    return changed
-
-
-def merge_snapshot(job: dict[str, Any] | None, snapshot: dict[str, Any]) -> dict[str, Any]:
-    """A REST record merged into one built from events, never moving it back."""
-    if not job:
-        return dict(snapshot)
-    merged = {**job, **{k: v for k, v in snapshot.items() if v is not None or k not in job}}
-    current, fresh = job.get("status") or "QUEUED", snapshot.get("status") or "QUEUED"
-    if current in TERMINAL or ORDER.get(current, 0) > ORDER.get(fresh, 0):
-        merged["status"] = current
-        merged["progress"] = job.get("progress", snapshot.get("progress"))
-    return merged
 
 
 class UpdatePump:
@@ -226,6 +169,7 @@ class LiveWidget(anywidget.AnyWidget):
     def __init__(self, *, pump: UpdatePump | None = None, **kwargs: Any) -> None:
         self._pump = pump or UpdatePump()
         self._staged: dict[str, Any] = {}
+        self._stale = False
         self._staged_lock = threading.Lock()
         self._apply_lock = threading.Lock()
         self.comm_messages = 0
@@ -237,13 +181,33 @@ class LiveWidget(anywidget.AnyWidget):
             self._staged.update(values)
         self._pump.mark(self)
 
+    def invalidate(self) -> None:
+        """What this widget shows changed: :meth:`render` it at the next flush.
+
+        Cheap, from any thread (a job's listener calls it once per event): the
+        rendering is done by the pump, at most once per flush.
+        """
+        with self._staged_lock:
+            self._stale = True
+        self._pump.mark(self)
+
+    def render(self) -> dict[str, Any]:
+        """The trait values computed from what the widget shows (its jobs), read now."""
+        return {}
+
     def _apply_staged(self) -> None:
         # One applier at a time (the pump's thread, or a blocking wait() flushing on the
-        # main thread): values taken later are never sent before values taken earlier.
+        # main thread): values taken later are never sent before values taken earlier,
+        # and a render reads its jobs after every change that invalidated it.
         with self._apply_lock:
             with self._staged_lock:
                 values, self._staged = self._staged, {}
-            if not values or self._closed_once:
+                stale, self._stale = self._stale, False
+            if self._closed_once:
+                return
+            if stale:
+                values.update(self.render())
+            if not values:
                 return
             with self.hold_sync():
                 for name, value in values.items():

@@ -1,8 +1,10 @@
 """JobProgress: one job's live status, progress bar, metrics and a cancel button.
 
-It is what a :class:`~cosmic_horizons_lab.notebook.lab.Job` displays as. When an image
-job completes, a quick-look picture (RA/Dec axes, sources circled) appears in
-the panel.
+It is what a :class:`~cosmic_horizons_lab.notebook.jobs.Job` displays as. It keeps
+no record of its own: the ``Job`` is the kernel's one copy of the job (each
+event applied to it once); the panel listens to it and renders ``job.record``
+when the update pump flushes. When an image job completes, a quick-look
+picture (RA/Dec axes, sources circled) appears in the panel.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import traitlets
 
-from cosmic_horizons_lab.notebook.widgets.live import TERMINAL, Event, LiveWidget, apply_event, merge_snapshot
+from cosmic_horizons_lab.notebook.widgets.live import LiveWidget
 from cosmic_horizons_lab.notebook.widgets.static import CSS, view
 
 if TYPE_CHECKING:
-    from cosmic_horizons_lab.notebook.lab import Job
+    from cosmic_horizons_lab.notebook.jobs import Job
 
 #: The fields of a job record the view shows (a record's params and result stay in the kernel).
 FIELDS = (
@@ -38,51 +40,46 @@ class JobProgress(LiveWidget):
     preview_alt = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, job: "Job", *, preview: bool = True, **kwargs: Any) -> None:
-        self._handle = job
-        self._record = dict(job.record)
+        self._job = job
         self._want_preview = preview
+        self._preview_lock = threading.Lock()
         self._previewed = False
-        super().__init__(pump=job.lab.pump, job=view_record(self._record), **kwargs)
-        job.lab.feed.add(self)
-        # The event stream is open before this snapshot is read: no change falls between.
+        super().__init__(pump=job.lab.pump, job=view_record(job.record), **kwargs)
+        job.add_listener(self._on_job_change)
+        # The event stream is open before the snapshot is read: no change falls between.
+        job.watch()
+        self._on_job_change(job)  # anything that changed since the first render, and a finished job's picture
         threading.Thread(target=self._load, daemon=True).start()
 
     @property
     def job_id(self) -> str:
-        return self._handle.id
+        return self._job.id
 
     def _load(self) -> None:
         try:
-            self.on_snapshot(self._handle.lab._record(self.job_id))
+            self._job.refresh()
         except Exception as exc:
             self.report_error(exc)
 
-    def on_snapshot(self, record: dict[str, Any]) -> None:
-        self._record = merge_snapshot(self._record, record)
-        self._publish()
+    def _on_job_change(self, job: "Job") -> None:
+        self.invalidate()
+        if job.status == "COMPLETED" and self._want_preview:
+            with self._preview_lock:
+                start, self._previewed = not self._previewed, True
+            if start:
+                threading.Thread(target=self._make_preview, daemon=True).start()
 
-    def on_event(self, event: Event) -> None:
-        if event.get("job_id") != self.job_id:
-            return
-        if apply_event(self._record, event):
-            self._publish()
-
-    def _publish(self) -> None:
-        self._handle._update_from(self._record)
-        self.stage(job=view_record(self._record))
-        if self._record.get("status") == "COMPLETED" and self._want_preview and not self._previewed:
-            self._previewed = True
-            threading.Thread(target=self._make_preview, daemon=True).start()
+    def render(self) -> dict[str, Any]:
+        return {"job": view_record(self._job.record)}
 
     def _make_preview(self) -> None:
         try:
-            png = self._handle.quicklook_png()
+            png = self._job.quicklook_png()
         except Exception:  # a job without an image, or no matplotlib: no picture, no error
             return
         if png:
             self.stage(preview=png, preview_alt=f"quick-look of job {self.job_id}")
 
     def action_cancel(self, _content: dict[str, Any]) -> None:
-        if self._record.get("status") in TERMINAL:
-            return
-        self.on_snapshot(self._handle.lab._cancel_record(self.job_id))
+        if not self._job.done:
+            self._job.cancel(check=True)

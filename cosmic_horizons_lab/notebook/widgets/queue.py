@@ -1,8 +1,11 @@
 """JobQueue: a live table of the caller's jobs, with cancel buttons.
 
-The table holds up to ``limit`` jobs, newest first. Its state is one list
-traitlet of small rows; the update pump bounds how often it is resent, so a
-burst of events over a 1,000-job queue costs a few messages, not thousands.
+The table holds up to ``limit`` jobs, newest first, as the Lab's
+:class:`~cosmic_horizons_lab.notebook.jobs.Job` handles (the same ones a
+notebook variable or a progress panel holds: each event is applied once, to
+the job). Its state is one list traitlet of small rows, rendered from those
+jobs when the update pump flushes: a burst of events over a 1,000-job queue
+costs a few renders and messages, not thousands.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import traitlets
 
-from cosmic_horizons_lab.notebook.widgets.live import Event, LiveWidget, apply_event, merge_snapshot
+from cosmic_horizons_lab.notebook.widgets.live import LiveWidget
 from cosmic_horizons_lab.notebook.widgets.static import CSS, view
 
 if TYPE_CHECKING:
+    from cosmic_horizons_lab.notebook.jobs import Job
     from cosmic_horizons_lab.notebook.lab import Lab
 
 ROW_FIELDS = ("id", "agent", "dataset_id", "status", "progress", "created_at", "started_at",
@@ -34,10 +38,11 @@ class JobQueue(LiveWidget):
         self._lab = lab
         self._limit = limit
         self._filters = {k: v for k, v in filters.items() if v is not None}
-        self._records: dict[str, dict[str, Any]] = {}
+        self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         super().__init__(pump=lab.pump)
-        lab.feed.add(self)
+        lab.on_new_job(self._new_job)
+        lab.follow()
         self.connected = lab.feed.started
         if load:
             threading.Thread(target=self.refresh, daemon=True).start()
@@ -45,17 +50,36 @@ class JobQueue(LiveWidget):
     def refresh(self) -> None:
         """Reload the list from the API (events keep it current afterwards)."""
         try:
-            records = self._lab._list_records(limit=self._limit, **self._filters)
+            jobs = self._lab.recent_jobs(limit=self._limit, **self._filters)
         except Exception as exc:
             self.report_error(exc)
             return
-        self.add_records(records)
+        self.add_jobs(jobs)
+        self.stage(error="")
 
-    def add_records(self, records: list[dict[str, Any]]) -> None:
+    def add_jobs(self, jobs: list["Job"]) -> None:
+        """Show these jobs too (each listened to from now on)."""
         with self._lock:
-            for record in records:
-                self._records[record["id"]] = merge_snapshot(self._records.get(record["id"]), record)
-        self._publish(error="")
+            new = [job for job in jobs if job.id not in self._jobs]
+            self._jobs.update((job.id, job) for job in new)
+        for job in new:
+            job.add_listener(self._on_job_change)
+        self.invalidate()
+
+    def _new_job(self, job: "Job") -> None:
+        self.add_jobs([job])
+        # Agent and dataset come with the record; the event already gave the status.
+        threading.Thread(target=self._fetch, args=(job,), daemon=True).start()
+
+    @staticmethod
+    def _fetch(job: "Job") -> None:
+        try:
+            job.refresh()
+        except Exception:
+            pass
+
+    def _on_job_change(self, _job: "Job") -> None:
+        self.invalidate()
 
     def _matches(self, record: dict[str, Any]) -> bool:
         for key in ("agent", "dataset_id", "status", "batch_id"):
@@ -64,41 +88,20 @@ class JobQueue(LiveWidget):
                 return False
         return True
 
-    def on_event(self, event: Event) -> None:
-        job_id = event.get("job_id")
-        if not job_id or not str(event.get("type", "")).startswith("job."):
-            return
-        fetch = False
+    def render(self) -> dict[str, Any]:
         with self._lock:
-            record = self._records.get(job_id)
-            if record is None:
-                record = self._records[job_id] = {"id": job_id, "status": "QUEUED"}
-                fetch = True
-            changed = apply_event(record, event)
-        if fetch:
-            # Agent and dataset come with the record; the event already gave the status.
-            threading.Thread(target=self._fetch, args=(job_id,), daemon=True).start()
-        if changed or fetch:
-            self._publish()
-
-    def _fetch(self, job_id: str) -> None:
-        try:
-            record = self._lab._record(job_id)
-        except Exception:
-            return
-        self.add_records([record])
-
-    def _publish(self, **extra: Any) -> None:
-        with self._lock:
-            records = [r for r in self._records.values() if self._matches(r)]
+            records = [job.record for job in self._jobs.values()]
+        records = [r for r in records if self._matches(r)]
         records.sort(key=lambda r: (r.get("created_at") or "", r["id"]), reverse=True)
         rows = [{k: r.get(k) for k in ROW_FIELDS} for r in records[: self._limit]]
-        self.stage(jobs=rows, connected=self._lab.feed.started, **extra)
+        return {"jobs": rows, "connected": self._lab.feed.started}
 
     def action_cancel(self, content: dict[str, Any]) -> None:
         job_id = content.get("id")
         if job_id:
-            self.add_records([self._lab._cancel_record(job_id)])
+            with self._lock:
+                job = self._jobs.get(job_id)
+            (job or self._lab.job(job_id)).cancel(check=True)
 
     def action_refresh(self, _content: dict[str, Any]) -> None:
         threading.Thread(target=self.refresh, daemon=True).start()

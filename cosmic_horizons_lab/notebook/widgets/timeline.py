@@ -1,7 +1,9 @@
 """Timeline: a batch or pipeline as one bar per job, queued → end, live.
 
 Bars are coloured by state (the waiting part pale), dependencies drawn as
-arrows from a parent's end to its child's start.
+arrows from a parent's end to its child's start. The bars are rendered from
+the batch's :class:`~cosmic_horizons_lab.notebook.jobs.Job` handles, which the
+event stream keeps current; the timeline keeps no copy of its own.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import traitlets
 
-from cosmic_horizons_lab.notebook.widgets.live import Event, LiveWidget, apply_event, merge_snapshot
+from cosmic_horizons_lab.notebook.widgets.live import LiveWidget
 from cosmic_horizons_lab.notebook.widgets.static import CSS, view
 
 if TYPE_CHECKING:
-    from cosmic_horizons_lab.notebook.lab import Job, Lab
+    from cosmic_horizons_lab.notebook.jobs import Job
+    from cosmic_horizons_lab.notebook.lab import Lab
 
 
 def _epoch(ts: Any) -> float | None:
@@ -51,35 +54,25 @@ class Timeline(LiveWidget):
 
     def __init__(self, lab: "Lab", jobs: Sequence["Job"], labels: Sequence[str] | None = None) -> None:
         self._lab = lab
-        self._order = [j.id for j in jobs]
-        self._labels = {i: label for i, label in zip(self._order, labels or []) if label}
-        self._records = {j.id: dict(j.record) for j in jobs}
-        self._lock = threading.Lock()
-        super().__init__(pump=lab.pump)
-        lab.feed.add(self)
-        self._publish()
+        self._jobs = list(jobs)
+        self._labels = {j.id: label for j, label in zip(self._jobs, labels or []) if label}
+        super().__init__(pump=lab.pump, **self.render())
+        for job in self._jobs:
+            job.add_listener(self._on_job_change)
+        # The event stream is open before the snapshots are read: no change falls between.
+        lab.follow()
+        self.invalidate()
         threading.Thread(target=self._load, daemon=True).start()
 
     def _load(self) -> None:
-        for job_id in self._order:
+        for job in self._jobs:
             try:
-                record = self._lab._record(job_id)
+                job.refresh()
             except Exception:
                 continue
-            with self._lock:
-                self._records[job_id] = merge_snapshot(self._records.get(job_id), record)
-        self._publish()
 
-    def on_event(self, event: Event) -> None:
-        job_id = event.get("job_id")
-        if job_id not in self._records:
-            return
-        with self._lock:
-            changed = apply_event(self._records[job_id], event)
-        if changed:
-            self._publish()
+    def _on_job_change(self, _job: "Job") -> None:
+        self.invalidate()
 
-    def _publish(self) -> None:
-        with self._lock:
-            bars = [bar(self._records[i], self._labels.get(i)) for i in self._order]
-        self.stage(jobs=bars)
+    def render(self) -> dict[str, Any]:
+        return {"jobs": [bar(job.record, self._labels.get(job.id)) for job in self._jobs]}
