@@ -14,11 +14,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from cosmic_horizons_lab.protocol.api import API_PREFIX
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-API_PREFIX = "cosmic-horizons/api/"
 
 
 class ApiError(Exception):

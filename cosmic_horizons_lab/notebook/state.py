@@ -10,19 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from cosmic_horizons_lab.protocol.states import EVENT_FOR, LIVE, SUBMITTED_EVENT, Status
+from cosmic_horizons_lab.protocol.states import TERMINAL as _TERMINAL
+
 Event = dict[str, Any]
 
-TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
-ORDER = {"QUEUED": 0, "QUEUING": 1, "RUNNING": 2, "COMPLETED": 3, "FAILED": 3, "CANCELLED": 3}
-TYPE_STATUS = {
-    "job.submitted": "QUEUED",
-    "job.queued": "QUEUED",
-    "job.queuing": "QUEUING",
-    "job.running": "RUNNING",
-    "job.completed": "COMPLETED",
-    "job.failed": "FAILED",
-    "job.cancelled": "CANCELLED",
-}
+TERMINAL = frozenset(s.value for s in _TERMINAL)
+#: How far along the lifecycle a status is: the end states share the last rank.
+ORDER = {**{s.value: i for i, s in enumerate(LIVE)}, **{s.value: len(LIVE) for s in _TERMINAL}}
+TYPE_STATUS = {SUBMITTED_EVENT: Status.QUEUED.value, **{t: s.value for s, t in EVENT_FOR.items()}}
 
 __all__ = ["Event", "ORDER", "TERMINAL", "TYPE_STATUS", "apply_event", "merge_snapshot"]
 

@@ -24,6 +24,8 @@ class Status(StrEnum):
 
 TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 ACTIVE = frozenset({Status.QUEUING, Status.RUNNING})
+#: Every state a job is in until it ends, in lifecycle order.
+LIVE = (Status.QUEUED, Status.QUEUING, Status.RUNNING)
 
 _ALLOWED: dict[Status, frozenset[Status]] = {
     Status.QUEUED: frozenset({Status.QUEUING, Status.RUNNING, Status.FAILED, Status.CANCELLED}),
@@ -45,6 +47,10 @@ EVENT_FOR: dict[Status, str] = {
     Status.FAILED: "job.failed",
     Status.CANCELLED: "job.cancelled",
 }
+
+
+#: The event a new job's life starts with (its status is QUEUED).
+SUBMITTED_EVENT = "job.submitted"
 
 
 def can_transition(current: str, target: str) -> bool:

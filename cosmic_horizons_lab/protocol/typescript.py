@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from cosmic_horizons_lab.protocol.api import API_PREFIX
-from cosmic_horizons_lab.protocol.states import ACTIVE, EVENT_FOR, TERMINAL, Status, can_transition
+from cosmic_horizons_lab.protocol.states import (ACTIVE, EVENT_FOR, SUBMITTED_EVENT, TERMINAL, Status,
+                                                 can_transition)
 
 
 def _lit(value: str) -> str:
@@ -65,6 +66,9 @@ def render() -> str:
         "export const EVENT_FOR: { readonly [S in JobStatus]: string } = {",
         *(f"  {_lit(s.value)}: {_lit(EVENT_FOR[s])}," for s in Status),
         "};",
+        "",
+        "/** The event a submission records; its job is then QUEUED. */",
+        f"export const SUBMITTED_EVENT = {_lit(SUBMITTED_EVENT)};",
         "",
         "/** The API's URL prefix, relative to the server's base URL (ends with a slash). */",
         f"export const API_PREFIX = {_lit(API_PREFIX)};",

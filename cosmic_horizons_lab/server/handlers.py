@@ -520,7 +520,7 @@ DATASET = r"(?P<dataset_id>[^/]+)"
 
 
 def routes() -> list[tuple[str, type]]:
-    """URL patterns relative to ``{base_url}cosmic-horizons/api/``."""
+    """URL patterns relative to ``{base_url}`` + :data:`~cosmic_horizons_lab.protocol.api.API_PREFIX`."""
     return [
         (r"jobs/submit", SubmitHandler),
         (r"jobs/submit-batch", SubmitBatchHandler),

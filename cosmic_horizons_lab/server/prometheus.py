@@ -19,6 +19,8 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from cosmic_horizons_lab.protocol.states import LIVE, SUBMITTED_EVENT, Status
+
 JOB_EVENTS = Counter(
     "cosmic_horizons_job_transitions", "Job lifecycle events committed by this server, by type "
     "(job.submitted, job.running, job.completed, job.failed, job.cancelled…)", ["type"],
@@ -73,7 +75,7 @@ class Instruments:
 
     def set_job_counts(self, counts: dict[str, int]) -> None:
         """Start from the store's truth (at start-up); events move the gauges from there."""
-        for status in ("QUEUED", "QUEUING", "RUNNING"):
+        for status in LIVE:
             JOBS.labels(status).set(counts.get(status, 0))
 
     def on_published(self, events: list[dict[str, Any]]) -> None:
@@ -91,12 +93,12 @@ class Instruments:
             JOB_EVENTS.labels(kind).inc()
             payload = ev.get("payload") or {}
             status, previous = payload.get("status"), payload.get("previous")
-            if kind == "job.submitted":
-                JOBS.labels("QUEUED").inc()
+            if kind == SUBMITTED_EVENT:
+                JOBS.labels(Status.QUEUED).inc()
                 continue
-            if previous in ("QUEUED", "QUEUING", "RUNNING"):
+            if previous in LIVE:
                 JOBS.labels(previous).dec()
-            if status in ("QUEUED", "QUEUING", "RUNNING"):
+            if status in LIVE:
                 JOBS.labels(status).inc()
 
     @staticmethod

@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from cosmic_horizons_lab._version import __version__
+from cosmic_horizons_lab.protocol.api import API_PREFIX
+from cosmic_horizons_lab.protocol.states import Status
 
-STATUS = ["QUEUED", "QUEUING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
+STATUS = [s.value for s in Status]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -564,7 +566,7 @@ def _with_auth_errors(paths: dict[str, Any]) -> dict[str, Any]:
     return paths
 
 
-def openapi_document(api_url: str = "/cosmic-horizons/api/") -> dict[str, Any]:
+def openapi_document(api_url: str = "/" + API_PREFIX) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {

@@ -3,7 +3,7 @@
  * terminal, and the event type of each come from the Python protocol
  * (cosmic_horizons_lab/protocol/states.py) through the generated module.
  */
-import { EVENT_FOR, JOB_STATES, Status, TERMINAL_STATES } from './protocol.generated';
+import { EVENT_FOR, JOB_STATES, Status, SUBMITTED_EVENT, TERMINAL_STATES } from './protocol.generated';
 import type { JobStatus } from './protocol.generated';
 
 export { JOB_STATES, Status, TERMINAL_STATES } from './protocol.generated';
@@ -16,7 +16,7 @@ export function isTerminal(status: string | undefined | null): boolean {
 }
 
 /** The event a submission records; its job is then QUEUED. */
-export const JOB_SUBMITTED = 'job.submitted';
+export const JOB_SUBMITTED = SUBMITTED_EVENT;
 
 /** The state each job.* event type records (EVENT_FOR read backwards). */
 export const TYPE_STATUS: Readonly<Record<string, JobStatus>> = {
