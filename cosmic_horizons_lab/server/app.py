@@ -40,8 +40,8 @@ from cosmic_horizons_lab.server.api.submission import SubmissionValidator
 from cosmic_horizons_lab.server.telemetry import GpuTelemetry, probe_gpus
 from cosmic_horizons_lab.server.accounting.usage import Usage
 from cosmic_horizons_lab.server.webhooks import Webhooks
+from cosmic_horizons_lab.protocol.api import API_PREFIX
 
-API_PREFIX = "cosmic-horizons/api/"
 
 BACKENDS = {
     "local": "cosmic_horizons_lab.backends.local:LocalBackend",
