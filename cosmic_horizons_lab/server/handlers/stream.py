@@ -1,0 +1,114 @@
+"""The live event stream (a WebSocket) and where it stands (``events/latest``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from jupyter_core.utils import ensure_async
+from jupyter_server.auth.decorator import authorized, ws_authenticated
+from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from tornado import web, websocket
+
+from cosmic_horizons_lab.server.events import encode, message
+
+if TYPE_CHECKING:
+    from cosmic_horizons_lab.server.app import CosmicHorizons
+
+
+from cosmic_horizons_lab.server.handlers.base import (
+    AUTH_RESOURCE,
+    EXTENSION,
+    APIBase,
+    request_owner,
+)
+
+
+class LatestEventHandler(APIBase):
+    """The caller's newest event id: where a client that wants only new events starts."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.reply({"last_event_id": await self.app.store.last_event_id(self.owner)})
+
+
+class EventStreamHandler(ExtensionHandlerMixin, JupyterHandler, websocket.WebSocketHandler):
+    """``WS events?after=<id>``: the caller's events, replayed from ``after`` then live.
+
+    It subscribes before replaying, then drops live events it already
+    replayed, so a reconnecting client misses nothing and gets nothing twice.
+    Messages carry one event, or a list of events when several are pending.
+    """
+
+    auth_resource = AUTH_RESOURCE
+
+    def initialize(self, name: str = EXTENSION, *args: Any, **kwargs: Any) -> None:
+        super().initialize(name, *args, **kwargs)
+
+    @property
+    def owner(self) -> str:
+        return request_owner(self)
+
+    async def pre_get(self) -> None:
+        await self.extensionapp.ensure_started()
+        user = self.current_user
+        allowed = await ensure_async(self.authorizer.is_authorized(self, user, "read", AUTH_RESOURCE))
+        if not allowed:
+            raise web.HTTPError(403)
+        raw = self.get_query_argument("after", "0")
+        try:
+            self.after = int(raw)
+            if self.after < 0:
+                raise ValueError
+        except ValueError:
+            raise web.HTTPError(400, "'after' must be an integer ≥ 0") from None
+
+    @ws_authenticated
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        await self.pre_get()
+        res = super().get(*args, **kwargs)
+        if res is not None:
+            await res
+
+    def check_origin(self, origin: str) -> bool:
+        return JupyterHandler.check_origin(self, origin)
+
+    def open(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        app = self.extensionapp
+        self.subscription = app.bus.subscribe(self.owner)
+        self.sender = asyncio.get_running_loop().create_task(self._send(app))
+
+    async def _send(self, app: "CosmicHorizons") -> None:
+        last = self.after
+        try:
+            while True:  # replay what the store has after `last`, page by page
+                page = await app.store.events_after(self.owner, last, limit=2000)
+                if not page:
+                    break
+                await self.write_message(message([encode(ev) for ev in page]))
+                last = page[-1]["id"]
+            while True:
+                batch = await self.subscription.next_batch()
+                if self.subscription.overflowed:
+                    self.close(1013, "too far behind; reconnect with after=<last id>")
+                    return
+                fresh = [item for item in batch if item[0] > last]
+                if fresh:
+                    await self.write_message(message(fresh))
+                    last = fresh[-1][0]
+        except (websocket.WebSocketClosedError, asyncio.CancelledError):
+            pass
+
+    def on_message(self, message: str | bytes) -> None:
+        pass  # the stream is one-way; nothing a client sends means anything
+
+    def on_close(self) -> None:
+        if getattr(self, "subscription", None) is not None:
+            self.subscription.close()
+        if getattr(self, "sender", None) is not None:
+            self.sender.cancel()
+
+
+# -- issue 5: staging, validation, tips, metrics, webhooks -------------------------------------
