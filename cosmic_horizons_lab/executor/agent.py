@@ -8,6 +8,7 @@ calls, never at the top of an agent module.
 
 from __future__ import annotations
 
+import importlib.util
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -37,6 +38,14 @@ COMMON_PARAMS: dict[str, Any] = {
 }
 
 
+#: The package's optional extras (``pip install 'cosmic-horizons-lab[<extra>]'``) that an agent
+#: may need, with the modules that show each is installed. The one place that knows them:
+#: :meth:`Agent.missing_extra` looks here, the server names the extra in its refusal.
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "science": ("torch", "numpy", "scipy", "astropy", "pyuvdata"),
+}
+
+
 class Agent(ABC):
     """One kind of job: a name, a parameter schema and a ``run`` method.
 
@@ -50,6 +59,26 @@ class Agent(ABC):
     description: ClassVar[str] = ""
     requires_dataset: ClassVar[bool] = True
     params_schema: ClassVar[dict[str, Any]] = {"properties": {}}
+    #: The optional extra (a key of ``EXTRA_MODULES``) whose libraries ``run`` imports; ``None``
+    #: when the core dependencies suffice. A submission is refused (422) while it is missing.
+    extra: ClassVar[str | None] = None
+
+    @classmethod
+    def missing_extra(cls) -> str | None:
+        """The name of this agent's extra when one of its modules is not installed, else ``None``.
+
+        Looks the modules up (``importlib.util.find_spec``) without importing them, so asking
+        costs the server neither the import time nor the memory of torch.
+        """
+        if cls.extra is None:
+            return None
+        for module in EXTRA_MODULES.get(cls.extra, ()):  # an extra not listed: nothing to check
+            try:
+                if importlib.util.find_spec(module) is None:
+                    return cls.extra
+            except (ImportError, ValueError):
+                return cls.extra
+        return None
 
     @classmethod
     def schema(cls) -> dict[str, Any]:

@@ -41,6 +41,8 @@ from cosmic_horizons_lab.server.telemetry import GpuTelemetry, probe_gpus
 from cosmic_horizons_lab.server.accounting.usage import Usage
 from cosmic_horizons_lab.server.webhooks import Webhooks
 from cosmic_horizons_lab.protocol.api import API_PREFIX
+from cosmic_horizons_lab.backends.local import LocalBackend
+from cosmic_horizons_lab.backends.slurm import SlurmBackend
 
 
 BACKENDS = {
@@ -58,6 +60,9 @@ class CosmicHorizons(ExtensionApp):
 
     name = "cosmic_horizons_lab"
     load_other_extensions = True
+    # the backends' settings, for the extension's own --help-all (docs/configuration.md lists
+    # them all: jupyter-server's --help-all shows only its own classes)
+    classes = [*ExtensionApp.classes, LocalBackend, SlurmBackend]
 
     db_url = Unicode(
         "",

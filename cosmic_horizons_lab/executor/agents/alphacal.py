@@ -36,6 +36,7 @@ SKY_COMPONENT = {
 
 class AlphaCalAgent(Agent):
     name = "AlphaCal"
+    extra = "science"
     description = ("Flag RFI (SumThreshold, AOFlagger-style) and solve antenna gains (StEFCal) "
                    "against a sky model; writes calibrated visibilities, flags and a caltable.")
     params_schema = {

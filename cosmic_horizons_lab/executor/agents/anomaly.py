@@ -18,6 +18,7 @@ from cosmic_horizons_lab.executor.context import JobContext
 
 class AnomalyDetectionAgent(Agent):
     name = "AnomalyDetection"
+    extra = "science"
     description = ("Find sources in an image (robust noise, islands above a threshold) and list "
                    "anomalies: sources new or missing against a reference catalogue, flux changes, "
                    "residual structure.")

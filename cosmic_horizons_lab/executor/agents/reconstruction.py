@@ -18,6 +18,7 @@ from cosmic_horizons_lab.executor.context import JobContext
 
 class ImageReconstructionAgent(Agent):
     name = "ImageReconstruction"
+    extra = "science"
     description = ("Grid visibilities (ES kernel, w-stacking), FFT to a dirty image, Högbom CLEAN, "
                    "restore; FITS images with WCS.")
     params_schema = {
