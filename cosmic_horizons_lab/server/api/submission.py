@@ -20,6 +20,7 @@ from jsonschema.exceptions import ValidationError
 
 from cosmic_horizons_lab.server.datasets import Dataset, DatasetRegistry
 from cosmic_horizons_lab.protocol.durations import parse_duration
+from cosmic_horizons_lab.server.api.requests import reject_unknown
 from cosmic_horizons_lab.server.errors import BadRequest, ValidationFailed
 from cosmic_horizons_lab.executor.registry import agents, get_agent
 
@@ -78,12 +79,7 @@ class SubmissionValidator:
         """
         if not isinstance(body, dict):
             raise BadRequest("a submission is a JSON object", field=prefix.rstrip(".") or None)
-        unknown = sorted(set(body) - SUBMISSION_FIELDS - extra_fields)
-        if unknown:
-            raise BadRequest(
-                f"unknown field {unknown[0]!r}; known fields: {', '.join(sorted(SUBMISSION_FIELDS))}",
-                field=prefix + unknown[0],
-            )
+        reject_unknown(body, sorted(SUBMISSION_FIELDS), also=extra_fields, prefix=prefix)
         agent = body.get("agent")
         if not isinstance(agent, str) or not agent:
             raise ValidationFailed("'agent' is required: the name of an agent (GET agents lists them)", field=prefix + "agent")
@@ -91,6 +87,12 @@ class SubmissionValidator:
         if agent_cls is None:
             raise ValidationFailed(
                 f"unknown agent {agent!r}; available: {', '.join(sorted(agents()))}", field=prefix + "agent"
+            )
+        missing = agent_cls.missing_extra()
+        if missing:
+            raise ValidationFailed(
+                f"{agent} needs the {missing!r} extra: pip install 'cosmic-horizons-lab[{missing}]'",
+                field=prefix + "agent",
             )
 
         params = body.get("params", {})

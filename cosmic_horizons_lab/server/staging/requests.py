@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cosmic_horizons_lab.protocol.clock import isoformat
+from cosmic_horizons_lab.server.api.requests import reject_unknown
 from cosmic_horizons_lab.server.datasets import Dataset, DatasetRegistry
 from cosmic_horizons_lab.server.errors import BadRequest, Forbidden, NotFound, ValidationFailed
 from cosmic_horizons_lab.server.staging.copy import LiveCopy
@@ -79,9 +80,7 @@ def parse_stage(body: Any, datasets: DatasetRegistry, targets: dict[str, Target]
     """Validate a staging request's body (the dataset's files and destination are checked after)."""
     if not isinstance(body, dict):
         raise BadRequest("a staging request is a JSON object", field=None)
-    unknown = sorted(set(body) - STAGE_FIELDS)
-    if unknown:
-        raise BadRequest(f"unknown field {unknown[0]!r}; known fields: {', '.join(sorted(STAGE_FIELDS))}", field=unknown[0])
+    reject_unknown(body, sorted(STAGE_FIELDS))
     dataset = lookup_dataset(datasets, body.get("dataset_id"))
     target = lookup_target(targets, body.get("target_resource", "tacc_scratch"))
     priority = body.get("priority", "normal")
@@ -100,9 +99,7 @@ def parse_estimate(body: Any, datasets: DatasetRegistry, targets: dict[str, Targ
     """Validate a transfer-estimate request's body: (dataset, target)."""
     if not isinstance(body, dict):
         raise BadRequest("an estimate request is a JSON object", field=None)
-    unknown = sorted(set(body) - set(ESTIMATE_FIELDS))
-    if unknown:
-        raise BadRequest(f"unknown field {unknown[0]!r}; known fields: {', '.join(ESTIMATE_FIELDS)}", field=unknown[0])
+    reject_unknown(body, ESTIMATE_FIELDS)
     dataset = lookup_dataset(datasets, body.get("dataset_id"))
     return dataset, lookup_target(targets, body.get("target_resource", "tacc_scratch"))
 

@@ -1,0 +1,199 @@
+"""What the job endpoints accept around a submission: the batch and pipeline bodies, the
+history query and the Idempotency-Key header; and the one check for unknown body fields.
+
+Each shape is written as data (JSON-Schema-like constants) and the parsers read their bounds
+from it, so a document generated from these constants says what the server really enforces.
+The parsers keep the API's error rule (``submission.py``): 400 when the request is malformed
+(not an object, an unknown field, a query value that is not a number), 422 when a known field
+has a value we cannot accept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cosmic_horizons_lab.protocol.states import Status
+from cosmic_horizons_lab.server.api.filters import created_between
+from cosmic_horizons_lab.server.errors import BadRequest, ValidationFailed
+
+MAX_BATCH = 1000
+MAX_PAGE_SIZE = 200
+
+#: ``Idempotency-Key`` header of a single submission.
+IDEMPOTENCY_KEY: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 255}
+
+#: ``parallelLimit`` of a batch or pipeline: how many of its jobs may run at once; null or absent, no limit.
+PARALLEL_LIMIT: dict[str, Any] = {"type": ["integer", "null"], "minimum": 1}
+
+#: POST jobs/submit-batch. Each item is a submission (``submission.py`` checks it).
+BATCH_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["jobs"],
+    "additionalProperties": False,
+    "properties": {
+        "jobs": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": {"$ref": "Submission"}},
+        "parallelLimit": PARALLEL_LIMIT,
+    },
+}
+
+#: POST jobs/pipeline. Each stage is a submission plus the ``name`` its children's
+#: ``depends_on`` refer to (unique within the pipeline; a cycle is refused with 400).
+PIPELINE_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["stages"],
+    "additionalProperties": False,
+    "properties": {
+        "stages": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_BATCH,
+            "items": {
+                "allOf": [{"$ref": "Submission"}],
+                "required": ["name"],
+                "properties": {"name": {"type": "string", "minLength": 1}},
+            },
+        },
+        "parallelLimit": PARALLEL_LIMIT,
+    },
+}
+
+#: Paging of a listing. A value that is not an integer or out of bounds is a 400.
+PAGE_QUERY: dict[str, dict[str, Any]] = {
+    "page": {"type": "integer", "minimum": 1, "default": 1},
+    "page_size": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": 20},
+}
+
+#: GET jobs/history/list and jobs/search: the user's jobs, newest first. Empty values are ignored.
+JOB_QUERY: dict[str, dict[str, Any]] = {
+    "agent": {"type": "string", "description": "only this agent's jobs"},
+    "dataset_id": {"type": "string", "description": "only jobs reading this dataset"},
+    "batch_id": {"type": "string", "description": "only this batch's or pipeline's jobs"},
+    "status": {
+        "type": "string",
+        "description": "comma-separated statuses, any case",
+        "items": {"enum": [s.value for s in Status]},
+    },
+    "from_date": {"type": "string", "format": "date-time", "description": "created at or after (ISO-8601)"},
+    "to_date": {"type": "string", "format": "date-time", "description": "created at or before (ISO-8601)"},
+    **PAGE_QUERY,
+}
+
+#: The JOB_QUERY parameters that select on a job column of the same name by equality.
+JOB_QUERY_EQUALS = ("agent", "dataset_id", "batch_id")
+
+
+def reject_unknown(
+    body: dict[str, Any], known: Sequence[str], *, also: Collection[str] = (), prefix: str = ""
+) -> None:
+    """400 naming the first unknown key (in sorted order) and listing ``known`` as given.
+
+    ``also`` are keys a caller accepts without advertising them (a pipeline stage's ``name``
+    in a submission); ``prefix`` places the field in a larger body (``jobs[3].``).
+    """
+    unknown = sorted(set(body) - set(known) - set(also))
+    if unknown:
+        raise BadRequest(
+            f"unknown field {unknown[0]!r}; known fields: {', '.join(known)}", field=prefix + unknown[0]
+        )
+
+
+def idempotency_key(value: str | None) -> str | None:
+    """The header's value, refused when it is outside :data:`IDEMPOTENCY_KEY`'s length bounds."""
+    shortest, longest = IDEMPOTENCY_KEY["minLength"], IDEMPOTENCY_KEY["maxLength"]
+    if value is not None and not (shortest <= len(value) <= longest):
+        raise BadRequest(f"Idempotency-Key must be {shortest} to {longest} characters", field="Idempotency-Key")
+    return value
+
+
+def batch_body(body: Any) -> tuple[list[Any], int | None]:
+    """The submissions and ``parallelLimit`` of a :data:`BATCH_BODY`."""
+    return _envelope(body, BATCH_BODY)
+
+
+def pipeline_body(body: Any) -> tuple[list[Any], int | None, list[str]]:
+    """The stages, ``parallelLimit`` and stage names (in order) of a :data:`PIPELINE_BODY`.
+
+    Names are checked before the stages themselves: a child's ``depends_on`` means nothing
+    until every stage has its one name.
+    """
+    stages, limit = _envelope(body, PIPELINE_BODY)
+    names: list[str] = []
+    for i, stage in enumerate(stages):
+        name = stage.get("name") if isinstance(stage, dict) else None
+        if not isinstance(name, str) or not name:
+            raise ValidationFailed(
+                "every stage needs a 'name' its children refer to", field=f"stages[{i}].name"
+            )
+        if name in names:
+            raise BadRequest(f"stage name {name!r} is used twice", field=f"stages[{i}].name")
+        names.append(name)
+    return stages, limit, names
+
+
+def _envelope(body: Any, schema: dict[str, Any]) -> tuple[list[Any], int | None]:
+    (key,) = schema["required"]
+    if not isinstance(body, dict):
+        raise BadRequest(f"send a JSON object with '{key}'", field=None)
+    reject_unknown(body, list(schema["properties"]))
+    items = body.get(key)
+    if not isinstance(items, list) or len(items) < schema["properties"][key]["minItems"]:
+        raise ValidationFailed(f"'{key}' must be a non-empty list of submissions", field=key)
+    most = schema["properties"][key]["maxItems"]
+    if len(items) > most:
+        raise ValidationFailed(f"at most {most} {key} at once", field=key)
+    limit = body.get("parallelLimit")
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, int) or limit < PARALLEL_LIMIT["minimum"]
+    ):
+        raise ValidationFailed("'parallelLimit' must be a positive integer", field="parallelLimit")
+    return items, limit
+
+
+@dataclass
+class JobQuery:
+    """A parsed :data:`JOB_QUERY`."""
+
+    page: int
+    page_size: int
+    #: column name -> the value it must equal (only the parameters that were given)
+    equals: dict[str, str] = field(default_factory=dict)
+    #: upper-case statuses, or None for any status
+    statuses: list[str] | None = None
+    #: the ``from_date``/``to_date`` conditions, from the filter the metrics endpoint shares
+    created: list[Any] = field(default_factory=list)
+
+
+def job_query(query: dict[str, str]) -> JobQuery:
+    """Parse a listing's query string; refuses the first bad parameter (paging, then status, then dates)."""
+    page, page_size = page_args(query)
+    equals = {name: query[name] for name in JOB_QUERY_EQUALS if query.get(name)}
+    statuses = None
+    if query.get("status"):
+        allowed = JOB_QUERY["status"]["items"]["enum"]
+        statuses = [s.strip().upper() for s in query["status"].split(",") if s.strip()]
+        bad = [s for s in statuses if s not in allowed]
+        if bad:
+            raise BadRequest(f"unknown status {bad[0]!r}; one of {', '.join(allowed)}", field="status")
+    return JobQuery(page, page_size, equals, statuses, created_between(query)[0])
+
+
+def page_args(query: dict[str, str]) -> tuple[int, int]:
+    """``page`` and ``page_size`` by :data:`PAGE_QUERY`: every value is read before any bound is checked."""
+    values: dict[str, int] = {}
+    for name, spec in PAGE_QUERY.items():
+        try:
+            values[name] = int(query.get(name, spec["default"]))
+        except ValueError:
+            raise BadRequest(_integer_rule(name, spec), field=name) from None
+    for name, spec in PAGE_QUERY.items():
+        if values[name] < spec["minimum"] or values[name] > spec.get("maximum", values[name]):
+            raise BadRequest(_integer_rule(name, spec), field=name)
+    return values["page"], values["page_size"]
+
+
+def _integer_rule(name: str, spec: dict[str, Any]) -> str:
+    if "maximum" in spec:
+        return f"'{name}' must be an integer from {spec['minimum']} to {spec['maximum']}"
+    return f"'{name}' must be an integer ≥ {spec['minimum']}"

@@ -1,0 +1,334 @@
+"""Choosing which queued jobs start now, and handing them to the backend.
+
+The choice (:meth:`Dispatcher.dispatch`) is strict priority, FIFO within one, bounded by a
+batch's ``parallelLimit``, the jobs' parents and the backend's free slots. Every hand-over
+goes through :meth:`Dispatcher.launch`, so an unreachable backend (back off, try the same jobs
+later) and a refused job (that job fails, the queue goes on) are told apart in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from cosmic_horizons_lab.backends.base import Backend, BackendUnavailable, LaunchSpec
+from cosmic_horizons_lab.protocol import jobdir
+from cosmic_horizons_lab.protocol.clock import utcnow
+from cosmic_horizons_lab.protocol.states import ACTIVE, Status
+from cosmic_horizons_lab.server.datasets import DatasetRegistry
+from cosmic_horizons_lab.server.jobs.lifecycle import Lifecycle
+from cosmic_horizons_lab.server.store.database import Store
+from cosmic_horizons_lab.server.store.orm import Batch, Job, Run
+
+log = logging.getLogger(__name__)
+
+#: Submissions in flight at once to a backend that queues jobs itself (Slurm).
+SUBMIT_CONCURRENCY = 8
+#: The most queued jobs one dispatch looks at.
+DISPATCH_WINDOW = 200
+
+#: A job ready to go: the job, its parents (whose outputs are its inputs) and the backend ids
+#: of the parents it must wait for on the backend's side (Slurm's ``afterok``).
+Ready = tuple[Job, list[Job], list[str]]
+
+
+@dataclass
+class Launch:
+    """One call to the backend: one job, or several as one job array (each stays its own job)."""
+
+    items: list[Ready]
+    array: bool = False
+    parallel_limit: int | None = None
+
+
+class BackendHealth:
+    """Whether the backend answered last time, and when to ask again.
+
+    Dispatch and reconciliation both report to it; while it backs off, dispatch does not try,
+    so a down scheduler is asked at most once per backoff, not once per job per tick.
+    """
+
+    def __init__(self, poll_interval: float) -> None:
+        self.poll_interval = poll_interval
+        #: why the backend is unreachable, for the health endpoint; None when it answers
+        self.error: str | None = None
+        self.retry_at = 0.0
+        self.backoff = 0.0
+
+    def down(self, why: str) -> None:
+        self.error = why
+        self.backoff = min(max(self.backoff * 2, self.poll_interval), 60.0)
+        self.retry_at = time.monotonic() + self.backoff
+        log.warning("backend unavailable (%s); retrying in %.1fs", why, self.backoff)
+
+    def up(self) -> None:
+        self.error = None
+        self.backoff = 0.0
+        self.retry_at = 0.0
+
+    def backing_off(self) -> bool:
+        return time.monotonic() < self.retry_at
+
+
+def launch_spec(job: Job, work_dir: Path, after_ok: list[str] | None = None) -> LaunchSpec:
+    """How the backend sees ``job``: also what a restarted server re-attaches with."""
+    return LaunchSpec(
+        job_id=job.id,
+        job_dir=jobdir.job_dir(work_dir, job.user, job.id),
+        agent=job.agent,
+        user=job.user,
+        gpu_count=job.gpu_count,
+        max_runtime_seconds=job.max_runtime_seconds,
+        correlation_id=job.correlation_id,
+        name=f"ch-{job.agent}-{job.id[:8]}",
+        after_ok=list(after_ok or []),
+    )
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        backend: Backend,
+        datasets: DatasetRegistry,
+        lifecycle: Lifecycle,
+        health: BackendHealth,
+        work_dir: Path,
+        server_root: Path,
+        server_id: str,
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.datasets = datasets
+        self.lifecycle = lifecycle
+        self.health = health
+        self.work_dir = Path(work_dir)
+        self.server_root = Path(server_root)
+        self.server_id = server_id
+        #: ``resolve(user, dataset) -> job.json dataset ref``: staging points jobs at a fresh
+        #: staged copy; without it jobs read the archive.
+        self.resolve_dataset: Callable[[str, Any], dict[str, Any]] | None = None
+
+    async def dispatch(self) -> None:
+        """Start the queued jobs that can start now, highest priority first, FIFO within one.
+
+        A job waits for its parents; a backend that enforces dependencies itself
+        (Slurm's ``afterok``) gets it as soon as its parents are submitted. A
+        batch of one agent goes to a backend with arrays as one array whose
+        parallel limit the backend enforces; otherwise the limit is ours.
+        """
+        if self.health.backing_off():
+            return
+        if self.backend.free_slots(0) == 0:
+            return  # every slot is busy: nothing can start, so don't even look
+        features = self.backend.supported_features()
+        async with self.store.read() as session:
+            queued = (
+                await session.scalars(
+                    sa.select(Job)
+                    .where(Job.server_id == self.server_id, Job.status == Status.QUEUED.value)
+                    .order_by(Job.priority.desc(), Job.created_at, Job.id)
+                    .limit(DISPATCH_WINDOW)
+                )
+            ).all()
+            if not queued:
+                return
+            batch_ids = {j.batch_id for j in queued if j.batch_id}
+            batches: dict[str, Batch] = {}
+            agents_in: dict[str, set[str]] = {}
+            active: Counter[str] = Counter()
+            if batch_ids:
+                batches = {b.id: b for b in (await session.scalars(sa.select(Batch).where(Batch.id.in_(batch_ids)))).all()}
+                for batch_id, agent, status in (
+                    await session.execute(sa.select(Job.batch_id, Job.agent, Job.status).where(Job.batch_id.in_(batch_ids)))
+                ).all():
+                    agents_in.setdefault(batch_id, set()).add(agent)
+                    if status in ACTIVE:
+                        active[batch_id] += 1
+            parent_ids = {p for j in queued for p in (j.depends_on or [])}
+            parents: dict[str, Job] = {}
+            if parent_ids:
+                parents = {
+                    p.id: p for p in (await session.scalars(sa.select(Job).where(Job.id.in_(parent_ids)))).all()
+                }
+        dependency_failed: list[Job] = []
+        arrays_sent: set[str] = set()
+        unlimited: list[Ready] = []
+        for job in queued:
+            deps = [parents.get(p) for p in job.depends_on or []]
+            if any(d is None or d.status in (Status.FAILED, Status.CANCELLED) for d in deps):
+                dependency_failed.append(job)
+                continue
+            waiting = [d for d in deps if d.status != Status.COMPLETED]
+            if waiting and not (
+                "dependencies" in features and all(d.backend_job_id and d.status in ACTIVE for d in waiting)
+            ):
+                continue
+            after_ok = [d.backend_job_id for d in waiting]
+            batch = batches.get(job.batch_id) if job.batch_id else None
+            if (
+                batch is not None and batch.kind == "batch" and "arrays" in features
+                and len(agents_in.get(batch.id, ())) == 1 and not job.depends_on
+            ):
+                if batch.id not in arrays_sent:
+                    arrays_sent.add(batch.id)
+                    group: list[Ready] = [(j, [], []) for j in queued if j.batch_id == batch.id and not j.depends_on]
+                    if await self.launch([Launch(group, array=True, parallel_limit=batch.parallel_limit)]) is None:
+                        break
+                continue
+            limit = batch.parallel_limit if batch is not None else None
+            if limit is not None and active[batch.id] >= limit:
+                continue
+            free = self.backend.free_slots(job.gpu_count)
+            if free is None:
+                # No slots to account for (Slurm queues itself): submit together, below.
+                unlimited.append((job, deps, after_ok))
+                if batch is not None:
+                    active[batch.id] += 1
+                continue
+            if free <= 0:
+                break  # strict priority: a smaller job does not overtake a waiting bigger one
+            started = await self.launch([Launch([(job, deps, after_ok)])])
+            if started is None:
+                break  # the backend is unreachable: try again after the backoff
+            if started and batch is not None:
+                active[batch.id] += 1
+        if unlimited:
+            await self.launch(self._pack(unlimited, features))
+        if dependency_failed:
+            async with self.store.write() as tx:
+                for stale in dependency_failed:
+                    job = await tx.session.get(Job, stale.id)
+                    if job.status == Status.QUEUED:
+                        self.lifecycle.transition(
+                            tx, job, Status.CANCELLED, reason="dependency_failed",
+                            error="a job this one depends on failed or was cancelled",
+                        )
+
+    @staticmethod
+    def _pack(ready: list[Ready], features: set[str]) -> list[Launch]:
+        """Jobs that arrived together and ask for the same resources go as one array.
+
+        One sbatch instead of many is what Slurm sites ask of heavy submitters; the rest go
+        one by one. Arrays come first, as the jobs they hold were queued first.
+        """
+        if "arrays" not in features or len(ready) <= 1:
+            return [Launch([item]) for item in ready]
+        packs: dict[tuple[Any, ...], list[Ready]] = {}
+        for item in ready:
+            job, _, after_ok = item
+            packs.setdefault((job.agent, job.gpu_count, job.max_runtime_seconds, tuple(after_ok)), []).append(item)
+        arrays = [Launch(group, array=True) for group in packs.values() if len(group) > 1]
+        return arrays + [Launch(group) for group in packs.values() if len(group) == 1]
+
+    async def launch(self, launches: list[Launch]) -> int | None:
+        """Hand jobs to the backend, a few calls in flight; the one place its errors are handled.
+
+        Returns how many jobs are now QUEUING, or None when the backend is unreachable (those
+        not sent stay QUEUED for the next try; anything it accepted first is still recorded).
+        A job the backend refuses fails with the backend's reason; the rest go on. What it
+        accepted is recorded in one transaction: one sbatch takes milliseconds of Slurm's
+        time, and a transaction per job is what would make our path slower than raw sbatch.
+        """
+        gate = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+        accepted: list[dict[str, str] | None] = [None] * len(launches)
+        refused: dict[str, str] = {}
+        down: list[str] = []
+
+        async def send(n: int, launch: Launch) -> None:
+            specs = [self._prepare(job, parents, after_ok) for job, parents, after_ok in launch.items]
+            async with gate:
+                if down:
+                    return
+                try:
+                    if launch.array:
+                        ids = await self.backend.submit_array(specs, launch.parallel_limit)
+                    else:
+                        ids = [await self.backend.submit(specs[0])]
+                except BackendUnavailable as exc:
+                    down.append(str(exc))
+                    return
+                except Exception as exc:  # refused for good: these jobs fail, the rest go on
+                    if launch.array:
+                        log.exception("backend refused an array of %d jobs", len(launch.items))
+                    else:
+                        log.exception("backend refused job %s", launch.items[0][0].id)
+                    refused.update((job.id, str(exc)) for job, _, _ in launch.items)
+                    return
+            accepted[n] = {job.id: backend_id for (job, _, _), backend_id in zip(launch.items, ids)}
+
+        await asyncio.gather(*(send(n, launch) for n, launch in enumerate(launches)))
+        launched = {job_id: backend_id for sent in accepted if sent for job_id, backend_id in sent.items()}
+        if down:
+            self.health.down(down[0])
+        elif launched:
+            self.health.up()
+        if refused:
+            async with self.store.write() as tx:
+                for job_id, why in refused.items():
+                    current = await tx.session.get(Job, job_id)
+                    self.lifecycle.transition(tx, current, Status.FAILED, reason="submit_failed", error=why)
+        recorded = await self._record(launched) if launched else 0
+        return None if down else recorded
+
+    def _prepare(self, job: Job, parents: list[Job], after_ok: list[str] | None = None) -> LaunchSpec:
+        """Write the job's ``job.json`` (its inputs are its parents' outputs) and describe its launch."""
+        spec = launch_spec(job, self.work_dir, after_ok)
+        dataset = self.datasets.get(job.dataset_id) if job.dataset_id else None
+        dataset_ref = dataset.ref() if dataset else None
+        if dataset is not None and self.resolve_dataset is not None:
+            dataset_ref = self.resolve_dataset(job.user, dataset)
+        jobdir.write_job_file(
+            spec.job_dir,
+            {
+                "id": job.id,
+                "agent": job.agent,
+                "params": job.params,
+                "dataset": dataset_ref,
+                "inputs": [str(jobdir.job_dir(self.work_dir, p.user, p.id) / "outputs") for p in parents],
+                "correlation_id": job.correlation_id,
+                "user": job.user,
+                "server_root": str(self.server_root),
+                "attempt": job.attempts + 1,
+            },
+        )
+        return spec
+
+    async def _record(self, launched: dict[str, str]) -> int:
+        """Record what the backend accepted: a run each, QUEUING. Returns how many were recorded."""
+        taken_back: list[str] = []
+        recorded = 0
+        async with self.store.write() as tx:
+            found = {
+                j.id: j for j in (await tx.session.scalars(sa.select(Job).where(Job.id.in_(list(launched))))).all()
+            }
+            for job_id, backend_id in launched.items():
+                current = found[job_id]
+                if current.status != Status.QUEUED:
+                    taken_back.append(backend_id)  # cancelled while we were submitting it
+                    continue
+                current.attempts += 1
+                current.backend_job_id = backend_id
+                tx.session.add(
+                    Run(
+                        job_id=current.id, attempt=current.attempts, backend=self.backend.name,
+                        backend_job_id=backend_id, status=Status.QUEUING.value, events_offset=0,
+                        submitted_at=utcnow(),
+                    )
+                )
+                self.lifecycle.transition(
+                    tx, current, Status.QUEUING, payload={"backend_job_id": backend_id, "attempt": current.attempts}
+                )
+                recorded += 1
+        for backend_id in taken_back:
+            await self.backend.cancel(backend_id)
+        return recorded

@@ -1,0 +1,201 @@
+"""Matching the store with what really happened: the backend's view and the job directories.
+
+The store only says what we last knew. After a restart (:meth:`Reconciler.adopt`) and then on
+every poll, the truth is what the backend reports and what each job wrote to its directory;
+this module folds both back into the store. Most ticks nothing moved, and then nothing is
+written at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from cosmic_horizons_lab.backends.base import Backend, BackendJobState, BackendUnavailable
+from cosmic_horizons_lab.protocol import jobdir
+from cosmic_horizons_lab.protocol.clock import parse_iso, utcnow
+from cosmic_horizons_lab.protocol.states import ACTIVE, Status
+from cosmic_horizons_lab.server.jobs.dispatch import BackendHealth, launch_spec
+from cosmic_horizons_lab.server.jobs.lifecycle import Lifecycle
+from cosmic_horizons_lab.server.store.database import Store, Tx
+from cosmic_horizons_lab.server.store.orm import Job, Run
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        backend: Backend,
+        lifecycle: Lifecycle,
+        health: BackendHealth,
+        work_dir: Path,
+        server_id: str,
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.lifecycle = lifecycle
+        self.health = health
+        self.work_dir = Path(work_dir)
+        self.server_id = server_id
+        #: job id -> who asked to cancel it, for its CANCELLED event (the backend may not know)
+        self.cancel_requested_by: dict[str, str] = {}
+
+    async def adopt(self) -> None:
+        """Re-attach to the jobs a previous server left active, so their exits are seen again."""
+        async with self.store.read() as session:
+            rows = (
+                await session.scalars(
+                    sa.select(Job).where(Job.server_id == self.server_id, Job.status.in_(list(ACTIVE)))
+                )
+            ).all()
+        for job in rows:
+            if job.backend_job_id:
+                await self.backend.adopt(job.backend_job_id, launch_spec(job, self.work_dir))
+
+    async def reconcile(self) -> None:
+        """Bring the store up to date with the job directories and the backend."""
+        async with self.store.read() as session:
+            rows = (
+                await session.execute(
+                    sa.select(Job, Run)
+                    .join(Run, sa.and_(Run.job_id == Job.id, Run.attempt == Job.attempts))
+                    .where(Job.server_id == self.server_id, Job.status.in_(list(ACTIVE)))
+                )
+            ).all()
+        if not rows:
+            return
+        try:
+            states = await self.backend.poll([run.backend_job_id for _, run in rows if run.backend_job_id])
+            self.health.up()
+            reachable = True
+        except BackendUnavailable as exc:
+            self.health.down(str(exc))
+            states, reachable = {}, False
+
+        def read_all() -> list[tuple[list[dict[str, Any]], int]]:
+            # After the poll: a job that just ended has written all its records.
+            return [
+                jobdir.read_records(jobdir.job_dir(self.work_dir, job.user, job.id), run.events_offset)
+                for job, run in rows
+            ]
+
+        changes = []
+        for (job, run), (records, offset) in zip(rows, await asyncio.to_thread(read_all)):
+            state = states.get(run.backend_job_id)
+            if state is None and reachable:
+                state = BackendJobState("FAILED", None, "lost", {"detail": "the backend no longer knows this job"})
+            moved = state is not None and state.status != job.status and (
+                state.status != Status.QUEUING or _requeued(job, state)
+            )
+            if records or moved:
+                changes.append((job.id, run.id, records, offset, state))
+        if not changes:
+            return  # most ticks: every job as it was; no transaction at all
+        async with self.store.write() as tx:
+            for job_id, run_id, records, offset, state in changes:
+                job = await tx.session.get(Job, job_id)
+                run = await tx.session.get(Run, run_id)
+                if job.status not in ACTIVE:
+                    continue
+                if records:
+                    self._apply_records(tx, job, run, records, offset)
+                if state is not None:
+                    self._apply_state(tx, job, run, state)
+
+    def _apply_records(self, tx: Tx, job: Job, run: Run, records: list[dict[str, Any]], offset: int) -> None:
+        run.events_offset = offset
+        progressed = False
+        metrics = dict(job.metrics or {})
+        for rec in records:
+            kind = rec.get("type")
+            if kind == "started":
+                if job.status == Status.QUEUING:
+                    self.lifecycle.transition(tx, job, Status.RUNNING, payload={"host": rec.get("host")})
+                # The executor's own clock says when it started; polling only says when we noticed.
+                try:
+                    began = parse_iso(rec["ts"])
+                except (KeyError, TypeError, ValueError):
+                    began = utcnow()
+                run.started_at = run.started_at or began
+                if job.started_at is None or job.started_at > began:
+                    job.started_at = began
+            elif kind == "progress":
+                if isinstance(rec.get("metrics"), dict):
+                    metrics.update(rec["metrics"])
+                if isinstance(rec.get("progress"), (int, float)):
+                    job.progress = max(0.0, min(1.0, float(rec["progress"])))
+                progressed = True
+            elif kind in ("result", "error"):
+                if kind == "result":
+                    job.result = rec.get("result") if isinstance(rec.get("result"), dict) else {"value": rec.get("result")}
+                else:
+                    job.error = str(rec.get("error", ""))[:4000]
+                try:
+                    run.ended_at = parse_iso(rec["ts"])
+                except (KeyError, TypeError, ValueError):
+                    run.ended_at = utcnow()
+        if progressed:
+            job.metrics = metrics
+            job.updated_at = utcnow()
+            if job.status == Status.QUEUING:
+                self.lifecycle.transition(tx, job, Status.RUNNING)
+            # Records read together become one event: the latest state wins, nothing floods.
+            tx.emit(
+                "job.progress", user=job.user, job=job,
+                payload={"status": job.status, "progress": job.progress, "metrics": metrics},
+            )
+
+    def _apply_state(self, tx: Tx, job: Job, run: Run, state: BackendJobState) -> None:
+        target = Status(state.status)
+        if _requeued(job, state):
+            # It ran and will run again from the start: say so, and why, rather than keep
+            # showing RUNNING while it waits (Slurm holds a requeued job a while).
+            self.lifecycle.transition(tx, job, Status.QUEUING, reason="requeued", payload={
+                "restarts": state.detail.get("restarts"), "slurm_state": state.detail.get("slurm_state"),
+                "slurm_reason": state.detail.get("slurm_reason"),
+            })
+            job.progress = 0.0
+            return
+        if target == Status.QUEUING or job.status == target:
+            return
+        if target == Status.RUNNING:
+            self.lifecycle.transition(tx, job, Status.RUNNING)
+            return
+        run.status = target.value
+        run.exit_code = state.exit_code
+        run.reason = state.reason
+        run.ended_at = run.ended_at or utcnow()
+        extra = {"exit_code": state.exit_code, **state.detail}
+        if target == Status.FAILED and state.reason == "lost" and job.attempts <= job.retries:
+            self.lifecycle.transition(tx, job, Status.QUEUED, reason="retry", payload={"retry": job.attempts, **extra})
+            return
+        error = None
+        if target == Status.FAILED:
+            error = job.error or _failure_text(state)
+        reason = state.reason
+        if target == Status.CANCELLED and job.reason == "cancel_requested":
+            reason = "cancelled"
+        requested_by = self.cancel_requested_by.pop(job.id, None)
+        if target == Status.CANCELLED and requested_by:
+            extra["by"] = requested_by
+        if self.lifecycle.transition(tx, job, target, reason=reason, error=error, payload=extra):
+            # When the job's last record was written is when it ended; we may notice later.
+            job.completed_at = max(run.ended_at, job.started_at) if job.started_at else run.ended_at
+
+
+def _requeued(job: Job, state: BackendJobState) -> bool:
+    return job.status == Status.RUNNING and state.status == Status.QUEUING and state.reason == "requeued"
+
+
+def _failure_text(state: BackendJobState) -> str:
+    if state.reason == "timeout":
+        return "the job ran past its max_runtime and was stopped"
+    if state.reason == "lost":
+        return "the job's process was lost (it ended without reporting)"
+    if state.exit_code is not None:
+        return f"the job exited with status {state.exit_code}"
+    return state.reason or "failed"
