@@ -239,25 +239,7 @@ class CosmicHorizons(ExtensionApp):
         self.execution_backend = self._make_backend()
         max_gpus = self.execution_backend.max_gpus() if hasattr(self.execution_backend, "max_gpus") else None
         self.validator = SubmissionValidator(self.datasets, self.root_path, max_gpus)
-        self.orchestrator = Orchestrator(
-            store=self.store,
-            backend=self.execution_backend,
-            validator=self.validator,
-            datasets=self.datasets,
-            work_dir=self.work_path,
-            server_root=self.root_path,
-            server_id=self.server_id,
-            poll_interval=self.poll_interval,
-        )
         self.telemetry = GpuTelemetry(self.gpu_sample_interval, store=self.store)
-        self._wire_issue5()
-        self.log.info(
-            "cosmic-horizons-lab %s: backend=%s, store=%s, work_dir=%s, GPUs=%s",
-            __version__, self.execution_backend.name, _redact(url), self.work_path, len(self.gpus) or f"none ({why})",
-        )
-
-    def _wire_issue5(self) -> None:
-        """Costs, budgets, staging, webhooks, tips, metrics and Prometheus, hooked onto the orchestrator."""
         self.instruments = Instruments(lambda: self.telemetry.gpus)
         slurm = self.execution_backend.name != "local"
         queue = (getattr(self.execution_backend, "partition", "") or self.execution_backend.name) if slurm else "local"
@@ -280,16 +262,30 @@ class CosmicHorizons(ExtensionApp):
             backoff_base=self.webhook_backoff_seconds, timeout=self.webhook_timeout,
             on_attempt=self.instruments.webhook_attempt,
         )
+        self.orchestrator = Orchestrator(
+            store=self.store,
+            backend=self.execution_backend,
+            validator=self.validator,
+            datasets=self.datasets,
+            work_dir=self.work_path,
+            server_root=self.root_path,
+            server_id=self.server_id,
+            poll_interval=self.poll_interval,
+            submit_checks=[self.accounting.check],
+            # charge first, so the webhook's body carries the cost
+            transition_hooks=[self.accounting.on_transition, self.webhooks.on_transition],
+            resolve_dataset=self.staging.resolve,
+        )
         self.inspector = DatasetInspector(self.store, self.datasets)
         self.usage = Usage(self.store, self.costs, self.work_path)
         self.advisor = Advisor(
             store=self.store, validator=self.validator, datasets=self.datasets, inspector=self.inspector,
             costs=self.costs, accounting=self.accounting, usage=self.usage,
         )
-        self.orchestrator.submit_checks.append(self.accounting.check)
-        # Charge first, so the webhook's body carries the cost.
-        self.orchestrator.transition_hooks.extend([self.accounting.on_transition, self.webhooks.on_transition])
-        self.orchestrator.resolve_dataset = self.staging.resolve
+        self.log.info(
+            "cosmic-horizons-lab %s: backend=%s, store=%s, work_dir=%s, GPUs=%s",
+            __version__, self.execution_backend.name, _redact(url), self.work_path, len(self.gpus) or f"none ({why})",
+        )
 
     def _make_backend(self) -> Backend:
         ref = BACKENDS.get(self.backend, self.backend)

@@ -105,6 +105,7 @@ class Dispatcher:
         work_dir: Path,
         server_root: Path,
         server_id: str,
+        resolve_dataset: Callable[[str, Any], dict[str, Any]] | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -116,7 +117,7 @@ class Dispatcher:
         self.server_id = server_id
         #: ``resolve(user, dataset) -> job.json dataset ref``: staging points jobs at a fresh
         #: staged copy; without it jobs read the archive.
-        self.resolve_dataset: Callable[[str, Any], dict[str, Any]] | None = None
+        self.resolve_dataset = resolve_dataset
 
     async def dispatch(self) -> None:
         """Start the queued jobs that can start now, highest priority first, FIFO within one.

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -65,25 +65,29 @@ class Orchestrator:
         server_root: Path,
         server_id: str,
         poll_interval: float = 1.0,
+        submit_checks: Sequence[SubmitCheck] = (),
+        transition_hooks: Sequence[TransitionHook] = (),
+        resolve_dataset: Callable[[str, Any], dict[str, Any]] | None = None,
     ) -> None:
+        """``submit_checks``: ``async check(tx, user, submission)`` run inside a submission's
+        transaction before its job is added; raising a LabError refuses it (quotas, budgets).
+        ``transition_hooks``: ``hook(tx, job, previous_status)`` run inside the transaction of
+        every transition, in order (cost charging, then the webhook outbox, so both commit with
+        the change). ``resolve_dataset``: ``resolve(user, dataset) -> job.json dataset ref``
+        (staging points a job at a fresh staged copy; without it jobs read the archive)."""
         self.store = store
         self.backend = backend
         self.poll_interval = poll_interval
-        #: ``async check(tx, user, submission)`` run inside the submission's transaction, before
-        #: the job is added; raising a LabError refuses that submission (quotas hook in here).
-        self.submit_checks: list[SubmitCheck] = []
-        #: ``hook(tx, job, previous_status)`` run inside the transaction of every transition
-        #: (cost charging and webhook outbox rows hook in here, so they commit with the change).
-        self.transition_hooks: list[TransitionHook] = []
         self.health = BackendHealth(poll_interval)
-        self.lifecycle = lifecycle = Lifecycle(self.transition_hooks)
+        self.lifecycle = lifecycle = Lifecycle(list(transition_hooks))
         self.intake = Intake(
-            store=store, validator=validator, checks=self.submit_checks, backend_name=backend.name,
+            store=store, validator=validator, checks=list(submit_checks), backend_name=backend.name,
             server_id=server_id, wake=self.wake,
         )
         self.dispatcher = Dispatcher(
             store=store, backend=backend, datasets=datasets, lifecycle=lifecycle, health=self.health,
             work_dir=work_dir, server_root=server_root, server_id=server_id,
+            resolve_dataset=resolve_dataset,
         )
         self.reconciler = Reconciler(
             store=store, backend=backend, lifecycle=lifecycle, health=self.health, work_dir=work_dir,
@@ -104,16 +108,6 @@ class Orchestrator:
     def backend_error(self) -> str | None:
         """Why the backend is unreachable (for the health endpoint); None when it answers."""
         return self.health.error
-
-    @property
-    def resolve_dataset(self) -> Callable[[str, Any], dict[str, Any]] | None:
-        """``resolve(user, dataset) -> job.json dataset ref``: staging points jobs at a fresh
-        staged copy; without it jobs read the archive."""
-        return self.dispatcher.resolve_dataset
-
-    @resolve_dataset.setter
-    def resolve_dataset(self, resolve: Callable[[str, Any], dict[str, Any]] | None) -> None:
-        self.dispatcher.resolve_dataset = resolve
 
     @property
     def _backend_retry_at(self) -> float:
