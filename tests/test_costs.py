@@ -10,7 +10,7 @@ import pytest
 
 from cosmic_horizons_lab.protocol.clock import utcnow
 from cosmic_horizons_lab.server.accounting.costs import Budgets, CostModel
-from cosmic_horizons_lab.server.store.orm import Job
+from cosmic_horizons_lab.server.store.orm import JobRecord
 
 
 def test_tacc_rule_nodes_quarter_hour_minimum_and_queue_rates():
@@ -65,7 +65,7 @@ async def test_jobs_are_charged_from_their_real_run(api, lab, script):
     _, job, _ = await api.post("jobs/submit", {"agent": "Script", "params": {"path": script("import time; time.sleep(0.5)\n")}})
     done = await api.wait_for(job["id"])
     async with lab.store.read() as session:
-        row = await session.get(Job, job["id"])
+        row = await session.get(JobRecord, job["id"])
     hours = (row.completed_at - row.started_at).total_seconds() / 3600
     assert done["status"] == "COMPLETED" and 0 < hours < 0.01
     assert row.gpu_hours == pytest.approx(hours * row.gpu_count)
@@ -78,6 +78,6 @@ async def test_jobs_are_charged_from_their_real_run(api, lab, script):
     _, queued, _ = await api.post("jobs/submit", {"agent": "Script", "params": {"path": script("pass\n", "q.py")}})
     await api.delete(f"jobs/{queued['id']}")
     async with lab.store.read() as session:
-        row = await session.get(Job, queued["id"])
+        row = await session.get(JobRecord, queued["id"])
     assert (row.gpu_hours, row.cost_usd, row.su_charged) == (0.0, 0.0, 0.0)
     assert utcnow() - row.completed_at < timedelta(minutes=1)

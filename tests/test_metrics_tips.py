@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from cosmic_horizons_lab.server.store.orm import GpuSample, Job
+from cosmic_horizons_lab.server.store.orm import GpuSample, JobRecord
 
 DEMO = Path(__file__).resolve().parent.parent / "cosmic_horizons_lab" / "data" / "day2_TDEM0003_10s_norx_1src_1spw.uvfits"
 DEMO_ID = "VLA.TDEM0003.1src"
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=timezone.utc)  # a Monday
 
 
-def _job(status: str, day: int, start_min: float | None, minutes: float | None, agent: str = "AlphaCal") -> Job:
+def _job(status: str, day: int, start_min: float | None, minutes: float | None, agent: str = "AlphaCal") -> JobRecord:
     created = T0 + timedelta(days=day)
     started = created + timedelta(minutes=start_min) if start_min is not None else None
     ended = started + timedelta(minutes=minutes) if started is not None and minutes is not None else created + timedelta(minutes=1)
-    return Job(
+    return JobRecord(
         id=uuid.uuid4().hex, user="astro", agent=agent, dataset_id=DEMO_ID, status=status, progress=1.0, priority=5,
         params={"rfi_strategy": "medium"}, metrics={}, correlation_id="seed", depends_on=[], backend="local",
         server_id="seed", gpu_count=1, retries=0, attempts=1, created_at=created, updated_at=ended,

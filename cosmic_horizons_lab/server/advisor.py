@@ -27,7 +27,7 @@ from cosmic_horizons_lab.server.accounting.costs import Accounting, CostModel
 from cosmic_horizons_lab.server.datasets import Dataset, DatasetRegistry
 from cosmic_horizons_lab.server.science_worker import ScienceUnavailable, run_science
 from cosmic_horizons_lab.server.errors import NotFound, ValidationFailed
-from cosmic_horizons_lab.server.store.orm import DatasetRecord, Job
+from cosmic_horizons_lab.server.store.orm import DatasetRecord, JobRecord
 from cosmic_horizons_lab.server.store.database import Store
 from cosmic_horizons_lab.server.api.submission import SubmissionValidator
 from cosmic_horizons_lab.server.accounting.usage import Usage
@@ -126,7 +126,7 @@ class Advisor:
         self.accounting = accounting
         self.usage = usage
 
-    async def similar_runtimes(self, user: str, agent: str, size: int | None, script: str | None) -> list[tuple[float, Job]]:
+    async def similar_runtimes(self, user: str, agent: str, size: int | None, script: str | None) -> list[tuple[float, JobRecord]]:
         """(minutes scaled to this size, job) of the user's completed jobs of this agent on similar data.
 
         Similar: dataset within a factor of two in size (runtimes scale about
@@ -134,8 +134,8 @@ class Advisor:
         """
         async with self.store.read() as session:
             jobs = (await session.scalars(
-                sa.select(Job).where(Job.user == user, Job.agent == agent, Job.status == "COMPLETED",
-                                     Job.started_at.is_not(None)).order_by(Job.completed_at.desc()).limit(200)
+                sa.select(JobRecord).where(JobRecord.user == user, JobRecord.agent == agent, JobRecord.status == "COMPLETED",
+                                     JobRecord.started_at.is_not(None)).order_by(JobRecord.completed_at.desc()).limit(200)
             )).all()
         out = []
         for job in jobs:

@@ -33,7 +33,7 @@ from cosmic_horizons_lab.protocol.jobdir import OutputIndex
 from cosmic_horizons_lab.server.advisor import Advisor, DatasetInspector
 from cosmic_horizons_lab.server.jobs.orchestrator import Orchestrator
 from cosmic_horizons_lab.server.prometheus import Instruments
-from cosmic_horizons_lab.server.staging.service import DEFAULT_THROUGHPUT, Staging
+from cosmic_horizons_lab.server.staging.service import DEFAULT_THROUGHPUT, StagingService
 from cosmic_horizons_lab.server.staging.targets import targets_from_settings
 from cosmic_horizons_lab.server.store.database import Store, sqlite_url
 from cosmic_horizons_lab.server.api.submission import SubmissionValidator
@@ -248,7 +248,7 @@ class CosmicHorizons(ExtensionApp):
             gpus_per_node=self.gpus_per_node, single_node=not slurm, reserve_hours=self.su_reserve_hours,
         )
         self.accounting = Accounting(self.store, self.costs, budgets_from_settings(self.su_budget, self.su_budgets_file))
-        self.staging = Staging(
+        self.staging = StagingService(
             store=self.store, datasets=self.datasets,
             targets=targets_from_settings(self.staging_targets, self.work_path / "staging", self.staging_purge_days),
             server_id=self.server_id, concurrency=self.staging_concurrency, chunk_bytes=self.staging_chunk_bytes,

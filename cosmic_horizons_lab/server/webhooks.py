@@ -37,7 +37,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from cosmic_horizons_lab.protocol.clock import isoformat, utcnow
 from cosmic_horizons_lab.protocol.states import TERMINAL
 from cosmic_horizons_lab.server.api.responses import status_to_json
-from cosmic_horizons_lab.server.store.orm import Job, WebhookDelivery, WebhookSecret
+from cosmic_horizons_lab.server.store.orm import JobRecord, WebhookDelivery, WebhookSecret
 from cosmic_horizons_lab.server.store.database import Store, Tx
 
 log = logging.getLogger(__name__)
@@ -82,13 +82,13 @@ class Webhooks:
         self._secrets: dict[str, str] = {}
 
     # -- the outbox ------------------------------------------------------------------------
-    def on_transition(self, tx: Tx, job: Job, previous: str) -> None:
+    def on_transition(self, tx: Tx, job: JobRecord, previous: str) -> None:
         """Owe a delivery for this transition, in its transaction (orchestrator transition hook)."""
         if not job.webhook_url or not (job.status in TERMINAL or self.all_transitions):
             return
         # The row is written just before the commit, so its body has the job's final figures
         # (the charge, a corrected completed_at) and still commits with the transition.
-        pending: list[tuple[Job, str, str]] = tx.session.info.setdefault("webhooks_pending", [])
+        pending: list[tuple[JobRecord, str, str]] = tx.session.info.setdefault("webhooks_pending", [])
         if not pending:
             sa.event.listen(tx.session.sync_session, "before_commit", self._write_pending, once=True)
         pending.append((job, job.status, previous))
@@ -97,7 +97,7 @@ class Webhooks:
         for job, status, previous in session.info.pop("webhooks_pending", []):
             self._add_delivery(session, job, status, previous)
 
-    def _add_delivery(self, session: Any, job: Job, status: str, previous: str) -> None:
+    def _add_delivery(self, session: Any, job: JobRecord, status: str, previous: str) -> None:
         now = utcnow()
         event = f"job.{status.lower()}"
         body = {

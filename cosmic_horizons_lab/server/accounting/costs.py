@@ -34,7 +34,7 @@ import sqlalchemy as sa
 
 from cosmic_horizons_lab.server.errors import BudgetExceeded
 from cosmic_horizons_lab.protocol.states import TERMINAL
-from cosmic_horizons_lab.server.store.orm import Job
+from cosmic_horizons_lab.server.store.orm import JobRecord
 from cosmic_horizons_lab.server.store.database import Store, Tx
 from cosmic_horizons_lab.server.api.submission import Submission
 
@@ -109,7 +109,7 @@ class CostModel:
         """SUs held for a job that has not ended: the most it can be charged."""
         return self.estimate(gpu_count, self.reservation_hours(max_runtime_seconds)).su
 
-    def charge(self, job: Job) -> None:
+    def charge(self, job: JobRecord) -> None:
         """Set the job's gpu_hours, cost_usd and su_charged from its real run (0 if it never ran)."""
         if job.started_at is None or job.completed_at is None:
             job.gpu_hours, job.cost_usd, job.su_charged = 0.0, 0.0, 0.0
@@ -175,9 +175,9 @@ class Accounting:
 
     async def _committed(self, session: Any, user: str) -> tuple[float, float]:
         """(SUs charged to ended jobs, SUs reserved by active ones) as the database has them."""
-        used = await session.scalar(sa.select(sa.func.coalesce(sa.func.sum(Job.su_charged), 0.0)).where(Job.user == user))
+        used = await session.scalar(sa.select(sa.func.coalesce(sa.func.sum(JobRecord.su_charged), 0.0)).where(JobRecord.user == user))
         rows = await session.execute(
-            sa.select(Job.gpu_count, Job.max_runtime_seconds).where(Job.user == user, Job.status.notin_([str(s) for s in TERMINAL]))
+            sa.select(JobRecord.gpu_count, JobRecord.max_runtime_seconds).where(JobRecord.user == user, JobRecord.status.notin_([str(s) for s in TERMINAL]))
         )
         reserved = sum(self.model.reservation(g, m) for g, m in rows.all())
         return float(used or 0.0), reserved
@@ -222,7 +222,7 @@ class Accounting:
             )
         accepted[user] = accepted.get(user, 0.0) + need
 
-    def on_transition(self, tx: Tx, job: Job, previous: str) -> None:
+    def on_transition(self, tx: Tx, job: JobRecord, previous: str) -> None:
         """Charge a job when it ends, in the transaction that ends it.
 
         The charge is computed just before that transaction commits, not at
@@ -231,7 +231,7 @@ class Accounting:
         TACC would bill.
         """
         if job.status in TERMINAL and previous not in TERMINAL:
-            pending: list[Job] = tx.session.info.setdefault("cost_pending", [])
+            pending: list[JobRecord] = tx.session.info.setdefault("cost_pending", [])
             if not pending:
                 sa.event.listen(tx.session.sync_session, "before_commit", self._charge_pending, once=True)
             pending.append(job)

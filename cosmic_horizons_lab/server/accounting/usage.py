@@ -27,7 +27,7 @@ from cosmic_horizons_lab.server.accounting.costs import CostModel
 from cosmic_horizons_lab.server.errors import BadRequest
 from cosmic_horizons_lab.server.api.filters import created_between
 from cosmic_horizons_lab.protocol.states import TERMINAL
-from cosmic_horizons_lab.server.store.orm import GpuSample, Job
+from cosmic_horizons_lab.server.store.orm import GpuSample, JobRecord
 from cosmic_horizons_lab.server.store.database import Store
 
 PERIODS = ("day", "week", "month")
@@ -42,12 +42,12 @@ class Usage:
     async def status_counts(self, server_id: str) -> dict[str, int]:
         async with self.store.read() as session:
             rows = await session.execute(
-                sa.select(Job.status, sa.func.count()).where(Job.server_id == server_id).group_by(Job.status)
+                sa.select(JobRecord.status, sa.func.count()).where(JobRecord.server_id == server_id).group_by(JobRecord.status)
             )
             return {status: n for status, n in rows.all()}
 
     # -- measured utilisation --------------------------------------------------------------
-    def _gpu_indices(self, job: Job) -> list[int] | None:
+    def _gpu_indices(self, job: JobRecord) -> list[int] | None:
         if self.work_dir is None:
             return None
         try:
@@ -56,7 +56,7 @@ class Usage:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    async def utilization_by_job(self, jobs: list[Job]) -> dict[str, list[float]]:
+    async def utilization_by_job(self, jobs: list[JobRecord]) -> dict[str, list[float]]:
         """Each job's telemetry samples (utilisation %) during its run, on its GPUs when known."""
         runs = [j for j in jobs if j.started_at and j.completed_at]
         if not runs:
@@ -90,7 +90,7 @@ class Usage:
                 out[job.id] = samples
         return out
 
-    async def mean_utilization(self, jobs: list[Job]) -> float | None:
+    async def mean_utilization(self, jobs: list[JobRecord]) -> float | None:
         samples = [u for s in (await self.utilization_by_job(jobs)).values() for u in s]
         return sum(samples) / len(samples) if samples else None
 
@@ -99,17 +99,17 @@ class Usage:
         period = query.get("period", "day")
         if period not in PERIODS:
             raise BadRequest(f"'period' must be one of {', '.join(PERIODS)}", field="period")
-        conds = [Job.user == user]
+        conds = [JobRecord.user == user]
         dated, parsed = created_between(query)
         conds += dated
         bounds: dict[str, str | None] = {name: isoformat(when) for name, when in parsed.items()}
         if query.get("agent"):
-            conds.append(Job.agent == query["agent"])
+            conds.append(JobRecord.agent == query["agent"])
         async with self.store.read() as session:
-            jobs = list((await session.scalars(sa.select(Job).where(*conds).order_by(Job.created_at))).all())
+            jobs = list((await session.scalars(sa.select(JobRecord).where(*conds).order_by(JobRecord.created_at))).all())
         samples = await self.utilization_by_job(jobs)
-        by_agent: dict[str, list[Job]] = defaultdict(list)
-        by_period: dict[str, list[Job]] = defaultdict(list)
+        by_agent: dict[str, list[JobRecord]] = defaultdict(list)
+        by_period: dict[str, list[JobRecord]] = defaultdict(list)
         for job in jobs:
             by_agent[job.agent].append(job)
             by_period[_period_key(job.created_at, period)].append(job)
@@ -127,7 +127,7 @@ class Usage:
             "by_period": [{"period": key, **self._summary(js, samples)} for key, js in sorted(by_period.items())],
         }
 
-    def _summary(self, jobs: list[Job], samples: dict[str, list[float]]) -> dict[str, Any]:
+    def _summary(self, jobs: list[JobRecord], samples: dict[str, list[float]]) -> dict[str, Any]:
         done = [j for j in jobs if j.status == "COMPLETED"]
         failed = sum(1 for j in jobs if j.status == "FAILED")
         cancelled = sum(1 for j in jobs if j.status == "CANCELLED")

@@ -7,7 +7,7 @@ from typing import Any
 
 from cosmic_horizons_lab.protocol.clock import parse_iso
 from cosmic_horizons_lab.server.errors import BadRequest
-from cosmic_horizons_lab.server.store.orm import Job
+from cosmic_horizons_lab.server.store.orm import JobRecord
 
 
 def created_between(query: dict[str, str]) -> tuple[list[Any], dict[str, datetime | None]]:
@@ -20,6 +20,6 @@ def created_between(query: dict[str, str]) -> tuple[list[Any], dict[str, datetim
                 when = parse_iso(query[name])
             except ValueError:
                 raise BadRequest(f"'{name}' must be an ISO-8601 date or date-time", field=name) from None
-            conds.append(Job.created_at >= when if name == "from_date" else Job.created_at <= when)
+            conds.append(JobRecord.created_at >= when if name == "from_date" else JobRecord.created_at <= when)
             bounds[name] = when
     return conds, bounds

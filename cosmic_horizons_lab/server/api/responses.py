@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from cosmic_horizons_lab.protocol.clock import isoformat
-from cosmic_horizons_lab.server.store.orm import Job
+from cosmic_horizons_lab.server.store.orm import JobRecord
 
 
-def job_to_json(job: Job, api_url: str) -> dict[str, Any]:
+def job_to_json(job: JobRecord, api_url: str) -> dict[str, Any]:
     return {
         "id": job.id,
         "user": job.user,
@@ -43,7 +43,7 @@ def job_to_json(job: Job, api_url: str) -> dict[str, Any]:
     }
 
 
-def status_to_json(job: Job, api_url: str) -> dict[str, Any]:
+def status_to_json(job: JobRecord, api_url: str) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "id": job.id,
         "status": job.status,

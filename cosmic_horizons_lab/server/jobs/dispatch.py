@@ -26,7 +26,7 @@ from cosmic_horizons_lab.protocol.states import ACTIVE, Status
 from cosmic_horizons_lab.server.datasets import DatasetRegistry
 from cosmic_horizons_lab.server.jobs.lifecycle import Lifecycle
 from cosmic_horizons_lab.server.store.database import Store
-from cosmic_horizons_lab.server.store.orm import Batch, Job, Run
+from cosmic_horizons_lab.server.store.orm import BatchRecord, JobRecord, Run
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ DISPATCH_WINDOW = 200
 
 #: A job ready to go: the job, its parents (whose outputs are its inputs) and the backend ids
 #: of the parents it must wait for on the backend's side (Slurm's ``afterok``).
-Ready = tuple[Job, list[Job], list[str]]
+Ready = tuple[JobRecord, list[JobRecord], list[str]]
 
 
 @dataclass
@@ -78,7 +78,7 @@ class BackendHealth:
         return time.monotonic() < self.retry_at
 
 
-def launch_spec(job: Job, work_dir: Path, after_ok: list[str] | None = None) -> LaunchSpec:
+def launch_spec(job: JobRecord, work_dir: Path, after_ok: list[str] | None = None) -> LaunchSpec:
     """How the backend sees ``job``: also what a restarted server re-attaches with."""
     return LaunchSpec(
         job_id=job.id,
@@ -135,33 +135,33 @@ class Dispatcher:
         async with self.store.read() as session:
             queued = (
                 await session.scalars(
-                    sa.select(Job)
-                    .where(Job.server_id == self.server_id, Job.status == Status.QUEUED.value)
-                    .order_by(Job.priority.desc(), Job.created_at, Job.id)
+                    sa.select(JobRecord)
+                    .where(JobRecord.server_id == self.server_id, JobRecord.status == Status.QUEUED.value)
+                    .order_by(JobRecord.priority.desc(), JobRecord.created_at, JobRecord.id)
                     .limit(DISPATCH_WINDOW)
                 )
             ).all()
             if not queued:
                 return
             batch_ids = {j.batch_id for j in queued if j.batch_id}
-            batches: dict[str, Batch] = {}
+            batches: dict[str, BatchRecord] = {}
             agents_in: dict[str, set[str]] = {}
             active: Counter[str] = Counter()
             if batch_ids:
-                batches = {b.id: b for b in (await session.scalars(sa.select(Batch).where(Batch.id.in_(batch_ids)))).all()}
+                batches = {b.id: b for b in (await session.scalars(sa.select(BatchRecord).where(BatchRecord.id.in_(batch_ids)))).all()}
                 for batch_id, agent, status in (
-                    await session.execute(sa.select(Job.batch_id, Job.agent, Job.status).where(Job.batch_id.in_(batch_ids)))
+                    await session.execute(sa.select(JobRecord.batch_id, JobRecord.agent, JobRecord.status).where(JobRecord.batch_id.in_(batch_ids)))
                 ).all():
                     agents_in.setdefault(batch_id, set()).add(agent)
                     if status in ACTIVE:
                         active[batch_id] += 1
             parent_ids = {p for j in queued for p in (j.depends_on or [])}
-            parents: dict[str, Job] = {}
+            parents: dict[str, JobRecord] = {}
             if parent_ids:
                 parents = {
-                    p.id: p for p in (await session.scalars(sa.select(Job).where(Job.id.in_(parent_ids)))).all()
+                    p.id: p for p in (await session.scalars(sa.select(JobRecord).where(JobRecord.id.in_(parent_ids)))).all()
                 }
-        dependency_failed: list[Job] = []
+        dependency_failed: list[JobRecord] = []
         arrays_sent: set[str] = set()
         unlimited: list[Ready] = []
         for job in queued:
@@ -208,7 +208,7 @@ class Dispatcher:
         if dependency_failed:
             async with self.store.write() as tx:
                 for stale in dependency_failed:
-                    job = await tx.session.get(Job, stale.id)
+                    job = await tx.session.get(JobRecord, stale.id)
                     if job.status == Status.QUEUED:
                         self.lifecycle.transition(
                             tx, job, Status.CANCELLED, reason="dependency_failed",
@@ -276,12 +276,12 @@ class Dispatcher:
         if refused:
             async with self.store.write() as tx:
                 for job_id, why in refused.items():
-                    current = await tx.session.get(Job, job_id)
+                    current = await tx.session.get(JobRecord, job_id)
                     self.lifecycle.transition(tx, current, Status.FAILED, reason="submit_failed", error=why)
         recorded = await self._record(launched) if launched else 0
         return None if down else recorded
 
-    def _prepare(self, job: Job, parents: list[Job], after_ok: list[str] | None = None) -> LaunchSpec:
+    def _prepare(self, job: JobRecord, parents: list[JobRecord], after_ok: list[str] | None = None) -> LaunchSpec:
         """Write the job's ``job.json`` (its inputs are its parents' outputs) and describe its launch."""
         spec = launch_spec(job, self.work_dir, after_ok)
         dataset = self.datasets.get(job.dataset_id) if job.dataset_id else None
@@ -310,7 +310,7 @@ class Dispatcher:
         recorded = 0
         async with self.store.write() as tx:
             found = {
-                j.id: j for j in (await tx.session.scalars(sa.select(Job).where(Job.id.in_(list(launched))))).all()
+                j.id: j for j in (await tx.session.scalars(sa.select(JobRecord).where(JobRecord.id.in_(list(launched))))).all()
             }
             for job_id, backend_id in launched.items():
                 current = found[job_id]

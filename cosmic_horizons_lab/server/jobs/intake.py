@@ -21,7 +21,7 @@ from cosmic_horizons_lab.server.api import requests
 from cosmic_horizons_lab.server.api.submission import Submission, SubmissionValidator
 from cosmic_horizons_lab.server.errors import BadRequest, LabError
 from cosmic_horizons_lab.server.store.database import Store, Tx
-from cosmic_horizons_lab.server.store.orm import Batch, Job
+from cosmic_horizons_lab.server.store.orm import BatchRecord, JobRecord
 
 #: ``async check(tx, user, submission)``, run inside the submission's transaction before the job
 #: is added; raising a LabError refuses that submission (quotas hook in here).
@@ -61,7 +61,7 @@ class Intake:
         *,
         idempotency_key: str | None = None,
         correlation_id: str | None = None,
-    ) -> tuple[Job, bool]:
+    ) -> tuple[JobRecord, bool]:
         """Validate and queue one job; returns (job, created). Same key, same user → the first job.
 
         Concurrent submissions are written together, one transaction for all
@@ -82,10 +82,10 @@ class Intake:
             try:
                 async with self.store.write() as tx:
                     keys = {(u, k) for u, _, k, _, _ in group if k}
-                    known: dict[tuple[str, str], Job] = {}
+                    known: dict[tuple[str, str], JobRecord] = {}
                     if keys:
                         rows = await tx.session.scalars(
-                            sa.select(Job).where(Job.idempotency_key.in_({k for _, k in keys}))
+                            sa.select(JobRecord).where(JobRecord.idempotency_key.in_({k for _, k in keys}))
                         )
                         known = {(j.user, j.idempotency_key): j for j in rows if (j.user, j.idempotency_key) in keys}
                     for user, sub, key, cid, fut in group:
@@ -118,7 +118,7 @@ class Intake:
                     fut.set_result((value, created))
             self.wake()
 
-    async def submit_batch(self, user: str, body: Any, *, correlation_id: str | None = None) -> tuple[Batch, list[Job]]:
+    async def submit_batch(self, user: str, body: Any, *, correlation_id: str | None = None) -> tuple[BatchRecord, list[JobRecord]]:
         """Queue many jobs at once, all or none; at most ``parallelLimit`` of them run at once."""
         items, limit = requests.batch_body(body)
         subs = [self.validator.validate(item, prefix=f"jobs[{i}].") for i, item in enumerate(items)]
@@ -127,7 +127,7 @@ class Intake:
                 await self._check_parents(tx, user, sub.depends_on, f"jobs[{i}].depends_on")
                 for check in self.checks:
                     await check(tx, user, sub)
-            batch = Batch(id=new_id(), user=user, parallel_limit=limit, kind="batch", created_at=utcnow())
+            batch = BatchRecord(id=new_id(), user=user, parallel_limit=limit, kind="batch", created_at=utcnow())
             tx.session.add(batch)
             jobs = [self._add_job(tx, user, sub, correlation_id=correlation_id, batch=batch) for sub in subs]
         self.wake()
@@ -135,7 +135,7 @@ class Intake:
 
     async def submit_pipeline(
         self, user: str, body: Any, *, correlation_id: str | None = None
-    ) -> tuple[Batch, dict[str, Job]]:
+    ) -> tuple[BatchRecord, dict[str, JobRecord]]:
         """Queue stages that depend on each other by name; each takes its parents' outputs.
 
         Refused whole (400) when a stage names an unknown parent or the stages form a cycle.
@@ -148,10 +148,10 @@ class Intake:
         ]
         order = _topological_order(names, [s.depends_on for s in subs])
         async with self.store.write() as tx:
-            batch = Batch(id=new_id(), user=user, parallel_limit=limit, kind="pipeline", created_at=utcnow())
+            batch = BatchRecord(id=new_id(), user=user, parallel_limit=limit, kind="pipeline", created_at=utcnow())
             tx.session.add(batch)
             ids = {name: new_id() for name in names}
-            jobs: dict[str, Job] = {}
+            jobs: dict[str, JobRecord] = {}
             for i in order:
                 sub = subs[i]
                 parents = [ids.get(p, p) for p in sub.depends_on]
@@ -171,7 +171,7 @@ class Intake:
         if not parents:
             return
         found = set(
-            (await tx.session.scalars(sa.select(Job.id).where(Job.user == user, Job.id.in_(parents)))).all()
+            (await tx.session.scalars(sa.select(JobRecord.id).where(JobRecord.user == user, JobRecord.id.in_(parents)))).all()
         )
         missing = [p for p in parents if p not in found]
         if missing:
@@ -185,11 +185,11 @@ class Intake:
         *,
         correlation_id: str | None,
         idempotency_key: str | None = None,
-        batch: Batch | None = None,
+        batch: BatchRecord | None = None,
         job_id: str | None = None,
-    ) -> Job:
+    ) -> JobRecord:
         now = utcnow()
-        job = Job(
+        job = JobRecord(
             id=job_id or new_id(),
             user=user,
             agent=sub.agent,

@@ -15,12 +15,12 @@ from typing import Any
 from cosmic_horizons_lab.protocol.clock import utcnow
 from cosmic_horizons_lab.protocol.states import EVENT_FOR, TERMINAL, Status, can_transition
 from cosmic_horizons_lab.server.store.database import Tx
-from cosmic_horizons_lab.server.store.orm import Job
+from cosmic_horizons_lab.server.store.orm import JobRecord
 
 log = logging.getLogger(__name__)
 
 #: ``hook(tx, job, previous_status)``, run inside the transaction of every transition.
-TransitionHook = Callable[[Tx, Job, str], None]
+TransitionHook = Callable[[Tx, JobRecord, str], None]
 
 
 class Lifecycle:
@@ -31,7 +31,7 @@ class Lifecycle:
     def transition(
         self,
         tx: Tx,
-        job: Job,
+        job: JobRecord,
         status: Status,
         *,
         reason: str | None = None,

@@ -31,7 +31,7 @@ from cosmic_horizons_lab.server.jobs.intake import Intake, SubmitCheck
 from cosmic_horizons_lab.server.jobs.lifecycle import Lifecycle, TransitionHook
 from cosmic_horizons_lab.server.jobs.reconcile import Reconciler
 from cosmic_horizons_lab.server.store.database import Store
-from cosmic_horizons_lab.server.store.orm import Batch, Job
+from cosmic_horizons_lab.server.store.orm import BatchRecord, JobRecord
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class BackendError(LabError):
 
 @dataclass
 class Page:
-    items: list[Job]
+    items: list[JobRecord]
     total: int
     page: int
     page_size: int
@@ -189,24 +189,24 @@ class Orchestrator:
         *,
         idempotency_key: str | None = None,
         correlation_id: str | None = None,
-    ) -> tuple[Job, bool]:
+    ) -> tuple[JobRecord, bool]:
         """Validate and queue one job; returns (job, created). Same key, same user → the first job."""
         return await self.intake.submit(user, body, idempotency_key=idempotency_key, correlation_id=correlation_id)
 
-    async def submit_batch(self, user: str, body: Any, *, correlation_id: str | None = None) -> tuple[Batch, list[Job]]:
+    async def submit_batch(self, user: str, body: Any, *, correlation_id: str | None = None) -> tuple[BatchRecord, list[JobRecord]]:
         """Queue many jobs at once, all or none; at most ``parallelLimit`` of them run at once."""
         return await self.intake.submit_batch(user, body, correlation_id=correlation_id)
 
     async def submit_pipeline(
         self, user: str, body: Any, *, correlation_id: str | None = None
-    ) -> tuple[Batch, dict[str, Job]]:
+    ) -> tuple[BatchRecord, dict[str, JobRecord]]:
         """Queue stages that depend on each other by name; each takes its parents' outputs."""
         return await self.intake.submit_pipeline(user, body, correlation_id=correlation_id)
 
     # -- reads ------------------------------------------------------------------------
-    async def get_job(self, user: str, job_id: str) -> Job:
+    async def get_job(self, user: str, job_id: str) -> JobRecord:
         async with self.store.read() as session:
-            job = await session.get(Job, job_id)
+            job = await session.get(JobRecord, job_id)
         if job is None or job.user != user:
             # Another user's job is as unknown as a job that does not exist.
             raise NotFound(f"no job {job_id!r}", field="id")
@@ -215,17 +215,17 @@ class Orchestrator:
     async def list_jobs(self, user: str, query: dict[str, str]) -> Page:
         """History and search: the user's jobs, newest first, filtered and paginated."""
         q = requests.job_query(query)
-        conds = [Job.user == user, *(getattr(Job, name) == value for name, value in q.equals.items())]
+        conds = [JobRecord.user == user, *(getattr(JobRecord, name) == value for name, value in q.equals.items())]
         if q.statuses is not None:
-            conds.append(Job.status.in_(q.statuses))
+            conds.append(JobRecord.status.in_(q.statuses))
         conds += q.created
         async with self.store.read() as session:
-            total = await session.scalar(sa.select(sa.func.count()).select_from(Job).where(*conds)) or 0
+            total = await session.scalar(sa.select(sa.func.count()).select_from(JobRecord).where(*conds)) or 0
             items = (
                 await session.scalars(
-                    sa.select(Job)
+                    sa.select(JobRecord)
                     .where(*conds)
-                    .order_by(Job.created_at.desc(), Job.id.desc())
+                    .order_by(JobRecord.created_at.desc(), JobRecord.id.desc())
                     .offset((q.page - 1) * q.page_size)
                     .limit(q.page_size)
                 )
@@ -233,7 +233,7 @@ class Orchestrator:
         return Page(list(items), total, q.page, q.page_size)
 
     # -- cancel -------------------------------------------------------------------------
-    async def cancel(self, user: str, job_id: str, wait: float = 3.0) -> Job:
+    async def cancel(self, user: str, job_id: str, wait: float = 3.0) -> JobRecord:
         """Cancel a job; 409 when it already ended. Waits briefly for the backend to confirm.
 
         A QUEUED job is ours alone and ends here; one the backend holds is only asked to stop,
@@ -244,7 +244,7 @@ class Orchestrator:
             raise Conflict(f"job {job_id} is already {job.status}", field="status", status_now=job.status)
         if job.status == Status.QUEUED:
             async with self.store.write() as tx:
-                job = await tx.session.get(Job, job_id, with_for_update=not self.store.is_sqlite)
+                job = await tx.session.get(JobRecord, job_id, with_for_update=not self.store.is_sqlite)
                 if job.status == Status.QUEUED:
                     self.lifecycle.transition(tx, job, Status.CANCELLED, reason="cancelled", payload={"by": user})
                     return job
@@ -258,7 +258,7 @@ class Orchestrator:
             raise BackendError(f"the backend cannot cancel now: {exc}") from None
         self.reconciler.cancel_requested_by[job_id] = user
         async with self.store.write() as tx:
-            current = await tx.session.get(Job, job_id)
+            current = await tx.session.get(JobRecord, job_id)
             if current.status not in TERMINAL:
                 current.reason = "cancel_requested"
                 current.updated_at = utcnow()

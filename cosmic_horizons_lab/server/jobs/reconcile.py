@@ -21,7 +21,7 @@ from cosmic_horizons_lab.protocol.states import ACTIVE, Status
 from cosmic_horizons_lab.server.jobs.dispatch import BackendHealth, launch_spec
 from cosmic_horizons_lab.server.jobs.lifecycle import Lifecycle
 from cosmic_horizons_lab.server.store.database import Store, Tx
-from cosmic_horizons_lab.server.store.orm import Job, Run
+from cosmic_horizons_lab.server.store.orm import JobRecord, Run
 
 
 class Reconciler:
@@ -49,7 +49,7 @@ class Reconciler:
         async with self.store.read() as session:
             rows = (
                 await session.scalars(
-                    sa.select(Job).where(Job.server_id == self.server_id, Job.status.in_(list(ACTIVE)))
+                    sa.select(JobRecord).where(JobRecord.server_id == self.server_id, JobRecord.status.in_(list(ACTIVE)))
                 )
             ).all()
         for job in rows:
@@ -61,9 +61,9 @@ class Reconciler:
         async with self.store.read() as session:
             rows = (
                 await session.execute(
-                    sa.select(Job, Run)
-                    .join(Run, sa.and_(Run.job_id == Job.id, Run.attempt == Job.attempts))
-                    .where(Job.server_id == self.server_id, Job.status.in_(list(ACTIVE)))
+                    sa.select(JobRecord, Run)
+                    .join(Run, sa.and_(Run.job_id == JobRecord.id, Run.attempt == JobRecord.attempts))
+                    .where(JobRecord.server_id == self.server_id, JobRecord.status.in_(list(ACTIVE)))
                 )
             ).all()
         if not rows:
@@ -97,7 +97,7 @@ class Reconciler:
             return  # most ticks: every job as it was; no transaction at all
         async with self.store.write() as tx:
             for job_id, run_id, records, offset, state in changes:
-                job = await tx.session.get(Job, job_id)
+                job = await tx.session.get(JobRecord, job_id)
                 run = await tx.session.get(Run, run_id)
                 if job.status not in ACTIVE:
                     continue
@@ -106,7 +106,7 @@ class Reconciler:
                 if state is not None:
                     self._apply_state(tx, job, run, state)
 
-    def _apply_records(self, tx: Tx, job: Job, run: Run, records: list[dict[str, Any]], offset: int) -> None:
+    def _apply_records(self, tx: Tx, job: JobRecord, run: Run, records: list[dict[str, Any]], offset: int) -> None:
         run.events_offset = offset
         progressed = False
         metrics = dict(job.metrics or {})
@@ -149,7 +149,7 @@ class Reconciler:
                 payload={"status": job.status, "progress": job.progress, "metrics": metrics},
             )
 
-    def _apply_state(self, tx: Tx, job: Job, run: Run, state: BackendJobState) -> None:
+    def _apply_state(self, tx: Tx, job: JobRecord, run: Run, state: BackendJobState) -> None:
         target = Status(state.status)
         if _requeued(job, state):
             # It ran and will run again from the start: say so, and why, rather than keep
@@ -187,7 +187,7 @@ class Reconciler:
             job.completed_at = max(run.ended_at, job.started_at) if job.started_at else run.ended_at
 
 
-def _requeued(job: Job, state: BackendJobState) -> bool:
+def _requeued(job: JobRecord, state: BackendJobState) -> bool:
     return job.status == Status.RUNNING and state.status == Status.QUEUING and state.reason == "requeued"
 
 

@@ -80,7 +80,7 @@ ACTIVE_STATES = ("queued", "running", "verifying")
 DEFAULT_THROUGHPUT = 100e6
 
 
-class Staging:
+class StagingService:
     """The staging service: the queue, the copies, and what the API asks of them."""
 
     def __init__(

@@ -22,7 +22,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from cosmic_horizons_lab.protocol.clock import isoformat, utcnow
-from cosmic_horizons_lab.server.store.orm import Event, Job
+from cosmic_horizons_lab.server.store.orm import Event, JobRecord
 
 PublishFn = Callable[[list[dict[str, Any]]], None]
 
@@ -65,7 +65,7 @@ class Tx:
         type_: str,
         *,
         user: str,
-        job: Job | None = None,
+        job: JobRecord | None = None,
         payload: dict[str, Any] | None = None,
     ) -> Event:
         # ts is provisional: write() stamps every event of the transaction with its commit time.

@@ -48,7 +48,7 @@ class Base(DeclarativeBase):
     pass
 
 
-class Batch(Base):
+class BatchRecord(Base):
     __tablename__ = "batches"
 
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
@@ -58,7 +58,7 @@ class Batch(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-class Job(Base):
+class JobRecord(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         sa.UniqueConstraint("user", "idempotency_key", name="uq_jobs_user_idempotency_key"),
