@@ -30,8 +30,12 @@ def parse_duration(text: str) -> int:
 
 
 def format_slurm_time(seconds: int) -> str:
-    """Seconds as sbatch's ``--time`` wants them, rounded up to whole minutes."""
-    minutes = -(-seconds // 60)
+    """Seconds as sbatch's ``--time`` wants them (``[D-]HH:MM:SS``).
+
+    Slurm counts whole minutes, so a limit is rounded up (never cut short), and it is
+    one minute at least: ``--time=0`` would mean no limit at all.
+    """
+    minutes = max(1, -(-int(seconds) // 60))
     days, minutes = divmod(minutes, 1440)
     hours, minutes = divmod(minutes, 60)
     return f"{days}-{hours:02d}:{minutes:02d}:00" if days else f"{hours:02d}:{minutes:02d}:00"
