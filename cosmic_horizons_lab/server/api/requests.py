@@ -1,5 +1,6 @@
 """What the job endpoints accept around a submission: the batch and pipeline bodies, the
-history query and the Idempotency-Key header; and the one check for unknown body fields.
+history query, the events, logs and GPU-history queries and the Idempotency-Key header; and the
+one check for unknown body fields.
 
 Each shape is written as data (JSON-Schema-like constants) and the parsers read their bounds
 from it, so a document generated from these constants says what the server really enforces.
@@ -21,11 +22,31 @@ from cosmic_horizons_lab.server.errors import BadRequest, ValidationFailed
 MAX_BATCH = 1000
 MAX_PAGE_SIZE = 200
 
+#: Where the OpenAPI document keeps the submission schemas (``submission.py`` builds them).
+SUBMISSION_REF = "#/components/schemas/Submission"
+PIPELINE_STAGE_REF = "#/components/schemas/PipelineStage"
+
 #: ``Idempotency-Key`` header of a single submission.
-IDEMPOTENCY_KEY: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 255}
+IDEMPOTENCY_KEY: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 255,
+    "description": "The same key from the same user returns the job it first made (200) instead of a new one",
+}
 
 #: ``parallelLimit`` of a batch or pipeline: how many of its jobs may run at once; null or absent, no limit.
-PARALLEL_LIMIT: dict[str, Any] = {"type": ["integer", "null"], "minimum": 1}
+PARALLEL_LIMIT: dict[str, Any] = {
+    "type": ["integer", "null"],
+    "minimum": 1,
+    "description": "How many of its jobs may run at once; null or absent: no limit",
+}
+
+#: ``name`` of a pipeline stage: what its children's ``depends_on`` refer to, unique in the pipeline.
+STAGE_NAME: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "description": "What the other stages' depends_on call this one; unique within the pipeline (400 if not)",
+}
 
 #: POST jobs/submit-batch. Each item is a submission (``submission.py`` checks it).
 BATCH_BODY: dict[str, Any] = {
@@ -33,28 +54,19 @@ BATCH_BODY: dict[str, Any] = {
     "required": ["jobs"],
     "additionalProperties": False,
     "properties": {
-        "jobs": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": {"$ref": "Submission"}},
+        "jobs": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": {"$ref": SUBMISSION_REF}},
         "parallelLimit": PARALLEL_LIMIT,
     },
 }
 
-#: POST jobs/pipeline. Each stage is a submission plus the ``name`` its children's
-#: ``depends_on`` refer to (unique within the pipeline; a cycle is refused with 400).
+#: POST pipelines. Each stage is a submission plus the ``name`` (:data:`STAGE_NAME`) its
+#: children's ``depends_on`` refer to; a cycle or an unknown parent is refused with 400.
 PIPELINE_BODY: dict[str, Any] = {
     "type": "object",
     "required": ["stages"],
     "additionalProperties": False,
     "properties": {
-        "stages": {
-            "type": "array",
-            "minItems": 1,
-            "maxItems": MAX_BATCH,
-            "items": {
-                "allOf": [{"$ref": "Submission"}],
-                "required": ["name"],
-                "properties": {"name": {"type": "string", "minLength": 1}},
-            },
-        },
+        "stages": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": {"$ref": PIPELINE_STAGE_REF}},
         "parallelLimit": PARALLEL_LIMIT,
     },
 }
@@ -65,20 +77,43 @@ PAGE_QUERY: dict[str, dict[str, Any]] = {
     "page_size": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": 20},
 }
 
+_DATE = {"type": "string", "examples": ["2025-01-31", "2025-01-31T12:00:00Z"]}
+
 #: GET jobs/history/list and jobs/search: the user's jobs, newest first. Empty values are ignored.
 JOB_QUERY: dict[str, dict[str, Any]] = {
     "agent": {"type": "string", "description": "only this agent's jobs"},
     "dataset_id": {"type": "string", "description": "only jobs reading this dataset"},
     "batch_id": {"type": "string", "description": "only this batch's or pipeline's jobs"},
     "status": {
-        "type": "string",
-        "description": "comma-separated statuses, any case",
-        "items": {"enum": [s.value for s in Status]},
+        "type": "array",
+        "items": {"type": "string", "enum": [s.value for s in Status]},
+        "description": "only jobs in one of these statuses: comma-separated, any case",
     },
-    "from_date": {"type": "string", "format": "date-time", "description": "created at or after (ISO-8601)"},
-    "to_date": {"type": "string", "format": "date-time", "description": "created at or before (ISO-8601)"},
+    "from_date": {**_DATE, "description": "created at or after (ISO-8601 date or date-time; UTC without offset)"},
+    "to_date": {**_DATE, "description": "created at or before (ISO-8601 date or date-time; UTC without offset)"},
     **PAGE_QUERY,
 }
+
+#: GET jobs/{id}/events: the job's events after the ``after`` id, oldest first.
+EVENTS_QUERY: dict[str, dict[str, Any]] = {
+    "after": {"type": "integer", "minimum": 0, "default": 0, "description": "events with a greater id"},
+    "limit": {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 1000},
+}
+
+#: GET jobs/{id}/logs: a slice of the job's log, ``limit`` bytes from ``offset``.
+LOGS_QUERY: dict[str, dict[str, Any]] = {
+    "offset": {"type": "integer", "minimum": 0, "default": 0, "description": "byte offset to read from"},
+    "limit": {"type": "integer", "minimum": 1, "maximum": 4 * 1024 * 1024, "default": 65536,
+              "description": "most bytes to read"},
+}
+
+#: GET gpus/history: the telemetry of the last ``seconds``.
+GPU_HISTORY_QUERY: dict[str, dict[str, Any]] = {
+    "seconds": {"type": "integer", "minimum": 1, "maximum": 86_400, "default": 300},
+}
+
+#: WS events: the caller's events after ``after``, then live ones.
+STREAM_QUERY: dict[str, dict[str, Any]] = {"after": EVENTS_QUERY["after"]}
 
 #: The JOB_QUERY parameters that select on a job column of the same name by equality.
 JOB_QUERY_EQUALS = ("agent", "dataset_id", "batch_id")
@@ -122,7 +157,7 @@ def pipeline_body(body: Any) -> tuple[list[Any], int | None, list[str]]:
     names: list[str] = []
     for i, stage in enumerate(stages):
         name = stage.get("name") if isinstance(stage, dict) else None
-        if not isinstance(name, str) or not name:
+        if not isinstance(name, str) or len(name) < STAGE_NAME["minLength"]:
             raise ValidationFailed(
                 "every stage needs a 'name' its children refer to", field=f"stages[{i}].name"
             )
@@ -191,6 +226,12 @@ def page_args(query: dict[str, str]) -> tuple[int, int]:
         if values[name] < spec["minimum"] or values[name] > spec.get("maximum", values[name]):
             raise BadRequest(_integer_rule(name, spec), field=name)
     return values["page"], values["page_size"]
+
+
+def int_bounds(spec: dict[str, Any]) -> dict[str, Any]:
+    """``default``, ``minimum`` and ``maximum`` of an integer query parameter's schema, as keyword
+    arguments for the handlers' ``int_arg``."""
+    return {"default": spec["default"], "minimum": spec["minimum"], "maximum": spec.get("maximum")}
 
 
 def _integer_rule(name: str, spec: dict[str, Any]) -> str:

@@ -5,29 +5,118 @@ Rules that are the API's contract (documented in the README):
 422 when a field is known but its value is not acceptable (type, range,
 unknown agent or dataset, a ``max_runtime`` we cannot read). The error names
 the field, dotted for parameters (``params.gpu_count``).
+
+What is accepted is written down once, as JSON Schema: the fields of a submission below
+(:data:`SUBMISSION`, whose bounds the validator reads) and each agent's parameters
+(``cls.schema()``, which the validator applies). :func:`submission_schema` joins them into the
+schema the OpenAPI document serves.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from cosmic_horizons_lab.server.datasets import Dataset, DatasetRegistry
 from cosmic_horizons_lab.protocol.durations import parse_duration
-from cosmic_horizons_lab.server.api.requests import reject_unknown
+from cosmic_horizons_lab.server.api.requests import (
+    PIPELINE_STAGE_REF,
+    STAGE_NAME,
+    SUBMISSION_REF,
+    reject_unknown,
+)
 from cosmic_horizons_lab.server.errors import BadRequest, ValidationFailed
 from cosmic_horizons_lab.executor.registry import agents, get_agent
 
-SUBMISSION_FIELDS = {"agent", "dataset_id", "params", "priority", "webhook_url", "depends_on", "notes"}
-PRIORITY_RANGE = (0, 10)
-DEFAULT_PRIORITY = 5
-MAX_NOTES = 10_000
+#: ``priority`` of a submission: higher runs first.
+PRIORITY: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": 10, "default": 5,
+                            "description": "Higher runs first; FIFO within a priority"}
+#: ``webhook_url``: an http(s) URL with a host (the scheme in any case), signed POSTs go there.
+WEBHOOK_URL: dict[str, Any] = {
+    "type": ["string", "null"],
+    "maxLength": 2048,
+    "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]+",
+    "examples": ["https://portal.example.org/hooks/jobs"],
+    "description": "http(s) URL that receives a signed POST when the job ends (GET webhooks/secret)",
+}
+#: ``notes``: free text kept with the job.
+NOTES: dict[str, Any] = {"type": ["string", "null"], "maxLength": 10_000}
+
+#: A submission's fields (POST jobs/submit, jobs/optimize; each job of a batch, each pipeline
+#: stage). ``agent`` gets its ``enum`` and ``params`` each agent's schema in :func:`submission_schema`.
+SUBMISSION: dict[str, Any] = {
+    "type": "object",
+    "required": ["agent"],
+    "additionalProperties": False,
+    "properties": {
+        "agent": {"type": "string", "minLength": 1, "examples": ["AlphaCal", "Script"],
+                  "description": "An agent this server can run (GET agents lists them all, with their parameters)"},
+        "dataset_id": {"type": ["string", "null"], "minLength": 1,
+                       "description": "A registered dataset (GET datasets); an unknown one is refused (422). "
+                                      "Required by agents that read data, unless the job has parents"},
+        "params": {"type": "object", "default": {},
+                   "description": "The agent's parameters: components/schemas/<agent>Params. Beyond the "
+                                  "schema, a gpu_count above what this server's backend offers, a max_runtime "
+                                  "it cannot read and a Script path that is not a file under the server's root "
+                                  "are refused (422)"},
+        "priority": PRIORITY,
+        "webhook_url": WEBHOOK_URL,
+        "depends_on": {"type": "array", "default": [],
+                       "items": {"type": "string", "minLength": 1},
+                       "description": "Parent job ids (in a pipeline: stage names); unknown ones are refused (400)"},
+        "notes": NOTES,
+    },
+}
+
+SUBMISSION_FIELDS = set(SUBMISSION["properties"])
+PRIORITY_RANGE = (PRIORITY["minimum"], PRIORITY["maximum"])
+DEFAULT_PRIORITY = PRIORITY["default"]
+MAX_NOTES = NOTES["maxLength"]
+
+
+def params_component(agent: str) -> str:
+    """The OpenAPI component that holds ``agent``'s parameter schema: ``<agent>Params``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", agent) + "Params"
+
+
+def params_schemas() -> dict[str, dict[str, Any]]:
+    """Every agent's parameter schema (``cls.schema()``, what the validator applies) by component name."""
+    return {params_component(name): cls.schema() for name, cls in sorted(agents().items())}
+
+
+def submission_schema(stage: bool = False) -> dict[str, Any]:
+    """The JSON Schema of a submission (or, with ``stage``, of a pipeline stage: a submission
+    with a ``name``): :data:`SUBMISSION`, ``agent`` limited to the agents this server can run
+    (those whose extra is installed), and per agent, ``params`` by that agent's schema and
+    ``dataset_id`` required when it reads data and has no parents."""
+    runnable = sorted(name for name, cls in agents().items() if cls.missing_extra() is None)
+    properties = {**SUBMISSION["properties"], "agent": {**SUBMISSION["properties"]["agent"], "enum": runnable}}
+    required = list(SUBMISSION["required"])
+    if stage:
+        properties["name"] = STAGE_NAME
+        required.append("name")
+    rules = []
+    for name, cls in sorted(agents().items()):
+        then: dict[str, Any] = {"properties": {"params": {"$ref": f"#/components/schemas/{params_component(name)}"}}}
+        if cls.schema()["required"]:  # absent params are checked as {}: they need what the agent requires
+            then["required"] = ["params"]
+        if cls.requires_dataset:
+            then["anyOf"] = [
+                {"required": ["dataset_id"], "properties": {"dataset_id": {"type": "string"}}},
+                {"required": ["depends_on"], "properties": {"depends_on": {"minItems": 1}}},
+            ]
+        rules.append({"if": {"required": ["agent"], "properties": {"agent": {"const": name}}}, "then": then})
+    return {**SUBMISSION, "required": required, "properties": properties, "allOf": rules}
+
+
+#: The OpenAPI components :func:`submission_schema` fills: name -> whether it is a pipeline stage.
+SUBMISSION_COMPONENTS = {SUBMISSION_REF.rpartition("/")[2]: False, PIPELINE_STAGE_REF.rpartition("/")[2]: True}
 
 
 @dataclass
@@ -81,7 +170,7 @@ class SubmissionValidator:
             raise BadRequest("a submission is a JSON object", field=prefix.rstrip(".") or None)
         reject_unknown(body, sorted(SUBMISSION_FIELDS), also=extra_fields, prefix=prefix)
         agent = body.get("agent")
-        if not isinstance(agent, str) or not agent:
+        if not isinstance(agent, str) or len(agent) < SUBMISSION["properties"]["agent"]["minLength"]:
             raise ValidationFailed("'agent' is required: the name of an agent (GET agents lists them)", field=prefix + "agent")
         agent_cls = get_agent(agent)
         if agent_cls is None:
@@ -146,17 +235,19 @@ class SubmissionValidator:
         if not errors:
             return
         err: ValidationError = errors[0]
+        where = list(err.path)
         if err.validator == "additionalProperties":
-            extra = sorted(set(params) - set(err.schema.get("properties", {})))
-            name = extra[0] if extra else "?"
+            known = set(err.schema.get("properties", {}))
+            extra = sorted(set(err.instance) - known) if isinstance(err.instance, dict) else []
+            path = _dotted([*where, extra[0] if extra else "?"])
             raise BadRequest(
-                f"unknown parameter {name!r} for agent {agent}; GET agents lists its parameters",
-                field=f"{prefix}params.{name}",
+                f"unknown parameter {path!r} for agent {agent}; GET agents lists its parameters",
+                field=f"{prefix}params.{path}",
             )
-        path = ".".join(str(p) for p in err.path)
-        if err.validator == "required":
-            missing = err.message.split("'")[1] if "'" in err.message else ""
-            path = missing or path
+        if err.validator == "required" and isinstance(err.instance, dict):
+            missing = [name for name in err.validator_value if name not in err.instance]
+            where += missing[:1]
+        path = _dotted(where)
         raise ValidationFailed(
             f"params.{path}: {err.message}" if path else err.message,
             field=f"{prefix}params.{path}" if path else f"{prefix}params",
@@ -167,7 +258,7 @@ class SubmissionValidator:
             if required:
                 raise ValidationFailed("'dataset_id' is required for this agent (GET datasets lists them)", field=prefix + "dataset_id")
             return None
-        if not isinstance(dataset_id, str) or not dataset_id:
+        if not isinstance(dataset_id, str) or len(dataset_id) < SUBMISSION["properties"]["dataset_id"]["minLength"]:
             raise ValidationFailed("'dataset_id' must be a non-empty string", field=prefix + "dataset_id")
         dataset = self.datasets.get(dataset_id)
         if dataset is None:
@@ -189,14 +280,14 @@ class SubmissionValidator:
     def _webhook(url: Any, prefix: str) -> str | None:
         if url is None:
             return None
-        parsed = urlparse(url) if isinstance(url, str) else None
-        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc or len(url) > 2048:
+        if not isinstance(url, str) or len(url) > WEBHOOK_URL["maxLength"] or not re.match(WEBHOOK_URL["pattern"], url):
             raise ValidationFailed("'webhook_url' must be an http(s) URL", field=prefix + "webhook_url")
         return url
 
     @staticmethod
     def _depends_on(value: Any, prefix: str) -> list[str]:
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        shortest = SUBMISSION["properties"]["depends_on"]["items"]["minLength"]
+        if not isinstance(value, list) or not all(isinstance(v, str) and len(v) >= shortest for v in value):
             raise ValidationFailed("'depends_on' must be a list of job ids", field=prefix + "depends_on")
         return list(dict.fromkeys(value))
 
@@ -207,3 +298,8 @@ class SubmissionValidator:
         if not isinstance(value, str) or len(value) > limit:
             raise ValidationFailed(f"'{name}' must be a string of at most {limit} characters", field=prefix + name)
         return value
+
+
+def _dotted(path: list[Any]) -> str:
+    """A parameter's place as the API names it: ``sky_model.0.flux_jy``."""
+    return ".".join(str(p) for p in path)

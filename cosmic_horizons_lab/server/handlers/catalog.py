@@ -10,6 +10,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from cosmic_horizons_lab.executor.registry import agents
+from cosmic_horizons_lab.server.api.requests import GPU_HISTORY_QUERY, int_bounds
 
 if TYPE_CHECKING:
     pass
@@ -69,7 +70,7 @@ class GpuHistoryHandler(APIBase):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        seconds = self.int_arg("seconds", 300, 1, 86400)
+        seconds = self.int_arg("seconds", **int_bounds(GPU_HISTORY_QUERY["seconds"]))
         self.reply(self.app.telemetry.history(seconds))
 
 

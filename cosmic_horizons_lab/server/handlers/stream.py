@@ -11,6 +11,7 @@ from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web, websocket
 
+from cosmic_horizons_lab.server.api.requests import STREAM_QUERY
 from cosmic_horizons_lab.server.events import encode, message
 
 if TYPE_CHECKING:
@@ -57,13 +58,14 @@ class EventStreamHandler(ExtensionHandlerMixin, JupyterHandler, websocket.WebSoc
         allowed = await ensure_async(self.authorizer.is_authorized(self, user, "read", AUTH_RESOURCE))
         if not allowed:
             raise web.HTTPError(403)
-        raw = self.get_query_argument("after", "0")
+        spec = STREAM_QUERY["after"]
+        raw = self.get_query_argument("after", str(spec["default"]))
         try:
             self.after = int(raw)
-            if self.after < 0:
+            if self.after < spec["minimum"]:
                 raise ValueError
         except ValueError:
-            raise web.HTTPError(400, "'after' must be an integer ≥ 0") from None
+            raise web.HTTPError(400, f"'after' must be an integer ≥ {spec['minimum']}") from None
 
     @ws_authenticated
     async def get(self, *args: Any, **kwargs: Any) -> None:

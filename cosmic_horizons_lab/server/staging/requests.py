@@ -1,5 +1,8 @@
 """What the staging API accepts (requests, validated) and what it answers (JSON shapes).
 
+The request bodies are written as JSON Schema (:data:`STAGE_BODY`, :data:`ESTIMATE_BODY`); the
+parsers read their choices and defaults from them and the OpenAPI document serves them.
+
 Paths never come from the request: dataset ids and target names are looked
 up in the registry and the configured targets, and a destination that
 resolves outside its target's root (a symlink planted in scratch, a user name
@@ -22,11 +25,46 @@ from cosmic_horizons_lab.server.staging.copy import LiveCopy
 from cosmic_horizons_lab.server.staging.targets import Target
 from cosmic_horizons_lab.server.store.orm import Transfer
 
-PRIORITIES = ("high", "normal")
 #: Conversions a transfer may ask for, and the suffix of what they write.
 CONVERSIONS = {"uvh5": ".uvh5"}
-STAGE_FIELDS = {"dataset_id", "target_resource", "priority", "convert", "force"}
-ESTIMATE_FIELDS = ("dataset_id", "target_resource")
+DEFAULT_TARGET = "tacc_scratch"
+
+_DATASET_ID = {"type": "string", "minLength": 1,
+               "description": "A registered dataset (GET datasets); unknown: 404, no data yet: 422"}
+_TARGET = {"type": "string", "default": DEFAULT_TARGET,
+           "description": "A configured staging target (c.CosmicHorizons.staging_targets); unknown: 422"}
+
+#: POST jobs/dataset/stage. Checked in this order: dataset, target, priority, convert, force.
+STAGE_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["dataset_id"],
+    "additionalProperties": False,
+    "properties": {
+        "dataset_id": _DATASET_ID,
+        "target_resource": _TARGET,
+        "priority": {"enum": ["high", "normal"], "default": "normal", "description": "high is started first"},
+        "convert": {"enum": [*CONVERSIONS, None], "default": None,
+                    "description": "Convert to a GPU-friendly layout while staging"},
+        "force": {"type": "boolean", "default": False, "description": "Stage again even if a fresh copy exists"},
+    },
+}
+
+#: POST jobs/dataset/estimate-transfer.
+ESTIMATE_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["dataset_id"],
+    "additionalProperties": False,
+    "properties": {"dataset_id": _DATASET_ID, "target_resource": _TARGET},
+}
+
+#: GET and DELETE jobs/dataset/{dataset_id}/staging-status: the newest staging to this target (any, if absent).
+STAGING_QUERY: dict[str, dict[str, Any]] = {
+    "target_resource": {"type": "string", "description": "A configured staging target; unknown: 422"},
+}
+
+PRIORITIES = tuple(STAGE_BODY["properties"]["priority"]["enum"])
+STAGE_FIELDS = set(STAGE_BODY["properties"])
+ESTIMATE_FIELDS = tuple(ESTIMATE_BODY["properties"])
 
 
 @dataclass(frozen=True)
@@ -50,7 +88,8 @@ def lookup_target(targets: dict[str, Target], name: Any) -> Target:
 
 
 def lookup_dataset(datasets: DatasetRegistry, dataset_id: Any) -> Dataset:
-    dataset = datasets.get(dataset_id) if isinstance(dataset_id, str) and dataset_id else None
+    shortest = _DATASET_ID["minLength"]
+    dataset = datasets.get(dataset_id) if isinstance(dataset_id, str) and len(dataset_id) >= shortest else None
     if dataset is None:
         raise NotFound(f"unknown dataset {dataset_id!r} (GET datasets lists them)", field="dataset_id")
     root = datasets.root.resolve()
@@ -82,14 +121,15 @@ def parse_stage(body: Any, datasets: DatasetRegistry, targets: dict[str, Target]
         raise BadRequest("a staging request is a JSON object", field=None)
     reject_unknown(body, sorted(STAGE_FIELDS))
     dataset = lookup_dataset(datasets, body.get("dataset_id"))
-    target = lookup_target(targets, body.get("target_resource", "tacc_scratch"))
-    priority = body.get("priority", "normal")
-    if priority not in PRIORITIES:
-        raise ValidationFailed("'priority' must be 'high' or 'normal'", field="priority")
-    convert = body.get("convert")
-    if convert is not None and convert not in CONVERSIONS:
+    spec = STAGE_BODY["properties"]
+    target = lookup_target(targets, body.get("target_resource", spec["target_resource"]["default"]))
+    priority = body.get("priority", spec["priority"]["default"])
+    if priority not in spec["priority"]["enum"]:
+        raise ValidationFailed(f"'priority' must be {' or '.join(map(repr, PRIORITIES))}", field="priority")
+    convert = body.get("convert", spec["convert"]["default"])
+    if convert not in spec["convert"]["enum"]:
         raise ValidationFailed(f"'convert' must be one of {sorted(CONVERSIONS)} or null", field="convert")
-    force = body.get("force", False)
+    force = body.get("force", spec["force"]["default"])
     if not isinstance(force, bool):
         raise ValidationFailed("'force' must be a boolean", field="force")
     return StageRequest(dataset, target, priority, convert, force)
@@ -101,7 +141,8 @@ def parse_estimate(body: Any, datasets: DatasetRegistry, targets: dict[str, Targ
         raise BadRequest("an estimate request is a JSON object", field=None)
     reject_unknown(body, ESTIMATE_FIELDS)
     dataset = lookup_dataset(datasets, body.get("dataset_id"))
-    return dataset, lookup_target(targets, body.get("target_resource", "tacc_scratch"))
+    default = ESTIMATE_BODY["properties"]["target_resource"]["default"]
+    return dataset, lookup_target(targets, body.get("target_resource", default))
 
 
 # -- answers -----------------------------------------------------------------------------
