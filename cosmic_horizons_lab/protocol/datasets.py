@@ -26,6 +26,10 @@ FORMATS: dict[str, str] = {
     ".csv": "csv",
 }
 
+#: Channels per chunk of a dataset converted for GPU processing (UVH5, baseline-time order):
+#: enough for SumThreshold's frequency windows. The conversion writes it, the advice names it.
+CONVERTED_CHANNEL_CHUNK = 128
+
 #: Formats that hold visibilities (what the calibration and imaging agents read).
 VISIBILITY_FORMATS = frozenset({"uvfits", "uvh5", "miriad", "measurement_set"})
 

@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cosmic_horizons_lab.protocol.datasets import CONVERTED_CHANNEL_CHUNK
 from cosmic_horizons_lab.science.visibilities import quiet
 
-#: Channels per chunk in the converted layout: enough for SumThreshold's frequency direction.
-CHANNEL_CHUNK = 128
 
 
 def convert_to_uvh5(src: Path, dst: Path) -> dict[str, Any]:
@@ -30,7 +29,7 @@ def convert_to_uvh5(src: Path, dst: Path) -> dict[str, Any]:
     with quiet():
         uv = UVData.from_file(str(src))
         uv.reorder_blts(order="baseline", minor_order="time")
-        chunks = (max(1, uv.Ntimes), min(uv.Nfreqs, CHANNEL_CHUNK), uv.Npols)
+        chunks = (max(1, uv.Ntimes), min(uv.Nfreqs, CONVERTED_CHANNEL_CHUNK), uv.Npols)
         uv.write_uvh5(str(dst), clobber=True, chunks=chunks, run_check=False)
         back = UVData.from_file(str(dst), file_type="uvh5", read_data=False)
     if (back.Nblts, back.Nfreqs, back.Npols) != (uv.Nblts, uv.Nfreqs, uv.Npols):

@@ -30,7 +30,8 @@ from cosmic_horizons_lab.server.datasets import DatasetRegistry
 from cosmic_horizons_lab.server.events import EventBus
 from cosmic_horizons_lab.server.handlers import routes
 from cosmic_horizons_lab.protocol.jobdir import OutputIndex
-from cosmic_horizons_lab.server.advisor import Advisor, DatasetInspector
+from cosmic_horizons_lab.server.advisor import Advisor
+from cosmic_horizons_lab.server.inspection import DatasetInspector
 from cosmic_horizons_lab.server.jobs.orchestrator import Orchestrator
 from cosmic_horizons_lab.server.prometheus import Instruments
 from cosmic_horizons_lab.server.staging.service import DEFAULT_THROUGHPUT, StagingService
