@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from typing import Any
@@ -31,10 +32,11 @@ def science_installed() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("numpy", "pyuvdata"))
 
 
-def _limits() -> None:  # in the child, before exec
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_BYTES, MEMORY_BYTES))
+def _limited(command: list[str]) -> list[str]:
+    """``command`` under an address-space limit, through util-linux's ``prlimit`` where there
+    is one (a ``preexec_fn`` would do it too, but is unsafe in a server with threads)."""
+    prlimit = shutil.which("prlimit")
+    return [prlimit, f"--as={MEMORY_BYTES}", "--", *command] if prlimit else command
 
 
 def run_science(module: str, args: list[str], timeout: float = TIMEOUT_S) -> Any:
@@ -45,9 +47,8 @@ def run_science(module: str, args: list[str], timeout: float = TIMEOUT_S) -> Any
                                  "(pip install 'cosmic-horizons-lab[science]')")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     try:
-        proc = subprocess.run([sys.executable, "-m", f"cosmic_horizons_lab.science.{module}", *args],
-                              capture_output=True, text=True, timeout=timeout, env=env,
-                              preexec_fn=_limits)
+        proc = subprocess.run(_limited([sys.executable, "-m", f"cosmic_horizons_lab.science.{module}", *args]),
+                              capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as exc:
         raise ScienceUnavailable(f"{module} took over {timeout:.0f} s") from exc
     if proc.returncode != 0:
