@@ -298,21 +298,41 @@ class JobRegistry:
         self._new_job: list[Callable[[], Callable[[Job], None] | None]] = []
         self._lock = threading.Lock()
 
-    def handle(self, record: dict[str, Any]) -> Job:
-        """The handle of ``record``'s job, made or updated with it."""
+    def handle(self, record: dict[str, Any], *, new: bool = False) -> Job:
+        """The handle of ``record``'s job, made or updated with it.
+
+        ``new``: the record is a submission's answer. Its handle is announced to the new-job
+        listeners if it is made here: the job's ``job.submitted`` event may arrive after the
+        answer, would then find the handle already there, and would announce nothing.
+        """
         job_id = str(record["id"])
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is None:
+            made = job is None
+            if made:
                 job = self._jobs[job_id] = Job(self._lab, record)
-                return job
-        job._on_record(record)
+            announce = self._listeners() if made and new else []
+        if not made:
+            job._on_record(record)
+        self._announce(job, announce)
         return job
 
     def on_new_job(self, callback: Callable[[Job], None]) -> None:
-        """Call ``callback(job)`` with a new handle for each job first heard of from the stream."""
+        """Call ``callback(job)`` with each handle made from now on, whether the job was first
+        heard of from the stream or from an answer of the API."""
         with self._lock:
             self._new_job.append(_ref(callback))
+
+    def _listeners(self) -> list[Callable[[Job], None]]:
+        return [cb for cb in (ref() for ref in self._new_job) if cb is not None]
+
+    @staticmethod
+    def _announce(job: Job, callbacks: list[Callable[[Job], None]]) -> None:
+        for callback in callbacks:
+            try:
+                callback(job)
+            except Exception:
+                log.exception("new-job listener failed")
 
     def on_event(self, event: Event) -> None:
         job_id = event.get("job_id")
@@ -322,16 +342,12 @@ class JobRegistry:
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
-                announce = [cb for cb in (ref() for ref in self._new_job) if cb is not None]
+                announce = self._listeners()
                 if not announce:
                     return
                 job = self._jobs[job_id] = Job(self._lab, {"id": job_id, "status": "QUEUED"})
         job._on_event(event)
-        for callback in announce:
-            try:
-                callback(job)
-            except Exception:
-                log.exception("new-job listener failed")
+        self._announce(job, announce)
 
 
 class _ProgressBar:

@@ -116,7 +116,7 @@ class Lab:
         """
         record = self.client.submit(agent, dataset_id, params, priority=priority, depends_on=depends_on,
                                     notes=notes, webhook_url=webhook_url, **agent_params)
-        return self._jobs.handle(record)
+        return self._jobs.handle(record, new=True)
 
     def submit_batch(self, jobs: Sequence[dict[str, Any]], *, parallel_limit: int | None = None) -> Batch:
         """Submit several jobs at once; at most ``parallel_limit`` run together.
@@ -126,7 +126,8 @@ class Lab:
         are taken as parameters). Displays as a live timeline.
         """
         answer = self.client.submit_batch(list(jobs), parallel_limit)
-        return Batch(self, [self._jobs.handle(r) for r in answer.get("jobs", [])], answer.get("batch_id"))
+        return Batch(self, [self._jobs.handle(r, new=True) for r in answer.get("jobs", [])],
+                     answer.get("batch_id"))
 
     def pipeline(self, stages: Sequence[dict[str, Any]], *, parallel_limit: int | None = None) -> Batch:
         """Submit stages with dependencies (e.g. AlphaCal → ImageReconstruction → AnomalyDetection).
@@ -136,7 +137,7 @@ class Lab:
         ``POST pipelines`` takes it. Displays as a live timeline.
         """
         answer = self.client.submit_pipeline(list(stages), parallel_limit)
-        return Batch(self, [self._jobs.handle(r) for r in answer["jobs"]],
+        return Batch(self, [self._jobs.handle(r, new=True) for r in answer["jobs"]],
                      answer.get("pipeline_id") or answer.get("batch_id"), stages=answer.get("stages"))
 
     # -- reading

@@ -68,8 +68,10 @@ class JobQueue(LiveWidget):
 
     def _new_job(self, job: "Job") -> None:
         self.add_jobs([job])
-        # Agent and dataset come with the record; the event already gave the status.
-        threading.Thread(target=self._fetch, args=(job,), daemon=True).start()
+        if not job.record.get("agent"):
+            # Heard of from the stream: agent and dataset come with the record (the event
+            # already gave the status). A handle made from an API answer has them.
+            threading.Thread(target=self._fetch, args=(job,), daemon=True).start()
 
     @staticmethod
     def _fetch(job: "Job") -> None:
