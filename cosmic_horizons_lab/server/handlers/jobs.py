@@ -27,7 +27,7 @@ class SubmitHandler(APIBase):
     @authorized
     async def post(self) -> None:
         key = self.request.headers.get("Idempotency-Key")
-        job, created = await self.orchestrator.submit(
+        job, created = await self.orchestrator.intake.submit(
             self.owner, self.json_body(), idempotency_key=key, correlation_id=self.correlation_id
         )
         if not self.correlation_id:
@@ -39,7 +39,7 @@ class SubmitBatchHandler(APIBase):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        batch, jobs = await self.orchestrator.submit_batch(
+        batch, jobs = await self.orchestrator.intake.submit_batch(
             self.owner, self.json_body(), correlation_id=self.correlation_id
         )
         self.reply(
@@ -52,7 +52,7 @@ class PipelineHandler(APIBase):
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        batch, jobs = await self.orchestrator.submit_pipeline(
+        batch, jobs = await self.orchestrator.intake.submit_pipeline(
             self.owner, self.json_body(), correlation_id=self.correlation_id
         )
         self.reply(

@@ -31,7 +31,7 @@ from cosmic_horizons_lab.server.jobs.intake import Intake, SubmitCheck
 from cosmic_horizons_lab.server.jobs.lifecycle import Lifecycle, TransitionHook
 from cosmic_horizons_lab.server.jobs.reconcile import Reconciler
 from cosmic_horizons_lab.server.store.database import Store
-from cosmic_horizons_lab.server.store.orm import BatchRecord, JobRecord
+from cosmic_horizons_lab.server.store.orm import JobRecord
 
 log = logging.getLogger(__name__)
 
@@ -180,28 +180,6 @@ class Orchestrator:
             await self.reconciler.reconcile()
         await self.dispatcher.dispatch()
         self.last_tick = time.time()
-
-    # -- submissions --------------------------------------------------------------------
-    async def submit(
-        self,
-        user: str,
-        body: Any,
-        *,
-        idempotency_key: str | None = None,
-        correlation_id: str | None = None,
-    ) -> tuple[JobRecord, bool]:
-        """Validate and queue one job; returns (job, created). Same key, same user → the first job."""
-        return await self.intake.submit(user, body, idempotency_key=idempotency_key, correlation_id=correlation_id)
-
-    async def submit_batch(self, user: str, body: Any, *, correlation_id: str | None = None) -> tuple[BatchRecord, list[JobRecord]]:
-        """Queue many jobs at once, all or none; at most ``parallelLimit`` of them run at once."""
-        return await self.intake.submit_batch(user, body, correlation_id=correlation_id)
-
-    async def submit_pipeline(
-        self, user: str, body: Any, *, correlation_id: str | None = None
-    ) -> tuple[BatchRecord, dict[str, JobRecord]]:
-        """Queue stages that depend on each other by name; each takes its parents' outputs."""
-        return await self.intake.submit_pipeline(user, body, correlation_id=correlation_id)
 
     # -- reads ------------------------------------------------------------------------
     async def get_job(self, user: str, job_id: str) -> JobRecord:
