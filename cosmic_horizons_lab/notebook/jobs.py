@@ -254,7 +254,10 @@ class Job:
         return None
 
     def show(self, **kwargs: Any) -> Any:
-        """A quick-look picture of the image result: RA/Dec axes, sources circled. A matplotlib Figure."""
+        """A quick-look picture of the image result: RA/Dec axes, sources circled. A matplotlib Figure.
+
+        Keyword arguments go to :func:`~cosmic_horizons_lab.notebook.quicklook.quicklook`.
+        """
         from cosmic_horizons_lab.notebook.quicklook import quicklook
 
         sources = kwargs.pop("sources", None)
@@ -268,7 +271,7 @@ class Job:
     def quicklook_png(self) -> bytes:
         from cosmic_horizons_lab.notebook.quicklook import figure_png
 
-        return figure_png(self.show())
+        return figure_png(self.show(pyplot=False))
 
     # -- display
     def widget(self) -> "JobProgress":

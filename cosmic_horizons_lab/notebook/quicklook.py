@@ -79,24 +79,38 @@ def _position(source: dict[str, Any], wcs: Any) -> tuple[float, float] | None:
 
 
 def quicklook(image: Any, sources: Iterable[dict[str, Any]] | None = None, *, title: str | None = None,
-              ax: Any = None, percentile: float = 99.5, cmap: str = "inferno", radius: float | None = None) -> Any:
+              ax: Any = None, percentile: float = 99.5, cmap: str = "inferno", radius: float | None = None,
+              pyplot: bool = True) -> Any:
     """Draw an image with RA/Dec axes (from its WCS, when it has one) and circle the sources.
 
     Returns the matplotlib Figure. ``image`` is an astropy HDUList/HDU, a FITS
     path, or a 2-D array; ``sources`` dicts with ``ra``/``dec`` in degrees (or
     ``x``/``y`` pixels) and optionally ``radius``/``r`` pixels and ``label``.
-    """
-    import matplotlib
 
-    if not _interactive_backend():
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    ``pyplot=False`` draws on a Figure that pyplot does not manage (the
+    object-oriented API with an Agg canvas): pyplot's global state is not
+    thread-safe, and the progress panel draws its picture in a background
+    thread while the user may be plotting in the kernel's.
+    """
     import numpy as np
     from matplotlib.patches import Circle
 
     data, header = _image_and_header(image)
     wcs = _celestial_wcs(header)
-    if ax is None:
+    if ax is None and not pyplot:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(6, 5.2))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(111, projection=wcs) if wcs is not None else fig.add_subplot(111)
+    elif ax is None:
+        import matplotlib
+
+        if not _interactive_backend():
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
         fig = plt.figure(figsize=(6, 5.2))
         ax = fig.add_subplot(111, projection=wcs) if wcs is not None else fig.add_subplot(111)
     else:
@@ -132,12 +146,13 @@ def quicklook(image: Any, sources: Iterable[dict[str, Any]] | None = None, *, ti
 
 
 def figure_png(fig: Any, dpi: int = 90) -> bytes:
-    """A Figure as PNG bytes (closed afterwards, so notebooks do not show it twice)."""
-    import matplotlib.pyplot as plt
-
+    """A Figure as PNG bytes (a pyplot figure is closed afterwards, so notebooks do not show it twice)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    if getattr(fig, "number", None) is not None:  # pyplot's figures have a number; Figure() has none
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     return buf.getvalue()
 
 

@@ -75,6 +75,12 @@ def test_queue_and_progress_render_and_update_live(page, lab_server) -> None:
     assert job_id
     seen = page.evaluate("window.__seen")
     assert seen[-1] == "COMPLETED" and any(s != "COMPLETED" for s in seen), seen  # it moved, live
+    # The key metrics in human units; the rest behind "details", rounded (issue 13).
+    meta = progress.locator(".chw-meta").inner_text()
+    assert "RAM 667.5 MB" in meta and "VRAM" not in meta and "beam 3.96″ × 3.41″" in meta, meta
+    assert "3.9639263928719437" not in progress.inner_text()
+    progress.locator(".chw-details summary").click()
+    assert progress.locator(".chw-metrics dt[data-key='step']").is_visible()
     page.wait_for_selector(f".chw-queue tr[data-job-id='{job_id}'][data-status='COMPLETED']", timeout=30_000)
     assert lab_server.request("GET", f"jobs/{job_id}")["status"] == "COMPLETED"
     # The GPU heatmap: this machine has no GPU, and says so.

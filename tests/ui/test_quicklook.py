@@ -58,3 +58,22 @@ def test_sources_from_a_result_or_a_table() -> None:
 def test_an_image_without_wcs_gets_pixel_axes() -> None:
     fig = quicklook(np.ones((16, 16)), [{"x": 4, "y": 4}])
     assert fig.axes[0].get_xlabel() == "x (pixel)" and fig.n_sources_circled == 1
+
+
+def test_background_quicklooks_never_touch_pyplot() -> None:
+    """The progress panel draws in threads; pyplot's global state is not thread-safe (issue 13)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, threading, numpy as np
+from cosmic_horizons_lab.notebook.quicklook import quicklook, figure_png
+pngs = []
+def draw(i):
+    pngs.append(figure_png(quicklook(np.random.default_rng(i).random((64, 64)), sources=[{"x": 10, "y": 20}], pyplot=False)))
+threads = [threading.Thread(target=draw, args=(i,)) for i in range(6)]
+[t.start() for t in threads]; [t.join() for t in threads]
+assert len(pngs) == 6 and all(p.startswith(b"\\x89PNG") for p in pngs), [len(p) for p in pngs]
+assert "matplotlib.pyplot" not in sys.modules
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

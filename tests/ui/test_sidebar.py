@@ -41,6 +41,9 @@ def test_sidebar_shows_a_job_move_to_completed_live(page, lab_server) -> None:
     page.wait_for_selector(f".ch-job[data-job-id='{job['id']}'][data-status='COMPLETED']", timeout=30_000)
     assert job_row.locator(".ch-status").inner_text() == "COMPLETED"
     assert job_row.locator(".ch-bar").evaluate("el => parseFloat(el.style.width)") == 100
+    # Memory in human units, and called RAM on a CPU (issue 13: it read "VRAM 667484160").
+    meta = job_row.locator(".ch-meta").inner_text()
+    assert "RAM 667.5 MB" in meta and "VRAM" not in meta and "667484160" not in meta, meta
     # Expanding the row shows its log tail and outputs.
     job_row.locator(".ch-job-line").click()
     page.wait_for_selector(f".ch-job[data-job-id='{job['id']}'] .ch-log:has-text('step 4 of 4')", timeout=10_000)

@@ -466,3 +466,18 @@ def test_a_completed_image_job_gets_a_quicklook_picture(lab: Lab, client: FakeCl
     time.sleep(0.1)  # the picture is drawn in a thread
     lab.pump.flush()
     assert panel.preview.startswith(b"\x89PNG") and "job0001" in panel.preview_alt
+
+
+def test_a_failed_quicklook_says_why_in_one_line(lab: Lab, client: FakeClient, monkeypatch) -> None:
+    def broken(self: Job) -> bytes:
+        raise ValueError("the image has no finite pixel\nsecond line of detail")
+
+    monkeypatch.setattr(Job, "quicklook_png", broken)
+    panel = lab.job("job0002").widget()
+    settle(lab)
+    client.emit("job0002", "job.completed", status="COMPLETED")
+    lab.pump.flush()
+    time.sleep(0.1)
+    lab.pump.flush()
+    assert panel.preview == b""
+    assert panel.preview_error == "no quick-look: ValueError: the image has no finite pixel"

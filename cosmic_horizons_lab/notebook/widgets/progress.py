@@ -38,6 +38,7 @@ class JobProgress(LiveWidget):
     job = traitlets.Dict(help="The job's record as the view shows it (status, progress 0..1, metrics).").tag(sync=True)
     preview = traitlets.Bytes(b"", help="A PNG quick-look of the job's image output, once it completed.").tag(sync=True)
     preview_alt = traitlets.Unicode("").tag(sync=True)
+    preview_error = traitlets.Unicode("", help="Why a completed image job shows no picture, in one line.").tag(sync=True)
 
     def __init__(self, job: "Job", *, preview: bool = True, **kwargs: Any) -> None:
         self._job = job
@@ -75,7 +76,10 @@ class JobProgress(LiveWidget):
     def _make_preview(self) -> None:
         try:
             png = self._job.quicklook_png()
-        except Exception:  # a job without an image, or no matplotlib: no picture, no error
+        except FileNotFoundError:
+            return  # a job without an image has no picture to draw, and nothing to explain
+        except Exception as exc:
+            self.stage(preview_error=f"no quick-look: {type(exc).__name__}: {exc}".splitlines()[0][:300])
             return
         if png:
             self.stage(preview=png, preview_alt=f"quick-look of job {self.job_id}")

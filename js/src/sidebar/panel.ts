@@ -30,6 +30,7 @@ import {
 } from '../model/format';
 import { drawHeatmap, IHeatmapData } from '../model/heatmap';
 import { applyEvent, IEvent, IJob, mergeSnapshot } from '../model/jobs';
+import { describeMetrics, metricsLine } from '../model/metrics';
 import { isTerminal, Status } from '../model/states';
 import { heatmapFromHistory } from './heatmap';
 
@@ -264,9 +265,9 @@ export class JobsPanel extends Widget {
     if (seconds !== undefined) {
       parts.push(formatDuration(seconds));
     }
-    const vram = job.metrics?.vram_usage;
-    if (vram !== undefined) {
-      parts.push(`VRAM ${vram}`);
+    const { headline } = describeMetrics(job.metrics);
+    if (headline.length) {
+      parts.push(metricsLine(headline));
     }
     (el.querySelector('.ch-meta') as HTMLElement).textContent = parts.join(' · ');
     (el.querySelector('.ch-error') as HTMLElement).textContent = job.error ? String(job.error) : '';

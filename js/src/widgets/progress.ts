@@ -1,6 +1,7 @@
 /** The view of JobProgress: one job's status, progress, metrics, and cancel. */
 import { cancelJob } from '../api/page';
 import { barWidth, formatDuration, fraction, jobName, percent, runSeconds, shortId } from '../model/format';
+import { describeMetrics, metricsLine } from '../model/metrics';
 import { isTerminal, Status } from '../model/states';
 import { h, RenderProps, stamp } from './common';
 
@@ -16,9 +17,14 @@ function render({ model, el }: RenderProps): () => void {
   const bar = h('div', 'chw-bar');
   track.append(bar);
   const meta = h('div', 'chw-meta');
+  const more = h('details', 'chw-details');
+  const moreSummary = h('summary', '', 'details');
+  const moreTable = h('dl', 'chw-metrics');
+  more.append(moreSummary, moreTable);
   const error = h('div', 'chw-error');
   const preview = h('img', 'chw-preview');
-  root.append(head, track, meta, error, preview);
+  const previewNote = h('div', 'chw-note');
+  root.append(head, track, meta, more, error, preview, previewNote);
   el.append(root);
 
   cancel.addEventListener('click', async () => {
@@ -49,10 +55,19 @@ function render({ model, el }: RenderProps): () => void {
     if (seconds !== undefined) {
       parts.push(formatDuration(seconds));
     }
-    for (const [k, v] of Object.entries(job.metrics ?? {})) {
-      parts.push(`${k}: ${typeof v === 'number' ? +v.toPrecision(4) : String(v)}`);
+    const { headline, details } = describeMetrics(job.metrics);
+    if (headline.length) {
+      parts.push(metricsLine(headline));
     }
     meta.textContent = parts.join(' · ');
+    more.style.display = details.length ? '' : 'none';
+    moreTable.replaceChildren(
+      ...details.flatMap(d => {
+        const dt = h('dt', '', d.label);
+        dt.dataset.key = d.key;
+        return [dt, h('dd', '', d.text)];
+      })
+    );
     error.textContent = job.error ? String(job.error) : '';
     stamp(root);
   };
@@ -70,14 +85,18 @@ function render({ model, el }: RenderProps): () => void {
     } else {
       preview.style.display = 'none';
     }
+    // Why there is no picture, in one line (set by the kernel when drawing it failed).
+    previewNote.textContent = model.get('preview_error') ?? '';
   };
   model.on('change:job', update);
   model.on('change:preview', updatePreview);
+  model.on('change:preview_error', updatePreview);
   update();
   updatePreview();
   return () => {
     model.off('change:job', update);
     model.off('change:preview', updatePreview);
+    model.off('change:preview_error', updatePreview);
     if (previewUrl) {
       URL.revokeObjectURL(previewUrl);
     }
