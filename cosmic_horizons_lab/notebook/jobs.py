@@ -436,10 +436,21 @@ class Batch(list):
         return image_job.show(sources=sources, **kwargs)
 
     def __repr__(self) -> str:
+        """A header with the counts per state, then one line per job: what sets it apart, and its state."""
+        from cosmic_horizons_lab.notebook.widgets.timeline import differing_labels
+
         counts: dict[str, int] = {}
         for job in self:
             counts[job.status] = counts.get(job.status, 0) + 1
-        return f"<Batch {self.batch_id or ''} {len(self)} jobs {counts}>"
+        states = ", ".join(f"{n} {status}" for status, n in counts.items())
+        head = f"<Batch {self.batch_id or ''} of {len(self)} jobs: {states}>".replace("Batch  of", "Batch of")
+        names = {job.id: name for name, job in self.stages.items()}
+        labels = differing_labels([job.record for job in self])
+        lines = [head]
+        for job, label in zip(self, labels):
+            what = names.get(job.id) or label or ""
+            lines.append(f"  {job.id[:8]}  {job.record.get('agent', ''):<20} {job.status:<10} {what}".rstrip())
+        return "\n".join(lines)
 
     def wait(self, timeout: float | None = None, *, check: bool = True) -> "Batch":
         """Wait for every job; raises the first :class:`JobFailed` when ``check``."""

@@ -366,6 +366,29 @@ def test_timeline_bars_and_dependencies(lab: Lab, client: FakeClient) -> None:
     assert bars["job0000"]["queued"] < time.time()
 
 
+def test_a_sweeps_bars_and_text_name_what_differs(lab: Lab, client: FakeClient) -> None:
+    """A weighting sweep reads as natural / uniform / briggs, not as three ids (issue 13)."""
+    from cosmic_horizons_lab.notebook.jobs import Batch
+
+    ids = ["job0000", "job0001", "job0002"]
+    for job_id, weighting in zip(ids, ["natural", "uniform", "briggs"]):
+        client.jobs[job_id].update(agent="ImageReconstruction", dataset_id="VLA.TDEM0003.1src",
+                                   params={"weighting": weighting, "npix": 512})
+    batch = Batch(lab, [lab.job(i) for i in ids], batch_id="b1")
+    for job in batch:
+        job.refresh()
+    timeline = batch.timeline()
+    settle(lab)
+    labels = [b["label"] for b in timeline.jobs]
+    assert labels == ["weighting=natural", "weighting=uniform", "weighting=briggs"], labels
+    text = repr(batch)
+    assert text.splitlines()[0].startswith("<Batch b1 of 3 jobs:"), text
+    assert all(w in text for w in ("natural", "uniform", "briggs")) and "npix" not in text, text
+    queue = lab.queue()
+    settle(lab)
+    assert repr(queue).startswith("<JobQueue of ") and "object at 0x" not in repr(timeline)
+
+
 # ------------------------------------------------------------ discovery
 
 

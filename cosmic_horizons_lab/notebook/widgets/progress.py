@@ -52,6 +52,9 @@ class JobProgress(LiveWidget):
         self._on_job_change(job)  # anything that changed since the first render, and a finished job's picture
         threading.Thread(target=self._load, daemon=True).start()
 
+    def __repr__(self) -> str:
+        return f"<JobProgress of {self._job!r}>"
+
     @property
     def job_id(self) -> str:
         return self._job.id

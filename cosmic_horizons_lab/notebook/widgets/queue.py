@@ -47,6 +47,16 @@ class JobQueue(LiveWidget):
         if load:
             threading.Thread(target=self.refresh, daemon=True).start()
 
+    def __repr__(self) -> str:
+        """Outside a browser (a terminal, a saved notebook's text), the queue's counts per state."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        counts: dict[str, int] = {}
+        for job in jobs:
+            counts[job.status] = counts.get(job.status, 0) + 1
+        states = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        return f"<JobQueue of {len(jobs)} jobs{': ' + states if states else ''}>"
+
     def refresh(self) -> None:
         """Reload the list from the API (events keep it current afterwards)."""
         try:

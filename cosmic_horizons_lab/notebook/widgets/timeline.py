@@ -46,6 +46,33 @@ def bar(record: dict[str, Any], label: str | None = None) -> dict[str, Any]:
     }
 
 
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 24 else text[:23] + "…"
+
+
+def differing_labels(records: Sequence[dict[str, Any]]) -> list[str | None]:
+    """Label each job by what sets it apart from the others in its batch.
+
+    In a sweep (weighting natural, uniform, briggs) the value that differs
+    tells the bars apart; eight hex digits of an id do not. Parameters that
+    are the same everywhere are left out; the agent shows where agents differ.
+    None where nothing differs (the bar keeps its agent-and-id label).
+    """
+    if len(records) < 2:
+        return [None] * len(records)
+    fields = [{"agent": r.get("agent"), "dataset": r.get("dataset_id"),
+               **{str(k): v for k, v in (r.get("params") or {}).items()}} for r in records]
+    keys = sorted({k for f in fields for k in f})
+    differing = [k for k in keys if len({_short(f.get(k)) for f in fields}) > 1]
+    labels: list[str | None] = []
+    for f in fields:
+        parts = [str(f.get("agent") or "job")] if "agent" in differing else []
+        parts += [f"{k}={_short(f.get(k))}" for k in differing if k != "agent"]
+        labels.append(" ".join(parts) if parts else None)
+    return labels
+
+
 class Timeline(LiveWidget):
     _esm = view("timeline")
     _css = CSS
@@ -64,6 +91,9 @@ class Timeline(LiveWidget):
         self.invalidate()
         threading.Thread(target=self._load, daemon=True).start()
 
+    def __repr__(self) -> str:
+        return f"<Timeline of {len(self._jobs)} jobs>"
+
     def _load(self) -> None:
         for job in self._jobs:
             try:
@@ -75,4 +105,7 @@ class Timeline(LiveWidget):
         self.invalidate()
 
     def render(self) -> dict[str, Any]:
-        return {"jobs": [bar(job.record, self._labels.get(job.id)) for job in self._jobs]}
+        records = [job.record for job in self._jobs]
+        differ = differing_labels(records)
+        return {"jobs": [bar(record, self._labels.get(job.id) or label)
+                         for job, record, label in zip(self._jobs, records, differ)]}
