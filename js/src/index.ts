@@ -29,8 +29,18 @@ const plugin: JupyterFrontEndPlugin<void> = {
       openPath: path => void app.commands.execute('filebrowser:open-path', { path })
     });
     panel.title.icon = cosmicIcon;
+    panel.title.caption = 'Cosmic Horizons: your jobs and GPUs';
     app.shell.add(panel, 'left', { rank: 850 });
     void panel.start();
+    // Open on the first launch in this browser, so a new user sees where jobs appear; after
+    // that, the layout the user left (JupyterLab restores it) decides.
+    void app.restored.then(() => {
+      const seen = 'cosmic-horizons:sidebar-shown';
+      if (!window.localStorage.getItem(seen)) {
+        window.localStorage.setItem(seen, '1');
+        app.shell.activateById(panel.id);
+      }
+    });
     // For the browser tests and benchmarks: the panel's state, read-only use.
     (window as any).cosmicHorizonsPanel = panel;
   }

@@ -41,6 +41,9 @@ def test_sidebar_shows_a_job_move_to_completed_live(page, lab_server) -> None:
     page.wait_for_selector(f".ch-job[data-job-id='{job['id']}'][data-status='COMPLETED']", timeout=30_000)
     assert job_row.locator(".ch-status").inner_text() == "COMPLETED"
     assert job_row.locator(".ch-bar").evaluate("el => parseFloat(el.style.width)") == 100
+    # The whole name shows at the default width (issue 13: "AlphaCa…"); outputs look like links.
+    name = job_row.locator(".ch-name")
+    assert name.evaluate("el => el.scrollWidth <= el.clientWidth + 1"), name.inner_text()
     # Memory in human units, and called RAM on a CPU (issue 13: it read "VRAM 667484160").
     meta = job_row.locator(".ch-meta").inner_text()
     assert "RAM 667.5 MB" in meta and "VRAM" not in meta and "667484160" not in meta, meta
@@ -56,6 +59,21 @@ def test_sidebar_shows_a_job_move_to_completed_live(page, lab_server) -> None:
     page.wait_for_selector(".lm-DockPanel-tabBar .lm-TabBar-tab:has-text('summary.json')", timeout=20_000)
     server_job = lab_server.request("GET", f"jobs/{job['id']}")
     assert server_job["status"] == "COMPLETED"
+
+
+def test_sidebar_is_open_on_first_launch_and_labelled(page, lab_server) -> None:
+    """A new user sees where jobs appear without hunting for an unlabelled icon (issue 13)."""
+    open_lab(page, lab_server)  # a fresh browser context: nothing in localStorage
+    page.locator("#cosmic-horizons-sidebar").wait_for(state="visible", timeout=30_000)
+    tab = page.locator("li.lm-TabBar-tab[data-id='cosmic-horizons-sidebar']")
+    assert "Cosmic Horizons" in (tab.get_attribute("title") or ""), tab.get_attribute("title")
+    # Closed by the user, it stays closed on the next load: only the first launch opens it.
+    tab.click()
+    page.locator("#cosmic-horizons-sidebar").wait_for(state="hidden", timeout=10_000)
+    page.reload()
+    page.wait_for_selector("li.lm-TabBar-tab[data-id='cosmic-horizons-sidebar']", timeout=60_000)
+    page.wait_for_timeout(1500)
+    assert not page.locator("#cosmic-horizons-sidebar").is_visible()
 
 
 def test_cancel_from_the_sidebar_ends_a_running_job(page, lab_server) -> None:

@@ -249,7 +249,9 @@ export class JobsPanel extends Widget {
     const status = el.querySelector('.ch-status') as HTMLElement;
     status.textContent = job.status;
     status.dataset.status = job.status;
-    (el.querySelector('.ch-name') as HTMLElement).textContent = jobName(job);
+    const nameEl = el.querySelector('.ch-name') as HTMLElement;
+    nameEl.textContent = jobName(job);
+    nameEl.title = jobName(job);
     const idEl = el.querySelector('.ch-id') as HTMLElement;
     idEl.textContent = shortId(job.id);
     idEl.title = job.id;
