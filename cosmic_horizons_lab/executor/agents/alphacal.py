@@ -45,10 +45,11 @@ class AlphaCalAgent(Agent):
                 "type": "string",
                 "enum": ["none", "low", "medium", "high_sensitivity"],
                 "default": "medium",
-                "description": ("RFI flagging sensitivity: 'low' flags only unmistakable RFI (8σ), "
-                                "'medium' RFI down to about the noise (6σ), 'high_sensitivity' "
-                                "also the faint wings of RFI (5σ and dilation), at the cost of "
-                                "more good data; 'none' skips flagging."),
+                "description": ("RFI flagging sensitivity, judged on the residual after a sky "
+                                "surface fitted per baseline: 'low' flags only unmistakable RFI, "
+                                "'medium' RFI down to about 5σ per visibility, 'high_sensitivity' "
+                                "also the faint wings of RFI (dilation), at the cost of more good "
+                                "data; 'none' skips flagging."),
             },
             "solution_interval": {
                 "type": "integer", "minimum": 0, "default": 0,
