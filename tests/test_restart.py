@@ -6,6 +6,8 @@ import getpass
 import json
 import os
 import signal
+import time
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +102,63 @@ def test_a_lost_job_with_retries_runs_again(server_root):
         assert "job.queued" in types and types[-1] == "job.completed"
     finally:
         second.stop()
+
+
+# -- exactly-once launch: a kill between the launch's intent and its record ----------------
+ONCE = """
+import os
+from pathlib import Path
+with open(os.environ["DRILL_SHARED_FILE"], "a") as fh:
+    fh.write(Path(os.environ["COSMIC_HORIZONS_JOB_DIR"]).name + "\\n")
+result = "once"
+"""
+
+
+def _intent(db: Path, job_id: str) -> str | None:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT launch_token FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return row[0] if row else None
+
+
+@pytest.mark.parametrize("started", [False, True], ids=["before-the-start", "after-the-start"])
+def test_a_kill_inside_the_launch_window_runs_the_job_exactly_once(server_root, monkeypatch, started):
+    """Killed after the launch's intent committed: before the process started (nothing to find:
+    launched again, with a fresh token) or after it started (adopted by its token, not rerun)."""
+    from cosmic_horizons_lab.protocol.jobdir import LAUNCH_TOKEN_FILE, job_dir
+    from cosmic_horizons_lab.server.jobs.dispatch import DRILL_PAUSE_ENV
+
+    ran = server_root / "ran.txt"
+    write_script(server_root, "once.py", ONCE)
+    monkeypatch.setenv("DRILL_SHARED_FILE", str(ran))
+    monkeypatch.setenv(DRILL_PAUSE_ENV, "4")
+    first = LabServer(server_root).start()
+    db = first.state / "jobs.db"
+    job = first.client().submit("Script", params={"path": "once.py"})
+    directory = job_dir(server_root / "jobs", getpass.getuser(), job["id"])
+    deadline = time.monotonic() + 60
+    token = None
+    while time.monotonic() < deadline:
+        token = token or _intent(db, job["id"])
+        if token and (not started or (directory / LAUNCH_TOKEN_FILE).exists()):
+            break
+        time.sleep(0.02)
+    assert token, "the intent never committed"
+    assert (directory / LAUNCH_TOKEN_FILE).exists() == started
+    first.kill()
+    monkeypatch.delenv(DRILL_PAUSE_ENV)
+
+    second = LabServer(server_root)
+    second.port = first.port
+    second.start()
+    try:
+        done = second.client().wait(job["id"], timeout=90)
+        queuing = [e for e in second.client().events(job["id"]) if e["type"] == "job.queuing"]
+    finally:
+        second.stop()
+    assert done["status"] == "COMPLETED" and done["attempts"] == 1, done
+    assert ran.read_text().split() == [job["id"]]  # it ran, once
+    assert len(queuing) == 1 and bool(queuing[0]["payload"].get("adopted")) == started
+    final_token = (directory / LAUNCH_TOKEN_FILE).read_text().split()[0]
+    assert (final_token == token) == started  # adopted: the first token; relaunched: a fresh one

@@ -133,3 +133,61 @@ async def test_only_http_urls_are_accepted(api, script):
         code, err, _ = await api.post("jobs/submit", {"agent": "Script", "params": {"path": script("pass\n")},
                                                       "webhook_url": url})
         assert code == 422 and err["field"] == "webhook_url", url
+
+
+def test_a_delivery_cut_by_kill_9_is_sent_again_with_the_same_delivery_id(tmp_path):
+    """At least once: the receiver took the POST, the server died before recording the 2xx.
+
+    The next server sends the same delivery again: same bytes, same signature, same
+    ``X-Cosmic-Delivery-Id``, so a receiver can drop the repeat (docs/operators.md, Webhooks).
+    """
+    from .services import LabServer, kill_job_groups, write_script
+
+    root = tmp_path / "root"
+    root.mkdir()
+    write_script(root, "quick.py", "print('hi')\n")
+    got: list[tuple[dict[str, str], bytes]] = []
+    first_arrived, release = threading.Event(), threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            got.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            if len(got) == 1:
+                first_arrived.set()
+                release.wait(30)  # hold the answer until the server is dead
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    config = {"webhook_backoff_seconds": 0.2, "webhook_timeout": 60}
+    server = LabServer(root, config=config).start()
+    try:
+        job = server.client().submit("Script", params={"path": "quick.py"}, webhook_url=url)
+        assert first_arrived.wait(60), "no delivery arrived"
+        server.kill()
+        release.set()
+        again = LabServer(root, config=config)
+        again.port = server.port
+        server = again.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            (log,) = server.client().request("GET", f"jobs/{job['id']}/webhooks")["deliveries"]
+            if log["status"] != "pending":
+                break
+            time.sleep(0.1)
+    finally:
+        server.stop()
+        receiver.shutdown()
+        receiver.server_close()
+        kill_job_groups(root / "jobs")
+    assert len(got) == 2, f"{len(got)} deliveries"
+    (h1, b1), (h2, b2) = got
+    assert h1["x-cosmic-delivery-id"] == h2["x-cosmic-delivery-id"] == str(log["id"])
+    assert b1 == b2 and h1["x-cosmic-signature"] == h2["x-cosmic-signature"]
+    assert json.loads(b1)["job_id"] == job["id"] and log["status"] == "delivered"

@@ -37,6 +37,10 @@ class LaunchSpec:
     #: Backend ids of parents that must complete first (Slurm ``afterok``).
     after_ok: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    #: The launch intent committed for this start (``JobRecord.launch_token``): the backend
+    #: leaves it where :meth:`Backend.find_launch` can find it (the job directory, Slurm's
+    #: ``--comment``).
+    launch_token: str = ""
 
 
 @dataclass
@@ -107,6 +111,17 @@ class Backend(LoggingConfigurable):
 
     async def adopt(self, backend_id: str, spec: LaunchSpec) -> None:
         """Re-attach to a job submitted before a server restart, before it is polled."""
+
+    async def find_launch(self, spec: LaunchSpec) -> str | None:
+        """What a launch with ``spec.launch_token`` left behind: its backend id (the job is
+        adopted, so poll() sees it), or None when provably nothing was started with it (the
+        job may then be launched again, with a fresh token).
+
+        A server that died between committing a launch's intent and recording the backend's
+        id calls this after its restart, so that a job is never started twice. Raises
+        :class:`BackendUnavailable` when the backend cannot tell now.
+        """
+        raise NotImplementedError
 
     async def submit_array(self, specs: list[LaunchSpec], parallel_limit: int | None) -> list[str]:
         """Submit jobs of one agent as one unit; the default submits them one by one."""

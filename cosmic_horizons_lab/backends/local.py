@@ -5,6 +5,12 @@ echo $? > <dir>/exit_code'`` in its own session, so it outlives a server
 restart and its exit status is on disk even when nobody waited for it. What a
 new server needs to re-attach (pid, process start time, slots) is in
 ``<dir>/local.json``.
+
+Exactly once: the server commits the launch's token before calling :meth:`submit`; the
+token is on the starter's command line, and the starter's first act is to write it with its
+pid into the job directory (``jobdir.LAUNCH_TOKEN_FILE``). A server killed before it recorded
+the launch finds the process by that file or, in the instant before it is written, by its
+command line (:meth:`LocalBackend.find_launch`), instead of starting the job again.
 """
 
 from __future__ import annotations
@@ -21,13 +27,17 @@ from typing import Any
 import psutil
 from traitlets import Float, Int
 
-from cosmic_horizons_lab.protocol.jobdir import EXIT_FILE, LOG_FILE
+from cosmic_horizons_lab.protocol.jobdir import EXIT_FILE, LAUNCH_TOKEN_FILE, LOG_FILE, read_launch_token
 from cosmic_horizons_lab.backends.base import Backend, BackendJobState, GpuPool, LaunchSpec
 
 LAUNCH_FILE = "local.json"
 # The shell records the executor's exit status atomically; a job killed as a
 # group (cancel, timeout) leaves none, and the backend knows why it killed it.
+# Its first act (before anything can run) records the launch token and its pid: removing a
+# previous attempt's exit status first, so a token file always goes with a fresh exit status.
 WRAPPER = (
+    f'rm -f "$1/{EXIT_FILE}"; printf "%s %s\\n" "${{3:--}}" "$$" > "$1/.{LAUNCH_TOKEN_FILE}.tmp" && '
+    f'mv -f "$1/.{LAUNCH_TOKEN_FILE}.tmp" "$1/{LAUNCH_TOKEN_FILE}" || exit 2; '
     'cd "$1" && nice -n "$2" "$0" -m cosmic_horizons_lab.executor "$1"; '
     'echo $? > "$1/.exit_code.tmp" && mv "$1/.exit_code.tmp" "$1/exit_code"'
 )
@@ -42,6 +52,8 @@ class _Running:
     started: float
     max_runtime: int | None
     proc: asyncio.subprocess.Process | None = None
+    #: the launch token on the starter's command line (tells a reused pid from ours)
+    token: str = ""
     killed_for: str | None = None
     kill_task: asyncio.Task | None = field(default=None, repr=False)
 
@@ -100,6 +112,7 @@ class LocalBackend(Backend):
         try:
             proc = await asyncio.create_subprocess_exec(
                 "/bin/sh", "-c", WRAPPER, self.python, str(spec.job_dir), str(max(0, min(19, self.nice))),
+                spec.launch_token,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
                 env=env, start_new_session=True,
             )
@@ -112,10 +125,12 @@ class LocalBackend(Backend):
             create_time = psutil.Process(proc.pid).create_time()
         except psutil.NoSuchProcess:
             create_time = 0.0
-        run = _Running(spec.job_dir, proc.pid, create_time, slots, time.time(), spec.max_runtime_seconds, proc)
-        (spec.job_dir / LAUNCH_FILE).write_text(
-            json.dumps({"pid": proc.pid, "create_time": create_time, "slots": slots, "started": run.started})
-        )
+        run = _Running(spec.job_dir, proc.pid, create_time, slots, time.time(), spec.max_runtime_seconds, proc,
+                       token=spec.launch_token)
+        (spec.job_dir / LAUNCH_FILE).write_text(json.dumps(
+            {"pid": proc.pid, "create_time": create_time, "slots": slots, "started": run.started,
+             "token": spec.launch_token}
+        ))
         backend_id = str(proc.pid)
         self._jobs[backend_id] = run
         asyncio.get_running_loop().create_task(self._reap(proc))
@@ -130,26 +145,70 @@ class LocalBackend(Backend):
         """Re-attach to a job a previous server started (its process may be gone)."""
         if backend_id in self._jobs:
             return
+        pid = int(backend_id)
         try:
             info = json.loads((spec.job_dir / LAUNCH_FILE).read_text())
         except (OSError, ValueError):
-            info = {"pid": int(backend_id), "create_time": 0.0, "slots": [], "started": time.time()}
-        slots = [s for s in info.get("slots", []) if s in self._free]
+            info = {}
+        if info.get("pid") != pid:
+            # The server died before it wrote local.json for this process: ask the process.
+            try:
+                create_time = psutil.Process(pid).create_time()
+            except psutil.Error:
+                create_time = 0.0
+            info = {"pid": pid, "create_time": create_time, "slots": None, "started": create_time or time.time()}
+        wanted = info.get("slots")
+        if wanted is None:  # unknown: it holds as many slots as it needs, whichever are free
+            wanted = self._free[: self._slots_needed(spec.gpu_count)]
+        slots = [s for s in wanted if s in self._free]
         self._free = [s for s in self._free if s not in slots]
         self._jobs[backend_id] = _Running(
-            spec.job_dir, info["pid"], info.get("create_time", 0.0), slots,
+            spec.job_dir, pid, info.get("create_time", 0.0), slots,
             info.get("started", time.time()), spec.max_runtime_seconds,
+            token=spec.launch_token or info.get("token") or "",
         )
+
+    async def find_launch(self, spec: LaunchSpec) -> str | None:
+        """The pid the launch with ``spec.launch_token`` started (now adopted), or None if none did.
+
+        Read the job directory's token file, then look for a live process with the token on
+        its command line (a starter not yet at its first act), then read the file again (a
+        starter that wrote it and ended between the two looks). Neither: no process with the
+        token exists or ever wrote the file, so none will: nothing started.
+        """
+        token = spec.launch_token
+        if not token:
+            return None
+
+        def look() -> int | None:
+            for attempt in range(2):
+                found = read_launch_token(spec.job_dir)
+                if found is not None and found[0] == token and found[1].isdigit():
+                    return int(found[1])
+                if attempt == 0:
+                    pid = _pid_with_token(token)
+                    if pid is not None:
+                        return pid
+            return None
+
+        pid = await asyncio.to_thread(look)
+        if pid is None:
+            return None
+        await self.adopt(str(pid), spec)
+        return str(pid)
 
     def _alive(self, run: _Running) -> bool:
         if run.proc is not None:
             return run.proc.returncode is None
         try:
             p = psutil.Process(run.pid)
-            return p.status() != psutil.STATUS_ZOMBIE and (
-                not run.create_time or abs(p.create_time() - run.create_time) < 1.0
-            )
-        except psutil.NoSuchProcess:
+            if p.status() == psutil.STATUS_ZOMBIE:
+                return False
+            if run.create_time:
+                return abs(p.create_time() - run.create_time) < 1.0
+            # No start time to compare: the token on its command line tells ours from a reused pid.
+            return not run.token or run.token in p.cmdline()
+        except psutil.Error:
             return False
 
     async def poll(self, backend_ids: list[str]) -> dict[str, BackendJobState]:
@@ -233,3 +292,14 @@ class LocalBackend(Backend):
 
     async def health(self) -> dict[str, Any]:
         return {"ok": True, "slots": self.slot_count, "free": len(self._free), "running": len(self._jobs)}
+
+
+def _pid_with_token(token: str) -> int | None:
+    """The live process with ``token`` as an argument (a job's starter), if there is one."""
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and token in (proc.info["cmdline"] or ()):
+                return proc.pid
+        except psutil.Error:
+            continue
+    return None

@@ -3,6 +3,10 @@
 Exit status is the contract with the backend: 0 when the agent returned, 1
 when it raised (the error and traceback are in ``events.jsonl`` and the log),
 2 when the job directory itself is unusable.
+
+``python -m cosmic_horizons_lab.executor --materialize <SIM id> <path>`` generates a
+synthetic preset at ``path`` (whole or not at all), as a job does on first use: staging runs
+it for a preset no job has generated yet.
 """
 
 from __future__ import annotations
@@ -17,8 +21,20 @@ from cosmic_horizons_lab.executor.context import JobContext, append_record
 from cosmic_horizons_lab.protocol.jobdir import JOB_DIR_ENV
 
 
+def materialize_preset(dataset_id: str, path: Path) -> None:
+    """Generate the synthetic preset ``dataset_id`` at ``path``, atomically (a temporary file, then a rename)."""
+    from cosmic_horizons_lab.science.simulate import materialize
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    materialize(dataset_id, tmp)
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 3 and argv[0] == "--materialize":
+        materialize_preset(argv[1], Path(argv[2]))
+        return 0
     if len(argv) != 1:
         print("usage: python -m cosmic_horizons_lab.executor <job-dir>", file=sys.stderr)
         return 2
@@ -32,11 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     job.outputs.mkdir(parents=True, exist_ok=True)
     if job.dataset is not None and job.simulate and not job.dataset.path.exists():
         # A synthetic dataset is generated where it is first needed: here, not in the server.
-        from cosmic_horizons_lab.science.simulate import materialize
-
-        tmp = job.dataset.path.with_name(f".{job.dataset.path.name}.{os.getpid()}")
-        materialize(job.simulate, tmp)
-        os.replace(tmp, job.dataset.path)
+        materialize_preset(job.simulate, job.dataset.path)
     append_record(job_dir, {"type": "started", "pid": os.getpid(), "host": socket.gethostname()})
 
     from cosmic_horizons_lab.executor.registry import get_agent

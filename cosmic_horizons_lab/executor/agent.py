@@ -43,6 +43,8 @@ COMMON_PARAMS: dict[str, Any] = {
 #: :meth:`Agent.missing_extra` looks here, the server names the extra in its refusal.
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "science": ("torch", "numpy", "scipy", "astropy", "pyuvdata"),
+    # The Notebook agent runs a kernel of its own with nbclient.
+    "notebook": ("nbclient", "nbformat", "ipykernel"),
 }
 
 
@@ -62,6 +64,10 @@ class Agent(ABC):
     #: The optional extra (a key of ``EXTRA_MODULES``) whose libraries ``run`` imports; ``None``
     #: when the core dependencies suffice. A submission is refused (422) while it is missing.
     extra: ClassVar[str | None] = None
+    #: The parameter that names a file under the server's root which the agent runs (Script's and
+    #: Notebook's ``path``): submission checks it lies inside the root, and the agent checks again
+    #: when it opens the file.
+    root_file_param: ClassVar[str | None] = None
 
     @classmethod
     def missing_extra(cls) -> str | None:

@@ -18,6 +18,8 @@ BUILTIN_AGENTS: dict[str, str] = {
     "AlphaCal": "cosmic_horizons_lab.executor.agents.alphacal:AlphaCalAgent",
     "ImageReconstruction": "cosmic_horizons_lab.executor.agents.reconstruction:ImageReconstructionAgent",
     "AnomalyDetection": "cosmic_horizons_lab.executor.agents.anomaly:AnomalyDetectionAgent",
+    "Notebook": "cosmic_horizons_lab.executor.agents.notebook:NotebookAgent",
+    "SlurmScript": "cosmic_horizons_lab.executor.agents.slurm_script:SlurmScriptAgent",
 }
 
 

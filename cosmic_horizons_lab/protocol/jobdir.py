@@ -20,6 +20,11 @@ EVENTS_FILE = "events.jsonl"  # what happened: appended by the job, one JSON obj
 LOG_FILE = "stdout.log"  # the job's stdout and stderr
 OUTPUTS_DIR = "outputs"  # the job's results
 EXIT_FILE = "exit_code"  # written by the launcher when the job process ends
+#: ``<launch token> <backend id>``: written atomically by the job's starter as its very first act
+#: (the local starter: its pid; a Slurm batch script: its job id), so a restarted server that
+#: committed the launch's intent (the token) finds what that launch started instead of starting
+#: the job again.
+LAUNCH_TOKEN_FILE = "launch_token"
 
 _MAX_TAIL = 4 * 1024 * 1024
 
@@ -28,6 +33,17 @@ def job_dir(work_dir: Path, user: str, job_id: str) -> Path:
     # User names come from the identity provider; keep them one safe path segment.
     safe_user = "".join(c if c.isalnum() or c in "-_." else "_" for c in user).lstrip(".") or "_"
     return Path(work_dir) / safe_user / job_id
+
+
+def read_launch_token(path: Path) -> tuple[str, str] | None:
+    """(token, backend id) of the launch that started in this job directory, or None if none did."""
+    try:
+        text = (path / LAUNCH_TOKEN_FILE).read_text(encoding="utf-8").split()
+    except OSError:
+        return None
+    if len(text) < 2:
+        return None
+    return text[0], text[1]
 
 
 def write_job_file(path: Path, data: dict[str, Any]) -> None:

@@ -11,7 +11,9 @@ runs first, so the server never blocks on it.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -144,6 +146,32 @@ class DatasetRegistry:
             )
         self._cache, self._stamp = found, stamp
         return found
+
+    def home(self, dataset: Dataset) -> Path:
+        """The folder ``dataset`` must resolve inside: the archive, the package's data folder
+        (the demo) or the presets' cache. A dataset whose path leads out of it is not ours."""
+        if dataset.source == "demo":
+            from cosmic_horizons_lab.data import DATA_DIR
+
+            return DATA_DIR.resolve()
+        if dataset.source == "simulated" and self.simulated_dir is not None:
+            return self.simulated_dir.resolve()
+        return self.root.resolve()
+
+    async def materialize(self, dataset: Dataset) -> None:
+        """Generate a synthetic preset no job has generated yet (staging needs the file).
+
+        In a child process, the executor's ``--materialize``, as a job would: the server never
+        imports the science. The file appears whole or not at all.
+        """
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cosmic_horizons_lab.executor", "--materialize", dataset.id, str(dataset.path),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            last = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+            raise RuntimeError(last[0][:500])
 
     def list(self) -> list[Dataset]:
         archive = self._scan()

@@ -15,6 +15,10 @@ and is signed at sending time with the user's secret::
 
 A user reads (and creates on first use) their secret with ``GET
 webhooks/secret`` and replaces it with ``POST webhooks/secret``.
+
+Delivery is at least once: the row (the intent) commits before any attempt, and the attempt's
+outcome commits after it, so a crash in between sends the delivery again after a restart. Every
+attempt carries the row's id in ``X-Cosmic-Delivery-Id``, for receivers to drop repeats.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from cosmic_horizons_lab.server.store.database import Store, Tx
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Cosmic-Signature"
+#: The delivery's stable id, the same on every attempt and after a restart: an idempotency key.
+DELIVERY_ID_HEADER = "X-Cosmic-Delivery-Id"
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -208,7 +214,8 @@ class Webhooks:
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(await self._secret_of(row.user), raw),
             "X-Cosmic-Event": row.event,
-            "X-Cosmic-Delivery": str(row.id),
+            DELIVERY_ID_HEADER: str(row.id),
+            "X-Cosmic-Delivery": str(row.id),  # the header's first name, kept for receivers that read it
             "X-Correlation-ID": json.loads(row.body).get("correlation_id") or "",
             "User-Agent": "cosmic-horizons-lab-webhooks",
         }

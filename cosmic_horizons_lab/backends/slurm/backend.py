@@ -26,11 +26,13 @@ from traitlets import Bool, Dict, Float, Integer, List, Unicode
 
 from cosmic_horizons_lab.backends.base import Backend, BackendJobState, BackendUnavailable, GpuPool, LaunchSpec
 import cosmic_horizons_lab.backends.slurm.script as scripts
+import cosmic_horizons_lab.backends.slurm.user_script as user_script
 from cosmic_horizons_lab.backends.slurm.commands import SlurmCommands
 from cosmic_horizons_lab.backends.slurm.parsing import parse_partitions, parse_sinfo_gpus
 from cosmic_horizons_lab.backends.slurm.poll import Poller
 from cosmic_horizons_lab.backends.slurm.states import map_slurm_state
 from cosmic_horizons_lab.backends.slurm.tracking import JobTable
+from cosmic_horizons_lab.protocol.jobdir import read_launch_token
 
 
 class SlurmBackend(Backend):
@@ -161,6 +163,8 @@ class SlurmBackend(Backend):
         self._commands = SlurmCommands(self, self.command_counts)
         self._jobs = JobTable(self)
         self._poller = Poller(self, self._commands, self._jobs)
+        #: "squeue"/"sacct" → (when read, job id → comment), for find_launch
+        self._comment_cache: dict[str, tuple[float, dict[str, str]]] = {}
 
     @property
     def _job_dirs(self) -> dict[str, Path]:
@@ -181,7 +185,11 @@ class SlurmBackend(Backend):
 
     def render_script(self, spec: LaunchSpec) -> str:
         """The batch script for one job (written to ``<job_dir>/slurm.sbatch``)."""
-        return scripts.render_script(self, spec)
+        rendered = scripts.render_script(self, spec)
+        if spec.agent == user_script.AGENT:  # a user's sbatch script: its #SBATCH lines apply too
+            directives = user_script.user_script_directives(Path(spec.job_dir))
+            rendered = user_script.with_user_directives(rendered, directives, len(self.extra_directives))
+        return rendered
 
     def render_array_script(self, specs: list[LaunchSpec], array_dir: Path, indices: str) -> str:
         """One batch script for many jobs: element i runs ``specs[i]`` in its own job dir."""
@@ -195,6 +203,53 @@ class SlurmBackend(Backend):
     async def adopt(self, backend_id: str, spec: LaunchSpec) -> None:
         """Re-attach to a job submitted before a restart: only what poll() reads locally."""
         self._jobs.adopt(backend_id, spec)
+
+    async def find_launch(self, spec: LaunchSpec) -> str | None:
+        """The Slurm job (or array element) whose ``--comment`` carries ``spec.launch_token``.
+
+        The job directory first (the batch script's first act writes the token with its Slurm
+        id), then squeue (pending jobs, and ended ones for MinJobAge), then accounting (where
+        slurmdbd keeps comments). Found nowhere: no job of that sbatch ever started, nor can it
+        start any more (it is not in the queue), so the job may be submitted again.
+        """
+        if not spec.launch_token:
+            return None
+        found = read_launch_token(Path(spec.job_dir))
+        if found is not None and found[0] == spec.launch_token:
+            self._jobs.adopt(found[1], spec)
+            self.log.info("Slurm job %s adopted for %s (its job directory)", found[1], spec.job_id)
+            return found[1]
+        base, _, index = spec.launch_token.rpartition(".")
+        if not base:  # a job of its own: its token has no index
+            base, index = spec.launch_token, ""
+        for source in ("squeue", "sacct"):
+            comments = await self._launch_comments(source)
+            for job_id, comment in comments.items():
+                parsed = scripts.parse_launch_comment(comment)
+                if parsed is None:
+                    continue
+                token, indices = parsed
+                if indices is None and token == spec.launch_token:
+                    backend_id = job_id
+                elif indices is not None and token == base and index.isdigit() and int(index) in indices:
+                    backend_id = f"{job_id}_{indices.index(int(index))}"
+                else:
+                    continue
+                self._jobs.adopt(backend_id, spec)
+                self.log.info("Slurm job %s adopted for %s (launch %s)", backend_id, spec.job_id, spec.launch_token)
+                return backend_id
+        return None
+
+    async def _launch_comments(self, source: str) -> dict[str, str]:
+        """Job id → comment from squeue or sacct, read once for all the launches one
+        reconciliation looks for (a restart may leave a whole batch of them)."""
+        cached = self._comment_cache.get(source)
+        if cached is not None and time.monotonic() - cached[0] < 2.0:
+            return cached[1]
+        read = self._commands.comments if source == "squeue" else self._commands.accounted_comments
+        comments = await read() or {}
+        self._comment_cache[source] = (time.monotonic(), comments)
+        return comments
 
     async def submit(self, spec: LaunchSpec) -> str:
         job_dir = Path(spec.job_dir)

@@ -202,6 +202,38 @@ class SlurmCommands:
         found = ids.pop()
         return found if found.isdigit() else None
 
+    async def comments(self) -> dict[str, str] | None:
+        """Job (or array) id → ``--comment`` of every job squeue still holds, ended ones too;
+        None when squeue cannot answer (an outage raises BackendUnavailable)."""
+        argv = self.argv(self._s.squeue_command, "--noheader", "--states=all", "--format=%F|%k")
+        rc, out, err = await self.run(argv, self._s.command_timeout)
+        if rc != 0:
+            self.fail(argv, rc, out, err)
+        found: dict[str, str] = {}
+        for line in out.splitlines():
+            job, sep, comment = line.partition("|")
+            if sep and job.strip().isdigit():
+                found[job.strip()] = comment.strip()
+        return found
+
+    async def accounted_comments(self, days: int = 7) -> dict[str, str]:
+        """The same from accounting (jobs squeue has forgotten), where slurmdbd keeps comments;
+        empty without accounting."""
+        if self.accounting != "sacct":
+            return {}
+        argv = self.argv(self._s.sacct_command, "--noheader", "--parsable2", "--allocations",
+                         f"--starttime=now-{days}days", "--format=JobIDRaw,Comment")
+        rc, out, _ = await self.run(argv, self._s.command_timeout)
+        if rc != 0:
+            return {}
+        found: dict[str, str] = {}
+        for line in out.splitlines():
+            job, sep, comment = line.partition("|")
+            job = job.strip().split("_", 1)[0]
+            if sep and job.isdigit() and comment.strip():
+                found.setdefault(job, comment.strip())
+        return found
+
     # ------------------------------------------------------------------ squeue, sacct
 
     async def squeue(self) -> list[QueueEntry]:

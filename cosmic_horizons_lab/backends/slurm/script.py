@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from cosmic_horizons_lab.backends.base import LaunchSpec
 from cosmic_horizons_lab.protocol.durations import format_slurm_time
+from cosmic_horizons_lab.protocol.jobdir import LAUNCH_TOKEN_FILE
 
 if TYPE_CHECKING:
     from cosmic_horizons_lab.backends.slurm.backend import SlurmBackend
@@ -31,8 +32,47 @@ def job_name(settings: SlurmBackend, spec: LaunchSpec, job_id: str | None = None
     )
 
 
+#: How a job's ``--comment`` carries its launch token, for a restarted server to find it by.
+LAUNCH_COMMENT_PREFIX = "chl-launch:"
+
+
+def launch_comment(token: str, indices: list[int] | None = None) -> str:
+    """``--comment`` for a launch: ``chl-launch:<token>``; an array's adds the launch indices
+    of its elements in order (``:0-3,7``), as its elements' tokens are ``<token>.<index>``."""
+    if indices is None:
+        return LAUNCH_COMMENT_PREFIX + token
+    spans: list[str] = []
+    for i in indices:
+        if spans and "-" not in spans[-1] and int(spans[-1]) == i - 1:
+            spans[-1] = f"{spans[-1]}-{i}"
+        elif spans and "-" in spans[-1] and int(spans[-1].split("-")[1]) == i - 1:
+            spans[-1] = f"{spans[-1].split('-')[0]}-{i}"
+        else:
+            spans.append(str(i))
+    return f"{LAUNCH_COMMENT_PREFIX}{token}:{','.join(spans)}"
+
+
+def parse_launch_comment(comment: str) -> tuple[str, list[int] | None] | None:
+    """(token, launch indices of an array's elements or None) from a ``--comment``; None if not ours."""
+    if not comment.startswith(LAUNCH_COMMENT_PREFIX):
+        return None
+    token, _, spans = comment[len(LAUNCH_COMMENT_PREFIX):].strip().partition(":")
+    if not spans:
+        return token, None
+    indices: list[int] = []
+    try:
+        for span in spans.split(","):
+            lo, _, hi = span.partition("-")
+            indices += range(int(lo), int(hi or lo) + 1)
+    except ValueError:
+        return None
+    return token, indices
+
+
 def _directives(settings: SlurmBackend, spec: LaunchSpec, *, gpu_count: int, seconds: int | None) -> dict[str, Any]:
     d: dict[str, Any] = {"job-name": job_name(settings, spec)}
+    if spec.launch_token:
+        d["comment"] = launch_comment(spec.launch_token)
     for key in ("partition", "account", "qos"):
         value = getattr(settings, key)
         if value:
@@ -79,6 +119,14 @@ def _job_env_lines(spec: LaunchSpec) -> list[str]:
     return [f"export {k}={shlex.quote(str(v))}" for k, v in env.items() if _valid_env_name(k)]
 
 
+def _token_line(token: str, backend_id: str) -> str:
+    """The batch script's first act in the job directory: record the launch token with the
+    job's Slurm id (jobdir.LAUNCH_TOKEN_FILE), so a restarted server finds the job even after
+    squeue has forgotten it (MinJobAge) and accounting keeps no comments."""
+    name = LAUNCH_TOKEN_FILE
+    return (f'printf "%s %s\\n" {token} "{backend_id}" > .{name}.tmp && mv -f .{name}.tmp {name}')
+
+
 def _exec_line(settings: SlurmBackend, job_dir: str) -> str:
     return f"exec {shlex.quote(settings.python)} -m cosmic_horizons_lab.executor {job_dir}"
 
@@ -92,6 +140,8 @@ def render_script(settings: SlurmBackend, spec: LaunchSpec) -> str:
     lines = _header(settings, d)
     lines += _job_env_lines(spec)
     lines.append(f"cd {shlex.quote(str(job_dir))} || exit 2")
+    if spec.launch_token:
+        lines.append(_token_line(shlex.quote(spec.launch_token), "$SLURM_JOB_ID"))
     lines += list(settings.script_preamble)
     lines.append(_exec_line(settings, shlex.quote(str(job_dir))))
     return "\n".join(lines) + "\n"
@@ -111,6 +161,9 @@ def render_array_script(settings: SlurmBackend, specs: list[LaunchSpec], array_d
     base = LaunchSpec(**{**first.__dict__, "after_ok": after, "job_id": first.job_id})
     d = _directives(settings, base, gpu_count=first.gpu_count, seconds=seconds)
     d["job-name"] = job_name(settings, first, f"array-{array_dir.name}")
+    if first.launch_token and all("." in s.launch_token for s in specs):
+        token = first.launch_token.rsplit(".", 1)[0]
+        d["comment"] = launch_comment(token, [int(s.launch_token.rsplit(".", 1)[1]) for s in specs])
     d["array"] = indices
     d["output"] = str(array_dir / "%a" / "stdout.log")
     d["open-mode"] = "append"
@@ -120,11 +173,15 @@ def render_array_script(settings: SlurmBackend, specs: list[LaunchSpec], array_d
         job_dir = shlex.quote(str(Path(spec.job_dir).resolve()))
         lines.append(f"  {i})")
         lines.append(f"    JOB_DIR={job_dir}")
+        if spec.launch_token:
+            lines.append(f"    LAUNCH_TOKEN={shlex.quote(spec.launch_token)}")
         lines += [f"    {line}" for line in _job_env_lines(spec)]
         lines.append("    ;;")
     lines.append('  *) echo "no job for array index ${SLURM_ARRAY_TASK_ID:-?}" >&2; exit 2 ;;')
     lines.append("esac")
     lines.append('cd "$JOB_DIR" || exit 2')
+    if all(spec.launch_token for spec in specs):
+        lines.append(_token_line('"$LAUNCH_TOKEN"', "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"))
     lines += list(settings.script_preamble)
     lines.append(_exec_line(settings, '"$JOB_DIR"'))
     return "\n".join(lines) + "\n"

@@ -4,13 +4,21 @@ The choice (:meth:`Dispatcher.dispatch`) is strict priority, FIFO within one, bo
 batch's ``parallelLimit``, the jobs' parents and the backend's free slots. Every hand-over
 goes through :meth:`Dispatcher.launch`, so an unreachable backend (back off, try the same jobs
 later) and a refused job (that job fails, the queue goes on) are told apart in one place.
+
+Exactly once: a launch's intent (a fresh ``launch_token`` on each job) commits before the
+backend is asked to start anything, and the backend leaves that token where it can be found
+again. A server killed between the two finds the job QUEUED with a token; reconciliation then
+adopts what the token left behind (:meth:`Backend.find_launch`) and only launches again, with a
+fresh token, when provably nothing started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +42,10 @@ log = logging.getLogger(__name__)
 SUBMIT_CONCURRENCY = 8
 #: The most queued jobs one dispatch looks at.
 DISPATCH_WINDOW = 200
+#: Test-only: seconds to sleep after a launch's intent commits and again after the backend
+#: started it, before the start is recorded, so a crash drill can kill the server inside the
+#: window exactly-once launching closes (``tests/test_crash_drill.py``). Unset in production.
+DRILL_PAUSE_ENV = "COSMIC_HORIZONS_DRILL_DISPATCH_PAUSE"
 
 #: A job ready to go: the job, its parents (whose outputs are its inputs) and the backend ids
 #: of the parents it must wait for on the backend's side (Slurm's ``afterok``).
@@ -90,7 +102,50 @@ def launch_spec(job: JobRecord, work_dir: Path, after_ok: list[str] | None = Non
         correlation_id=job.correlation_id,
         name=f"ch-{job.agent}-{job.id[:8]}",
         after_ok=list(after_ok or []),
+        launch_token=job.launch_token or "",
     )
+
+
+def new_launch_token() -> str:
+    """A fresh launch token: one per launch call (array elements add ``.<index>``)."""
+    return "chl" + uuid.uuid4().hex
+
+
+async def record_launched(store: Store, lifecycle: Lifecycle, backend: Backend, launched: dict[str, str],
+                          *, adopted: bool = False) -> tuple[int, list[str]]:
+    """Record what the backend started: a run each, QUEUING, in one transaction.
+
+    Returns how many were recorded, and the backend ids of jobs no longer QUEUED (cancelled
+    while they were being started), which the caller cancels on the backend. Either way the
+    jobs' launch intents are settled (cleared; a run keeps its token).
+    """
+    taken_back: list[str] = []
+    recorded = 0
+    async with store.write() as tx:
+        found = {
+            j.id: j for j in (await tx.session.scalars(sa.select(JobRecord).where(JobRecord.id.in_(list(launched))))).all()
+        }
+        for job_id, backend_id in launched.items():
+            current = found[job_id]
+            token, current.launch_token = current.launch_token, None  # settled: the run keeps it
+            if current.status != Status.QUEUED:
+                taken_back.append(backend_id)
+                continue
+            current.attempts += 1
+            current.backend_job_id = backend_id
+            tx.session.add(
+                Run(
+                    job_id=current.id, attempt=current.attempts, backend=backend.name,
+                    backend_job_id=backend_id, launch_token=token, status=Status.QUEUING.value,
+                    events_offset=0, submitted_at=utcnow(),
+                )
+            )
+            payload: dict[str, Any] = {"backend_job_id": backend_id, "attempt": current.attempts}
+            if adopted:
+                payload["adopted"] = True
+            lifecycle.transition(tx, current, Status.QUEUING, payload=payload)
+            recorded += 1
+    return recorded, taken_back
 
 
 class Dispatcher:
@@ -118,6 +173,7 @@ class Dispatcher:
         #: ``resolve(user, dataset) -> job.json dataset ref``: staging points jobs at a fresh
         #: staged copy; without it jobs read the archive.
         self.resolve_dataset = resolve_dataset
+        self.drill_pause = float(os.environ.get(DRILL_PAUSE_ENV) or 0.0)
 
     async def dispatch(self) -> None:
         """Start the queued jobs that can start now, highest priority first, FIFO within one.
@@ -136,7 +192,8 @@ class Dispatcher:
             queued = (
                 await session.scalars(
                     sa.select(JobRecord)
-                    .where(JobRecord.server_id == self.server_id, JobRecord.status == Status.QUEUED.value)
+                    .where(JobRecord.server_id == self.server_id, JobRecord.status == Status.QUEUED.value,
+                           JobRecord.launch_token.is_(None))
                     .order_by(JobRecord.priority.desc(), JobRecord.created_at, JobRecord.id)
                     .limit(DISPATCH_WINDOW)
                 )
@@ -240,15 +297,22 @@ class Dispatcher:
         accepted is recorded in one transaction: one sbatch takes milliseconds of Slurm's
         time, and a transaction per job is what would make our path slower than raw sbatch.
         """
+        launches = await self._intend(launches)
+        if not launches:
+            return 0
+        if self.drill_pause:
+            await asyncio.sleep(self.drill_pause)
         gate = asyncio.Semaphore(SUBMIT_CONCURRENCY)
         accepted: list[dict[str, str] | None] = [None] * len(launches)
         refused: dict[str, str] = {}
         down: list[str] = []
+        unsent: list[str] = []
 
         async def send(n: int, launch: Launch) -> None:
             specs = [self._prepare(job, parents, after_ok) for job, parents, after_ok in launch.items]
             async with gate:
                 if down:
+                    unsent.extend(job.id for job, _, _ in launch.items)
                     return
                 try:
                     if launch.array:
@@ -256,6 +320,8 @@ class Dispatcher:
                     else:
                         ids = [await self.backend.submit(specs[0])]
                 except BackendUnavailable as exc:
+                    # It may have started all the same (a timed-out sbatch): the intent stays,
+                    # and reconciliation asks the backend once it answers.
                     down.append(str(exc))
                     return
                 except Exception as exc:  # refused for good: these jobs fail, the rest go on
@@ -273,13 +339,46 @@ class Dispatcher:
             self.health.down(down[0])
         elif launched:
             self.health.up()
-        if refused:
+        if self.drill_pause and launched:
+            await asyncio.sleep(self.drill_pause)
+        if refused or unsent:
             async with self.store.write() as tx:
                 for job_id, why in refused.items():
                     current = await tx.session.get(JobRecord, job_id)
                     self.lifecycle.transition(tx, current, Status.FAILED, reason="submit_failed", error=why)
-        recorded = await self._record(launched) if launched else 0
+                for job_id in [*unsent, *refused]:  # nothing started: nothing to look for later
+                    current = await tx.session.get(JobRecord, job_id)
+                    current.launch_token = None
+        recorded = 0
+        if launched:
+            recorded, taken_back = await record_launched(self.store, self.lifecycle, self.backend, launched)
+            for backend_id in taken_back:  # cancelled while we were submitting it
+                await self.backend.cancel(backend_id)
         return None if down else recorded
+
+    async def _intend(self, launches: list[Launch]) -> list[Launch]:
+        """Commit each launch's intent (a fresh token on its jobs) before anything starts.
+
+        Jobs that are no longer QUEUED (cancelled meanwhile) or already carry an intent are left
+        out. An array's elements share one token with their index appended, so the backend
+        can name the array by one token and its elements by their place in it.
+        """
+        kept: list[Launch] = []
+        async with self.store.write() as tx:
+            ids = [job.id for launch in launches for job, _, _ in launch.items]
+            current = {
+                j.id: j for j in (await tx.session.scalars(sa.select(JobRecord).where(JobRecord.id.in_(ids)))).all()
+            }
+            for launch in launches:
+                items = [item for item in launch.items
+                         if current[item[0].id].status == Status.QUEUED and current[item[0].id].launch_token is None]
+                if not items:
+                    continue
+                token = new_launch_token()
+                for i, (job, _, _) in enumerate(items):
+                    job.launch_token = current[job.id].launch_token = f"{token}.{i}" if launch.array else token
+                kept.append(Launch(items, launch.array, launch.parallel_limit))
+        return kept
 
     def _prepare(self, job: JobRecord, parents: list[JobRecord], after_ok: list[str] | None = None) -> LaunchSpec:
         """Write the job's ``job.json`` (its inputs are its parents' outputs) and describe its launch."""
@@ -303,33 +402,3 @@ class Dispatcher:
             },
         )
         return spec
-
-    async def _record(self, launched: dict[str, str]) -> int:
-        """Record what the backend accepted: a run each, QUEUING. Returns how many were recorded."""
-        taken_back: list[str] = []
-        recorded = 0
-        async with self.store.write() as tx:
-            found = {
-                j.id: j for j in (await tx.session.scalars(sa.select(JobRecord).where(JobRecord.id.in_(list(launched))))).all()
-            }
-            for job_id, backend_id in launched.items():
-                current = found[job_id]
-                if current.status != Status.QUEUED:
-                    taken_back.append(backend_id)  # cancelled while we were submitting it
-                    continue
-                current.attempts += 1
-                current.backend_job_id = backend_id
-                tx.session.add(
-                    Run(
-                        job_id=current.id, attempt=current.attempts, backend=self.backend.name,
-                        backend_job_id=backend_id, status=Status.QUEUING.value, events_offset=0,
-                        submitted_at=utcnow(),
-                    )
-                )
-                self.lifecycle.transition(
-                    tx, current, Status.QUEUING, payload={"backend_job_id": backend_id, "attempt": current.attempts}
-                )
-                recorded += 1
-        for backend_id in taken_back:
-            await self.backend.cancel(backend_id)
-        return recorded

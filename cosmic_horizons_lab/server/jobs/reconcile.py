@@ -4,11 +4,16 @@ The store only says what we last knew. After a restart (:meth:`Reconciler.adopt`
 every poll, the truth is what the backend reports and what each job wrote to its directory;
 this module folds both back into the store. Most ticks nothing moved, and then nothing is
 written at all.
+
+It also settles launch intents a dead server left (:meth:`Reconciler.resolve_intents`): a job
+QUEUED with a launch token may have been started; what the token left behind is adopted, and
+the job is launched again only when the backend says provably nothing started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +23,12 @@ from cosmic_horizons_lab.backends.base import Backend, BackendJobState, BackendU
 from cosmic_horizons_lab.protocol import jobdir
 from cosmic_horizons_lab.protocol.clock import parse_iso, utcnow
 from cosmic_horizons_lab.protocol.states import ACTIVE, Status
-from cosmic_horizons_lab.server.jobs.dispatch import BackendHealth, launch_spec
+from cosmic_horizons_lab.server.jobs.dispatch import BackendHealth, launch_spec, record_launched
 from cosmic_horizons_lab.server.jobs.lifecycle import Lifecycle
 from cosmic_horizons_lab.server.store.database import Store, Tx
 from cosmic_horizons_lab.server.store.orm import JobRecord, Run
+
+log = logging.getLogger(__name__)
 
 
 class Reconciler:
@@ -55,9 +62,58 @@ class Reconciler:
         for job in rows:
             if job.backend_job_id:
                 await self.backend.adopt(job.backend_job_id, launch_spec(job, self.work_dir))
+        await self.resolve_intents()
+
+    async def resolve_intents(self) -> None:
+        """Settle the launches whose intent committed but whose start was never recorded.
+
+        Such a job still has its launch token: the server died (or the backend stopped
+        answering) between committing the intent and recording the backend's id. What that
+        launch started is adopted, as if its start had been recorded then (or, for a job
+        cancelled meanwhile, stopped); a job whose launch provably started nothing has its
+        token cleared, and dispatch launches it afresh.
+        """
+        async with self.store.read() as session:
+            pending = (
+                await session.scalars(
+                    sa.select(JobRecord).where(
+                        JobRecord.launch_token.is_not(None), JobRecord.server_id == self.server_id,
+                    )
+                )
+            ).all()
+        if not pending:
+            return
+        found: dict[str, str] = {}
+        nothing: list[str] = []
+        for job in pending:
+            try:
+                backend_id = await self.backend.find_launch(launch_spec(job, self.work_dir))
+            except BackendUnavailable as exc:
+                self.health.down(str(exc))
+                break  # ask again when it answers; the intents stay
+            except NotImplementedError:
+                log.warning("backend %s cannot look for launch %s; launching job %s again",
+                            self.backend.name, job.launch_token, job.id)
+                backend_id = None
+            if backend_id is None:
+                nothing.append(job.id)
+            else:
+                found[job.id] = backend_id
+        if found:
+            log.info("adopted %d job(s) whose start a previous server did not record", len(found))
+            _, taken_back = await record_launched(self.store, self.lifecycle, self.backend, found, adopted=True)
+            for backend_id in taken_back:
+                await self.backend.cancel(backend_id)
+        if nothing:
+            async with self.store.write() as tx:
+                for job_id in nothing:
+                    job = await tx.session.get(JobRecord, job_id)
+                    job.launch_token = None
 
     async def reconcile(self) -> None:
         """Bring the store up to date with the job directories and the backend."""
+        if not self.health.backing_off():
+            await self.resolve_intents()
         async with self.store.read() as session:
             rows = (
                 await session.execute(

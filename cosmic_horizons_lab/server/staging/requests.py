@@ -92,10 +92,10 @@ def lookup_dataset(datasets: DatasetRegistry, dataset_id: Any) -> Dataset:
     dataset = datasets.get(dataset_id) if isinstance(dataset_id, str) and len(dataset_id) >= shortest else None
     if dataset is None:
         raise NotFound(f"unknown dataset {dataset_id!r} (GET datasets lists them)", field="dataset_id")
-    root = datasets.root.resolve()
-    if not dataset.path.resolve().is_relative_to(root):
+    # The demo and the synthetic presets live beside the archive, each in its own folder.
+    if not dataset.path.resolve().is_relative_to(datasets.home(dataset)):
         raise Forbidden("the dataset resolves outside the archive", field="dataset_id")
-    if not dataset.path.exists():
+    if not dataset.path.exists() and dataset.source != "simulated":  # a preset is generated when staged
         raise ValidationFailed(f"dataset {dataset.id!r} has no data yet", field="dataset_id")
     return dataset
 

@@ -338,6 +338,16 @@ class StagingService:
             asyncio.get_running_loop().create_task(self._pump())
 
     async def _run(self, tid: str) -> None:
+        async with self.store.read() as session:
+            queued = await session.get(Transfer, tid)
+            preset = self.datasets.get(queued.dataset_id) if queued is not None and queued.status == "queued" else None
+        if preset is not None and preset.source == "simulated" and not preset.path.exists():
+            await self._phase(tid, "generating")
+            try:
+                await self.datasets.materialize(preset)
+            except Exception as exc:
+                await self._end(tid, "failed", "staging.failed", error=f"cannot generate {preset.id}: {exc}")
+                return
         async with self.store.write() as tx:
             row = await tx.session.get(Transfer, tid)
             if row is None or row.status != "queued":

@@ -88,6 +88,11 @@ class JobRecord(Base):
     #: The server that manages this job (several single-user servers may share one database).
     server_id: Mapped[str] = mapped_column(sa.String(255))
     backend_job_id: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    #: A launch intent not yet settled: set and committed before the backend is asked to start
+    #: the job, handed to it (the job directory, Slurm's ``--comment``), and cleared when the
+    #: start is recorded (the run keeps it). A job that still has one may have started: a
+    #: restarted server looks for what it left before launching again.
+    launch_token: Mapped[str | None] = mapped_column(sa.String(64), index=True)
     gpu_count: Mapped[int] = mapped_column(sa.Integer, default=1)
     max_runtime_seconds: Mapped[int | None] = mapped_column(sa.Integer)
     estimated_runtime_minutes: Mapped[int | None] = mapped_column(sa.Integer)
@@ -113,6 +118,8 @@ class Run(Base):
     attempt: Mapped[int] = mapped_column(sa.Integer)
     backend: Mapped[str] = mapped_column(sa.String(32))
     backend_job_id: Mapped[str | None] = mapped_column(sa.String(64))
+    #: The launch token this attempt was started (or adopted) with.
+    launch_token: Mapped[str | None] = mapped_column(sa.String(64))
     status: Mapped[str] = mapped_column(sa.String(16))
     exit_code: Mapped[int | None] = mapped_column(sa.Integer)
     reason: Mapped[str | None] = mapped_column(sa.String(64))
@@ -236,4 +243,54 @@ class WebhookSecret(Base):
 
     user: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
     secret: Mapped[str] = mapped_column(sa.String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SkyFootprint(Base):
+    """Where on the sky a job looked: pointing and field-of-view radius (``sky/coverage``).
+
+    Read from the job's image (its WCS extent) or else its data (phase centre, primary beam) by
+    the science worker, once per job status: ``job_status`` says which state it was read in.
+    """
+
+    __tablename__ = "sky_footprints"
+
+    job_id: Mapped[str] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    user: Mapped[str] = mapped_column(sa.String(255), index=True)
+    job_status: Mapped[str] = mapped_column(sa.String(16))
+    #: "image", "dataset" or "parent" (a job with no data of its own, e.g. AnomalyDetection); "none": unknown.
+    basis: Mapped[str] = mapped_column(sa.String(16))
+    ra_deg: Mapped[float | None] = mapped_column(sa.Float)
+    dec_deg: Mapped[float | None] = mapped_column(sa.Float)
+    radius_deg: Mapped[float | None] = mapped_column(sa.Float)
+    image: Mapped[str | None] = mapped_column(sa.Text)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SkyAnnotation(Base):
+    """A user's mark on the sky (point, circle or polygon, with a note), kept with the job it is about."""
+
+    __tablename__ = "sky_annotations"
+    __table_args__ = (sa.Index("ix_sky_annotations_user_job", "user", "job_id"),)
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    user: Mapped[str] = mapped_column(sa.String(255))
+    job_id: Mapped[str] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"))
+    shape: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    note: Mapped[str] = mapped_column(sa.Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SkySnapshot(Base):
+    """A saved sky view (centre, field of view, layers, annotations) and its picture."""
+
+    __tablename__ = "sky_snapshots"
+    __table_args__ = (sa.UniqueConstraint("user", "name", name="uq_sky_snapshots_user_name"),)
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    user: Mapped[str] = mapped_column(sa.String(255), index=True)
+    name: Mapped[str] = mapped_column(sa.String(255))
+    view: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    png: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
