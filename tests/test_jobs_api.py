@@ -427,7 +427,9 @@ async def test_openapi_document_is_valid_and_health_reports(api):
 async def test_resources_and_gpus_without_a_gpu(api):
     code, res, _ = await api.get("jobs/resources/available")
     assert code == 200 and res["backend"] == "local"
-    assert res["pools"][0]["detail"]["cpu_slots"] == 2
+    pool = res["pools"][0]
+    assert pool["detail"]["cpu_slots"] == 2 and pool["detail"]["unit"] == "CPU job slots"
+    assert pool["total"] == 2 and pool["free"] == 2  # issue 13: the CPU pool read total 0, free 0
     code, gpus, _ = await api.get("gpus")
     assert gpus["available"] is False and gpus["reason"]
     code, hist, _ = await api.get("gpus/history", params={"seconds": 60})

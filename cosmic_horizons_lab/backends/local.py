@@ -276,9 +276,12 @@ class LocalBackend(Backend):
     async def resources(self) -> list[GpuPool]:
         if not self.gpus:
             return [
+                # No GPU: the pool is the CPU job slots, counted as such (a pool of 0 read as
+                # "nothing can run" where every slot was free).
                 GpuPool(
-                    name="local-cpu", backend=self.name, gpu_model="none (CPU)", total=0, free=0,
-                    detail={"cpu_slots": self.slot_count, "cpu_slots_free": len(self._free)},
+                    name="local-cpu", backend=self.name, gpu_model="none (CPU)",
+                    total=self.slot_count, free=len(self._free),
+                    detail={"unit": "CPU job slots", "cpu_slots": self.slot_count, "cpu_slots_free": len(self._free)},
                 )
             ]
         models = {g["name"] for g in self.gpus}

@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from cosmic_horizons_lab.science.clean import Beam, CleanResult, fit_beam, hogbom, restore
+from cosmic_horizons_lab.science.clean import Beam, CleanResult, fit_beam, restore
+from cosmic_horizons_lab.science.deconvolution import cotton_schwab
 from cosmic_horizons_lab.science.gridding import ImageGeometry, dirty_image
+from cosmic_horizons_lab.science.noise import image_noise, visibility_noise
 from cosmic_horizons_lab.science.skymodel import C
 from cosmic_horizons_lab.science.visibilities import VisibilitySet
 
@@ -49,23 +51,9 @@ def visibility_rows(vs: VisibilitySet) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def thermal_noise(vs: VisibilitySet) -> float:
-    """Noise σ (real or imaginary part) of a unit-weight Stokes I sample, from the data.
-
-    Differences of adjacent channels cancel the sky (smooth in frequency) and
-    keep the noise (independent per channel); the MAD makes it robust to RFI
-    left in the data. With one channel, adjacent integrations are used.
-    """
-    vis, flags, weight = vs.stokes_i()
-    axis = 2 if vis.shape[2] > 1 else 1
-    # scale each sample to unit weight, so the estimate is of a weight-1 sample
-    vis = vis * np.sqrt(np.maximum(weight, 0))
-    bad = flags | (weight <= 0)
-    d = np.diff(vis, axis=axis)
-    ok = ~(np.delete(bad, 0, axis=axis) | np.delete(bad, -1, axis=axis))
-    vals = np.concatenate([d.real[ok], d.imag[ok]])
-    if vals.size == 0:
-        return 0.0
-    return float(1.4826 * np.median(np.abs(vals - np.median(vals))) / np.sqrt(2))
+    """Noise σ (real or imaginary part) of a unit-weight Stokes I sample, from data that hold
+    no sky (Stokes V, differences in time: :func:`.noise.visibility_noise`)."""
+    return visibility_noise(vs).sigma
 
 
 def imaging_weights(uvw: np.ndarray, usable: np.ndarray, geom: ImageGeometry, scheme: str,
@@ -108,8 +96,18 @@ def choose_geometry(uvw: np.ndarray, usable: np.ndarray, npix: int,
 def make_images(vs: VisibilitySet, device: torch.device, *, npix: int = 512,
                 cell_arcsec: float | None = None, weighting: str = "natural", robust: float = 0.0,
                 epsilon: float = 1e-5, do_w: bool = True, niter: int = 1000, gain: float = 0.1,
-                threshold_sigma: float = 3.0, progress=None) -> ImagingResult:
-    """Dirty image, PSF, CLEAN and restored image of a visibility set (Stokes I)."""
+                threshold_sigma: float = 3.0, major_gain: float = 0.8, max_major_cycles: int = 20,
+                auto_mask: float = 5.0, progress=None) -> ImagingResult:
+    """Dirty image, PSF, CLEAN and restored image of a visibility set (Stokes I).
+
+    CLEAN is Cotton-Schwab (:mod:`.deconvolution`): Högbom minor cycles against a
+    PSF twice the image's size, major cycles that subtract the model from the
+    visibilities, a threshold of ``threshold_sigma`` times the noise, and an optional
+    auto-mask at ``auto_mask`` σ. ``extras`` carries the noise: ``thermal_noise_jy``
+    (a unit-weight sample, and ``noise_method``, the estimator), the expected
+    thermal image noise ``expected_image_noise_jy_beam`` and ``image_rms_jy_beam``,
+    the robust σ measured in the residual (the dirty image without CLEAN).
+    """
     uvw, vis, stat_weight = visibility_rows(vs)
     usable = stat_weight > 0
     geom = choose_geometry(uvw, usable, npix, cell_arcsec)
@@ -119,24 +117,35 @@ def make_images(vs: VisibilitySet, device: torch.device, *, npix: int = 512,
         raise ValueError("no unflagged visibilities to image")
     report = (lambda frac: progress(frac)) if progress else (lambda frac: None)
     dirty = dirty_image(uvw, vis, wgt, geom, device, epsilon=epsilon, do_w=do_w,
-                        progress=lambda d, t: report(0.45 * d / t)) / wsum
-    psf = dirty_image(uvw, np.ones_like(vis), wgt, geom, device, epsilon=epsilon, do_w=do_w,
-                      progress=lambda d, t: report(0.45 + 0.35 * d / t)) / wsum
+                        progress=lambda d, t: report(0.3 * d / t)) / wsum
+    # The PSF at twice the image's size: CLEAN subtracts a whole PSF from any pixel.
+    big = ImageGeometry(2 * geom.npix_x, 2 * geom.npix_y, geom.cell_x, geom.cell_y)
+    psf_full = dirty_image(uvw, np.ones_like(vis), wgt, big, device, epsilon=epsilon, do_w=do_w,
+                           progress=lambda d, t: report(0.3 + 0.3 * d / t)) / wsum
+    oy, ox = big.npix_y // 2 - geom.npix_y // 2, big.npix_x // 2 - geom.npix_x // 2
+    psf = psf_full[oy:oy + geom.npix_y, ox:ox + geom.npix_x]
     beam = fit_beam(psf)
+    noise = visibility_noise(vs)  # of a unit-weight sample: σ² of a sample is noise² / weight
+    expected = image_noise(noise.sigma, wgt, stat_weight)
     clean = restored = None
-    noise = thermal_noise(vs)  # of a unit-weight sample: σ² of a sample is noise² / weight
-    image_noise = noise * float(np.sqrt((wgt**2 / np.where(usable, stat_weight, 1.0)).sum())) / wsum
     if niter > 0:
-        # A residual's own σ is mostly sidelobes when the uv coverage is sparse, so the
-        # stopping level comes from the visibilities' thermal noise instead.
-        clean = hogbom(dirty, psf, device, gain=gain, niter=niter,
-                       threshold=threshold_sigma * image_noise)
+        clean = cotton_schwab(dirty, psf_full, device, uvw_lambda=uvw, vis=vis, weight=wgt,
+                              geom=geom, expected_noise=expected, gain=gain, niter=niter,
+                              threshold_sigma=threshold_sigma, major_gain=major_gain,
+                              max_major_cycles=max_major_cycles, auto_mask=auto_mask,
+                              epsilon=epsilon, do_w=do_w,
+                              progress=lambda frac: report(0.6 + 0.4 * frac))
         restored = restore(clean.model, clean.residual, beam)
+    from cosmic_horizons_lab.science.detection import robust_sigma
+
+    image_rms = robust_sigma(clean.residual if clean is not None else dirty)
     report(1.0)
     return ImagingResult(geometry=geom, dirty=dirty, psf=psf, beam=beam, clean=clean,
                          restored=restored, n_visibilities=int(usable.sum()),
                          ref_freq=float(np.mean(vs.freqs)), phase_centre=vs.phase_centre,
-                         extras={"thermal_noise_jy": noise, "expected_image_noise_jy_beam": image_noise})
+                         extras={"thermal_noise_jy": noise.sigma, "noise_method": noise.method,
+                                 "expected_image_noise_jy_beam": expected,
+                                 "image_rms_jy_beam": image_rms})
 
 
 def image_wcs(geom: ImageGeometry, phase_centre: tuple[float, float], freq: float,
@@ -159,7 +168,8 @@ def image_wcs(geom: ImageGeometry, phase_centre: tuple[float, float], freq: floa
 
 def write_fits(path: str | Path, data: np.ndarray, result: ImagingResult, *, bunit: str = "JY/BEAM",
                extra: dict[str, Any] | None = None) -> Path:
-    """One image plane as a 4-D FITS image (RA, Dec, FREQ, STOKES) with its WCS and beam."""
+    """One image plane as a 4-D FITS image (RA, Dec, FREQ, STOKES) with its WCS, beam and noise
+    (``IMAGERMS``: the residual's robust σ; ``THERMRMS``: the expected thermal noise)."""
     from astropy.io import fits
 
     wcs = image_wcs(result.geometry, result.phase_centre, result.ref_freq)
@@ -171,6 +181,13 @@ def write_fits(path: str | Path, data: np.ndarray, result: ImagingResult, *, bun
     header["BUNIT"] = bunit
     header["BTYPE"] = "Intensity"
     header["ORIGIN"] = "cosmic_horizons_lab"
+    # the noise, as every image of the job reports it (Jy/beam)
+    for key, name, comment in (("IMAGERMS", "image_rms_jy_beam", "robust sigma of the residual"),
+                               ("THERMRMS", "expected_image_noise_jy_beam",
+                                "expected thermal image noise")):
+        value = result.extras.get(name)
+        if value is not None and np.isfinite(value):
+            header[key] = (float(value), comment)
     for k, v in (extra or {}).items():
         header[k] = v
     hdu = fits.PrimaryHDU(data=np.asarray(data, np.float32)[None, None], header=header)

@@ -4,6 +4,9 @@ Reads AlphaCal's ``calibrated.uvfits`` from a parent stage when there is one,
 else the job's dataset. Outputs FITS images with a celestial WCS:
 ``dirty.fits``, ``psf.fits``, ``model.fits`` (CLEAN components, Jy/pixel),
 ``residual.fits`` and ``restored.fits`` (Jy/beam), the input to AnomalyDetection.
+Every image and the job's metrics carry the noise: ``image_rms`` (the residual's
+robust σ; FITS ``IMAGERMS``) and ``expected_image_noise`` (the thermal noise expected
+from the visibilities' own noise; FITS ``THERMRMS``).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from cosmic_horizons_lab.executor.context import JobContext
 class ImageReconstructionAgent(Agent):
     name = "ImageReconstruction"
     extra = "science"
-    description = ("Grid visibilities (ES kernel, w-stacking), FFT to a dirty image, Högbom CLEAN, "
-                   "restore; FITS images with WCS.")
+    description = ("Grid visibilities (ES kernel, w-stacking), FFT to a dirty image, Cotton-Schwab "
+                   "CLEAN (Högbom minor cycles, major cycles, auto-mask) to a multiple of the "
+                   "measured noise, restore; FITS images with WCS and noise.")
     params_schema = {
         "properties": {
             "npix": {"type": "integer", "minimum": 32, "maximum": 16384, "default": 512,
@@ -39,7 +43,18 @@ class ImageReconstructionAgent(Agent):
                      "description": "CLEAN loop gain."},
             "threshold_sigma": {"type": "number", "minimum": 0, "default": 3.0,
                                 "description": "Stop CLEAN at this many σ of the thermal image noise "
-                                               "(estimated from the visibilities)."},
+                                               "(measured in the visibilities' Stokes V or time "
+                                               "differences)."},
+            "auto_mask_sigma": {"type": "number", "minimum": 0, "default": 5.0,
+                                "description": "Auto-mask: CLEAN everywhere down to this many σ, then "
+                                               "only where components were found, down to "
+                                               "threshold_sigma; 0 turns it off."},
+            "major_gain": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.8,
+                           "description": "Fraction of the peak residual a minor cycle removes "
+                                          "before a major cycle re-grids the residual visibilities."},
+            "max_major_cycles": {"type": "integer", "minimum": 0, "maximum": 1000, "default": 20,
+                                 "description": "Most major cycles (model subtracted from the "
+                                                "visibilities); 0 runs the minor cycle alone."},
             "epsilon": {"type": "number", "minimum": 1e-7, "maximum": 1e-2, "default": 1e-5,
                         "description": "Gridding accuracy (sets the kernel support)."},
             "w_correction": {"type": "boolean", "default": True,
@@ -52,7 +67,6 @@ class ImageReconstructionAgent(Agent):
         import numpy as np
 
         from cosmic_horizons_lab.science import device as dev
-        from cosmic_horizons_lab.science.detection import robust_sigma
         from cosmic_horizons_lab.science.imaging import make_images, write_fits
         from cosmic_horizons_lab.science.visibilities import read_visibilities
 
@@ -75,7 +89,10 @@ class ImageReconstructionAgent(Agent):
                              robust=float(p.get("robust", 0.0)), epsilon=float(p.get("epsilon", 1e-5)),
                              do_w=bool(p.get("w_correction", True)), niter=int(p.get("niter", 1000)),
                              gain=float(p.get("gain", 0.1)),
-                             threshold_sigma=float(p.get("threshold_sigma", 3.0)), progress=progress)
+                             threshold_sigma=float(p.get("threshold_sigma", 3.0)),
+                             auto_mask=float(p.get("auto_mask_sigma", 5.0)),
+                             major_gain=float(p.get("major_gain", 0.8)),
+                             max_major_cycles=int(p.get("max_major_cycles", 20)), progress=progress)
         dev.synchronize(device)
         out = job.outputs
         files = ["dirty.fits", "psf.fits"]
@@ -93,14 +110,13 @@ class ImageReconstructionAgent(Agent):
 
         ra, dec = image_wcs(result.geometry, result.phase_centre, result.ref_freq, ndim=2) \
             .pixel_to_world_values(ix, iy)
-        rms_src = result.clean.residual if result.clean is not None else result.dirty
         elapsed = time.perf_counter() - started
         metrics = {
             "visibilities_processed": n_vis,
             "visibilities_gridded": result.n_visibilities,
             "vram_usage": dev.peak_memory_bytes(device),
             "visibilities_per_s": result.n_visibilities / max(elapsed, 1e-9),
-            "image_rms": robust_sigma(rms_src),
+            "image_rms": result.extras["image_rms_jy_beam"],
             "peak_jy_beam": float(final[iy, ix]),
             "peak_pixel": [int(ix), int(iy)],
             "peak_ra_deg": float(ra), "peak_dec_deg": float(dec),
@@ -109,7 +125,12 @@ class ImageReconstructionAgent(Agent):
                             float(result.beam.minor * np.degrees(result.geometry.cell_x) * 3600)],
             "clean_components": result.clean.components if result.clean else 0,
             "clean_iterations": result.clean.iterations if result.clean else 0,
-            "expected_image_noise": result.extras.get("expected_image_noise_jy_beam"),
+            "major_cycles": result.clean.major_cycles if result.clean else 0,
+            "clean_threshold": result.clean.threshold if result.clean else None,
+            "clean_flux_jy": float(result.clean.model.sum()) if result.clean else 0.0,
+            "expected_image_noise": result.extras["expected_image_noise_jy_beam"],
+            "visibility_noise_jy": result.extras["thermal_noise_jy"],
+            "noise_method": result.extras["noise_method"],
             "elapsed_s": elapsed,
         }
         metrics["dynamic_range"] = metrics["peak_jy_beam"] / metrics["image_rms"] \
