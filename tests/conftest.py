@@ -88,6 +88,9 @@ def jp_server_config(db_url, work_dir, datasets_dir, lab_config):
             "poll_interval": 0.1,
             "local_slots": 2,
             "owner": "astro",
+            # Each server start would read the datasets' shapes in a worker process: off in the
+            # API tests (a test turns it on); the UI tests' servers keep the default.
+            "warm_datasets": False,
             **lab_config,
         },
     }

@@ -8,6 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from cosmic_horizons_lab.data import SIMULATED_BYTES
+
 from .services import group_alive
 
 QUICK = """
@@ -255,6 +257,7 @@ async def test_datasets_list_the_archive_the_demo_and_the_presets(api, script, d
     assert demo["source"] == "demo" and demo["size_bytes"] == 4_253_760
     assert demo["shape"] == {"baselines": 153, "times": 15, "channels": 64, "polarizations": 4, "visibilities": 348160}
     assert {"SIM.small", "SIM.rfi", "SIM.sky"} <= set(by_id)
+    assert all(by_id[s]["size_bytes"] == SIMULATED_BYTES[s] for s in SIMULATED_BYTES)  # not 0 before generation
     code, job, _ = await api.post("jobs/submit", {"agent": "Script", "dataset_id": "VLA.demo", "params": {"path": script(QUICK)}})
     assert code == 201 and job["dataset_id"] == "VLA.demo"
 
@@ -505,3 +508,20 @@ async def test_the_authorizer_is_consulted_on_every_handler(deny_mallory, api, s
     assert exc.value.code == 403
     code, _, _ = await api.get("jobs/history/list", user="alice")
     assert code == 200
+
+
+@pytest.mark.parametrize("lab_config", [{"warm_datasets": True}])
+async def test_the_dataset_listing_is_warm_at_start(api, lab, monkeypatch):
+    """The first GET datasets is served from what the start-up read (issue 13: it took 12 s)."""
+    import cosmic_horizons_lab.server.datasets as datasets_module
+
+    await lab._warming  # the start-up read, in the executor
+
+    def no_worker(*args, **kwargs):
+        raise AssertionError("the listing started a science worker after the warm-up")
+
+    monkeypatch.setattr(datasets_module, "run_science", no_worker)
+    code, body, _ = await api.get("datasets")
+    assert code == 200
+    demo = next(d for d in body["datasets"] if d["id"] == "VLA.TDEM0003.1src")
+    assert demo["shape"]["visibilities"] == 348160

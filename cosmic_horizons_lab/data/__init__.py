@@ -39,4 +39,13 @@ SIMULATED_DATASETS: dict[str, str] = {
     ),
 }
 
-__all__ = ["DATA_DIR", "DEMO_DATASETS", "DEMO_SHA256", "SIMULATED_DATASETS"]
+#: The size of each preset's uvfits file once generated (the file is a pure function of the
+#: preset), so a listing shows what staging or a job will read before anything generated it.
+#: tests/science/test_datasets.py generates each preset and checks these.
+SIMULATED_BYTES: dict[str, int] = {
+    "SIM.small": 2_304_000,
+    "SIM.rfi": 17_536_320,
+    "SIM.sky": 3_703_680,
+}
+
+__all__ = ["DATA_DIR", "DEMO_DATASETS", "DEMO_SHA256", "SIMULATED_BYTES", "SIMULATED_DATASETS"]

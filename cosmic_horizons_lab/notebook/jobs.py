@@ -273,6 +273,12 @@ class Job:
 
         return figure_png(self.show(pyplot=False))
 
+    def sky(self, **kwargs: Any) -> Any:
+        """This job on an interactive sky map: its image, sources, footprint and annotations (live)."""
+        from cosmic_horizons_lab.notebook.widgets.sky import Sky
+
+        return Sky(self.lab, [self], **kwargs)
+
     # -- display
     def widget(self) -> "JobProgress":
         """The live progress panel (one per handle)."""
@@ -434,6 +440,12 @@ class Batch(list):
             if job.record.get("agent") == "AnomalyDetection" and job.status == "COMPLETED":
                 sources = job.sources()
         return image_job.show(sources=sources, **kwargs)
+
+    def sky(self, **kwargs: Any) -> Any:
+        """The pipeline on a sky map: its stages' images and sources, their footprints (live)."""
+        from cosmic_horizons_lab.notebook.widgets.sky import Sky
+
+        return Sky(self.lab, list(self), **kwargs)
 
     def __repr__(self) -> str:
         """A header with the counts per state, then one line per job: what sets it apart, and its state."""

@@ -226,6 +226,13 @@ class Lab:
 
         return Staging(self, dataset_id, target_resource, start=False)
 
+    def sky(self, **kwargs: Any) -> Any:
+        """Every result of yours on an interactive sky map: images, sources, footprints and the
+        coverage of your processed sky; jobs that complete later appear as they do."""
+        from cosmic_horizons_lab.notebook.widgets.sky import Sky
+
+        return Sky(self, None, **kwargs)
+
     def _latest_event_id(self) -> int:
         return int(self.client.request("GET", "events/latest")["last_event_id"])
 

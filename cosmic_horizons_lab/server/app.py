@@ -34,6 +34,7 @@ from cosmic_horizons_lab.server.advisor import Advisor
 from cosmic_horizons_lab.server.inspection import DatasetInspector
 from cosmic_horizons_lab.server.jobs.orchestrator import Orchestrator
 from cosmic_horizons_lab.server.prometheus import Instruments
+from cosmic_horizons_lab.server.sky import Sky
 from cosmic_horizons_lab.server.staging.service import DEFAULT_THROUGHPUT, StagingService
 from cosmic_horizons_lab.server.staging.targets import targets_from_settings
 from cosmic_horizons_lab.server.store.database import Store, sqlite_url
@@ -89,6 +90,11 @@ class CosmicHorizons(ExtensionApp):
         "",
         help="Folder whose files are the datasets (a dataset's id is its file name without extension). "
         "Default: <Jupyter data dir>/cosmic_horizons/datasets.",
+    ).tag(config=True)
+    warm_datasets = Bool(
+        True,
+        help="Read every dataset's shape in the background at start, so the first dataset listing "
+             "answers at once instead of waiting for the science worker (seconds).",
     ).tag(config=True)
 
     local_slots = Int(
@@ -199,6 +205,10 @@ class CosmicHorizons(ExtensionApp):
     ).tag(config=True)
 
     webhook_timeout = Float(10.0, help="Seconds a webhook receiver has to answer one POST.").tag(config=True)
+    sky_survey = Unicode(
+        "", help="A HiPS survey shown behind the sky map (a URL, e.g. a local HiPS served to the browser, or a CDS "
+        "id such as 'P/DSS2/color'). Empty (the default): a blank background and no request leaves the page."
+    ).tag(config=True)
 
     @default("owner")
     def _default_owner(self) -> str:
@@ -278,6 +288,7 @@ class CosmicHorizons(ExtensionApp):
             resolve_dataset=self.staging.resolve,
         )
         self.inspector = DatasetInspector(self.store, self.datasets)
+        self.sky = Sky(self.store, self.datasets, self.work_path, self.orchestrator.get_job)
         self.usage = Usage(self.store, self.costs, self.work_path)
         self.advisor = Advisor(
             store=self.store, validator=self.validator, datasets=self.datasets, inspector=self.inspector,
@@ -334,7 +345,15 @@ class CosmicHorizons(ExtensionApp):
                 web_app.settings["log_function"] = self.instruments.wrap_log_function(web_app.settings["log_function"])
             await self.staging.start()
             await self.webhooks.start()
+            if self.warm_datasets:
+                self._warming = asyncio.get_running_loop().run_in_executor(None, self._warm_datasets)
             self.ready.set()
+
+    def _warm_datasets(self) -> None:
+        try:
+            self.datasets.warm()
+        except Exception:  # a listing will read what it needs then; nothing is lost
+            self.log.warning("warming the dataset listing failed", exc_info=True)
 
     async def stop_extension(self) -> None:
         if not self.ready.is_set():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,12 +55,15 @@ class Dataset:
 
 
 def _stat_dataset(ds_id: str, path: Path, fmt: str, source: str, description: str = "") -> Dataset:
+    from cosmic_horizons_lab.data import SIMULATED_BYTES
+
     exists = path.exists()
     return Dataset(
         id=ds_id,
         path=path,
         format=fmt,
-        size_bytes=dataset_bytes(path) if exists else 0,
+        # A preset not generated yet: the size it will have (a listing of 0 bytes misled users).
+        size_bytes=dataset_bytes(path) if exists else SIMULATED_BYTES.get(ds_id, 0),
         source=source,
         modified_at=datetime.fromtimestamp(path.stat().st_mtime, timezone.utc) if exists else None,
         description=description,
@@ -76,6 +80,7 @@ class DatasetRegistry:
         self._stamp: float | None = None
         self._builtins: dict[str, tuple[Path, str, str, str]] | None = None
         self._shapes: dict[tuple[str, int, float], dict[str, Any] | None] = {}
+        self._describe_lock = threading.Lock()
 
     def _builtin_entries(self) -> dict[str, tuple[Path, str, str, str]]:
         """id → (path, format, source, description) of what ships with the package."""
@@ -98,11 +103,21 @@ class DatasetRegistry:
         """The dataset's shape read from the data (cached; blocking: call from a thread)."""
         return self.describe_many([dataset])[0]
 
+    def warm(self) -> None:
+        """Read every listed dataset's shape now (blocking), so the first listing is served from cache."""
+        self.describe_many(self.list())
+
     def describe_many(self, datasets: list[Dataset]) -> list[dict[str, Any] | None]:
         """Shapes of several datasets, those not cached read by one worker process (blocking).
 
-        None for what cannot be opened, and for a synthetic preset not generated yet.
+        None for what cannot be opened, and for a synthetic preset not generated yet. One
+        reader at a time: a listing that comes while the start-up warm-up reads waits for it
+        and is then served from the cache, rather than starting a second worker.
         """
+        with self._describe_lock:
+            return self._describe_many(datasets)
+
+    def _describe_many(self, datasets: list[Dataset]) -> list[dict[str, Any] | None]:
         keys = [(str(d.path), d.size_bytes, d.modified_at.timestamp() if d.modified_at else 0.0)
                 for d in datasets]
         todo = [(k, d) for k, d in zip(keys, datasets) if k not in self._shapes and d.path.exists()]

@@ -6,6 +6,8 @@ import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application'
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import { JobsPanel } from './sidebar/panel';
+import { SkyPanel } from './sidebar/sky';
+import { CMD_NEW_JOB, registerCreateWork } from './create';
 
 export { JobsPanel } from './sidebar/panel';
 export { EventStream } from './api/events';
@@ -26,12 +28,27 @@ const plugin: JupyterFrontEndPlugin<void> = {
   autoStart: true,
   activate: (app: JupyterFrontEnd) => {
     const panel = new JobsPanel({
-      openPath: path => void app.commands.execute('filebrowser:open-path', { path })
+      openPath: path => void app.commands.execute('filebrowser:open-path', { path }),
+      onNewJob: () => void app.commands.execute(CMD_NEW_JOB)
     });
     panel.title.icon = cosmicIcon;
     panel.title.caption = 'Cosmic Horizons: your jobs and GPUs';
     app.shell.add(panel, 'left', { rank: 850 });
     void panel.start();
+    registerCreateWork(app, panel, cosmicIcon);
+    // The Sky: the coverage of the caller's results; a footprint's click opens its job's row.
+    const sky = new SkyPanel({
+      openJob: id => {
+        app.shell.activateById(panel.id);
+        const line = panel.node.querySelector(`.ch-job[data-job-id='${CSS.escape(id)}']:not(.ch-expanded) .ch-job-line`);
+        (line as HTMLElement | null)?.click();
+        panel.node.querySelector(`.ch-job[data-job-id='${CSS.escape(id)}']`)?.scrollIntoView({ block: 'nearest' });
+      }
+    });
+    sky.title.icon = cosmicIcon;
+    sky.title.label = 'Sky';
+    app.shell.add(sky, 'left', { rank: 851 });
+    (window as any).cosmicHorizonsSky = sky;
     // Open on the first launch in this browser, so a new user sees where jobs appear; after
     // that, the layout the user left (JupyterLab restores it) decides.
     void app.restored.then(() => {

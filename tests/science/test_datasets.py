@@ -85,3 +85,12 @@ def test_a_measurement_set_reads_as_the_uvfits_it_was_written_from(demo_path, tm
     assert rc == 0, rec[-3:]
     result = rec[-1]["result"]
     assert result["visibilities_processed"] == 1360 * 64 * 4
+
+
+@pytest.mark.parametrize("name", sorted(SIM_PRESETS))
+def test_listed_preset_sizes_are_what_generation_writes(name, tmp_path):
+    """GET datasets lists a preset's size before it is generated (issue 13: it listed 0)."""
+    from cosmic_horizons_lab.data import SIMULATED_BYTES
+
+    path = materialize(name, tmp_path / f"{name}.uvfits")
+    assert path.stat().st_size == SIMULATED_BYTES[name]

@@ -37,3 +37,11 @@ export function stagingStatusPath(datasetId: string, targetResource?: string | n
   const query = targetResource ? `?target_resource=${q(targetResource)}` : '';
   return `jobs/dataset/${q(datasetId)}/staging-status${query}`;
 }
+
+/** The job form, the pipeline composer and the Slurm queue view (issue 13). */
+export const AGENTS = 'agents';
+export const DATASETS = 'datasets';
+export const SUBMIT = 'jobs/submit';
+export const OPTIMIZE = 'jobs/optimize';
+export const PIPELINES = 'pipelines';
+export const SLURM_QUEUE = 'slurm/queue';

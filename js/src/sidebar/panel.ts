@@ -41,6 +41,8 @@ export interface IPanelOptions {
   gpuWindow?: number;
   /** How many of the newest jobs to list. */
   pageSize?: number;
+  /** Open the job form (the header's "New job" button). */
+  onNewJob?: () => void;
 }
 
 interface IRow {
@@ -74,6 +76,7 @@ export class JobsPanel extends Widget {
       <div class="ch-header">
         <span class="ch-title">Cosmic Horizons</span>
         <span class="ch-conn" data-state="connecting" title="event stream"></span>
+        <button class="ch-new-job jp-Button" title="Open the job form">＋ New job</button>
         <button class="ch-refresh jp-Button" title="Reload the job list">⟳</button>
       </div>
       <div class="ch-section-title">Jobs</div>
@@ -89,6 +92,9 @@ export class JobsPanel extends Widget {
     this.node
       .querySelector('.ch-refresh')!
       .addEventListener('click', () => void this.reload());
+    this.node
+      .querySelector('.ch-new-job')!
+      .addEventListener('click', () => this.options.onNewJob?.());
     this.stream = new EventStream(
       events => this.onEvents(events),
       state => this.onState(state)
