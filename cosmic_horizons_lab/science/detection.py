@@ -1,16 +1,21 @@
 """Source finding and anomaly catalogues on images.
 
-The noise is estimated robustly (median absolute deviation after clipping),
-because an image with bright sources has a standard deviation dominated by
-them. Sources are islands: connected pixels above ``island_sigma``·σ that
-contain a peak above ``detect_sigma``·σ (the two-threshold scheme of
-PyBDSF/Aegean). Each island is measured by its peak, its flux-weighted
-centroid (sub-pixel position) and its integrated flux (sum over the island,
-grown by a beam width to take in the wings, divided by the beam area in pixels).
+Sources are found as PyBDSF and Aegean find them. Each pixel is measured against a local
+background and noise map (``science/background.py``: sigma-clipped statistics in boxes on
+a coarse grid, interpolated), not one global σ: near a bright source the residual
+sidelobes raise the local noise, and a global σ turns them into false sources. Islands
+are connected pixels above ``island_sigma`` that hold a pixel above ``detect_sigma`` (the
+two-threshold scheme); each island's sources are elliptical Gaussians fitted to its
+pixels (``science/sourcefit.py``), which give sub-pixel positions and the integrated flux
+(the Gaussian's volume over the beam's: the peak for a point source).
 
 An anomaly is something the image has that was not expected: a source absent
 from a reference catalogue, a catalogued source the image lacks, a flux
-changed beyond a tolerance, or structure in a CLEAN residual above kσ.
+changed beyond a tolerance, or structure in a CLEAN residual above kσ. The match against
+the reference is a KD-tree on the sphere (``science/crossmatch.py``).
+
+``robust_sigma`` (one σ for a whole image, from the clipped MAD) stays for the callers
+that want one number: CLEAN's stopping level and the images' ``image_rms``.
 """
 
 from __future__ import annotations
@@ -21,26 +26,15 @@ from typing import Any
 
 import numpy as np
 
-MAD_TO_SIGMA = 1.4826
+from cosmic_horizons_lab.science.background import MAD_TO_SIGMA, clipped_stats
+
+__all__ = ["MAD_TO_SIGMA", "Image", "anomalies", "find_sources", "read_catalogue", "read_image",
+           "robust_sigma"]
 
 
 def robust_sigma(image: np.ndarray, clip: float = 5.0, iterations: int = 3) -> float:
     """Noise σ of an image from the MAD, iteratively clipping bright pixels."""
-    vals = np.asarray(image, float)
-    vals = vals[np.isfinite(vals)].ravel()
-    if vals.size == 0:
-        return 0.0
-    sigma = 0.0
-    for _ in range(iterations):
-        med = np.median(vals)
-        sigma = MAD_TO_SIGMA * float(np.median(np.abs(vals - med)))
-        if sigma == 0:
-            break
-        kept = vals[np.abs(vals - med) < clip * sigma]
-        if kept.size == vals.size or kept.size < 16:
-            break
-        vals = kept
-    return sigma
+    return clipped_stats(np.asarray(image, float).ravel(), clip, iterations)[1]
 
 
 @dataclass
@@ -76,103 +70,208 @@ def read_image(path: str | Path) -> Image:
 
 
 def find_sources(img: Image, *, detect_sigma: float = 5.0, island_sigma: float = 3.0,
-                 sigma: float | None = None) -> tuple[Any, float]:
-    """Islands of emission as an astropy Table, and the noise σ used.
+                 sigma: float | None = None, box: int | None = None, step: int | None = None
+                 ) -> tuple[Any, float]:
+    """Sources as an astropy Table (brightest first), and the image's median noise σ.
 
-    Columns: id, x, y (0-based pixels, flux-weighted centroid), ra_deg, dec_deg,
-    peak_jy_beam, flux_jy (integrated), snr, npix.
+    Pixels are measured against the local background and noise maps
+    (``science/background.py``; ``box``/``step`` in pixels, PyBDSF's ``rms_box``), or
+    against one ``sigma`` and a zero background when it is given. An island is a
+    connected region above ``island_sigma`` holding a pixel above ``detect_sigma``; its
+    sources are Gaussians fitted to its pixels (``science/sourcefit.py``).
+
+    Columns: id, x, y (0-based pixels), ra_deg, dec_deg, peak_jy_beam, flux_jy (integrated:
+    the fitted Gaussian's volume over the beam's), flux_island_jy (the island's sum over the
+    beam area), snr (peak over the local σ), local_rms, maj_px, min_px (fitted FWHMs), pa_deg
+    (from +x toward +y), island, npix (island pixels), n_gaussians (a source of several
+    Gaussians is PyBDSF's code "M": position their flux-weighted centre, flux their sum; peak
+    and shape the brightest one's), fitted (False: moments only).
     """
     from astropy.table import Table
     from scipy import ndimage
 
-    data = img.data
-    s = robust_sigma(data) if sigma is None else sigma
-    table = Table(names=["id", "x", "y", "ra_deg", "dec_deg", "peak_jy_beam", "flux_jy", "snr", "npix"],
-                  dtype=[int, float, float, float, float, float, float, float, int])
-    if s <= 0:
-        return table, s
-    labels, n = ndimage.label(data > island_sigma * s)
-    if n == 0:
-        return table, s
-    idx = np.arange(1, n + 1)
-    peaks = ndimage.maximum(data, labels, idx)
-    # An island cut at island_sigma misses the wings of its source (a tenth of a point
-    # source's flux when the cut is at a tenth of its peak): integrate over the island
-    # grown by a beam width, where the wings are.
-    grow = max(3, int(2 * np.ceil(img.beam_area_pixels ** 0.5)) + 1)
-    grown = ndimage.grey_dilation(labels, size=(grow, grow))
-    grown = np.where(labels > 0, labels, grown)
-    sums = ndimage.sum(data, grown, idx)
-    sizes = ndimage.sum(np.ones_like(data), labels, idx)
-    cy, cx = np.asarray(ndimage.center_of_mass(np.clip(data, 0, None), labels, idx)).T
-    keep = peaks > detect_sigma * s
-    ra, dec = img.wcs.pixel_to_world_values(cx[keep], cy[keep])
-    order = np.argsort(-peaks[keep])
-    for k, j in enumerate(order):
-        table.add_row([k + 1, cx[keep][j], cy[keep][j], float(np.asarray(ra)[j]),
-                       float(np.asarray(dec)[j]), peaks[keep][j],
-                       sums[keep][j] / img.beam_area_pixels, peaks[keep][j] / s, int(sizes[keep][j])])
+    from cosmic_horizons_lab.science.background import noise_maps
+    from cosmic_horizons_lab.science.sourcefit import FWHM_PER_SIGMA, fit_island, group, merged
+
+    data = np.asarray(img.data, float)
+    beam_fwhm_px = float(np.sqrt(img.beam_area_pixels * 4 * np.log(2) / np.pi))
+    if sigma is None:
+        maps = noise_maps(data, box=box, step=step, beam_fwhm_pixels=beam_fwhm_px)
+        bkg, rms = maps.background, maps.rms
+    else:
+        bkg, rms = np.zeros_like(data), np.full_like(data, float(sigma))
+    good = rms > 0
+    s = float(np.median(rms[good])) if good.any() else 0.0
+    cols: dict[str, list] = {c: [] for c in _SOURCE_COLUMNS}
+    if s > 0:
+        signal = np.where(np.isfinite(data), data - bkg, 0.0)
+        snr = np.where(good, signal / np.where(good, rms, 1.0), 0.0)
+        labels, _ = ndimage.label(snr > island_sigma)
+        pad = int(np.ceil(beam_fwhm_px))
+        for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
+            if sl is None:
+                continue
+            y0, y1 = max(sl[0].start - pad, 0), min(sl[0].stop + pad, data.shape[0])
+            x0, x1 = max(sl[1].start - pad, 0), min(sl[1].stop + pad, data.shape[1])
+            island = labels[y0:y1, x0:x1] == lab
+            cut_snr = snr[y0:y1, x0:x1]
+            if cut_snr[island].max() < detect_sigma:
+                continue
+            cut = signal[y0:y1, x0:x1]
+            comps = fit_island(cut, island, rms[y0:y1, x0:x1], detect_sigma,
+                               beam_fwhm_px / FWHM_PER_SIGMA, img.beam_area_pixels, offset=(y0, x0))
+            isl_flux = float(cut[island].sum() / img.beam_area_pixels)
+            sources = [(merged(g), len(g)) for g in group(comps)]
+            for c, n_gauss in sources:
+                iy = int(np.clip(round(c.y), 0, data.shape[0] - 1))
+                ix = int(np.clip(round(c.x), 0, data.shape[1] - 1))
+                local = float(rms[iy, ix]) if rms[iy, ix] > 0 else s
+                for key, val in (("x", c.x), ("y", c.y), ("peak_jy_beam", c.peak), ("flux_jy", c.flux),
+                                 ("flux_island_jy", isl_flux / len(sources)), ("snr", c.peak / local),
+                                 ("local_rms", local), ("maj_px", c.sigma_major * FWHM_PER_SIGMA),
+                                 ("min_px", c.sigma_minor * FWHM_PER_SIGMA),
+                                 ("pa_deg", float(np.degrees(c.theta))), ("island", lab),
+                                 ("npix", int(island.sum())), ("n_gaussians", n_gauss),
+                                 ("fitted", c.fitted)):
+                    cols[key].append(val)
+    order = np.argsort(-np.asarray(cols["peak_jy_beam"], float), kind="stable")
+    table = Table()
+    table["id"] = np.arange(1, len(order) + 1, dtype=int)
+    for c, dtype in _SOURCE_COLUMNS.items():
+        table[c] = np.asarray(cols[c], dtype)[order] if len(order) else np.zeros(0, dtype)
+        if c == "y":
+            ra, dec = img.wcs.pixel_to_world_values(table["x"], table["y"]) if len(order) \
+                else (np.zeros(0), np.zeros(0))
+            table["ra_deg"] = np.asarray(ra, float)
+            table["dec_deg"] = np.asarray(dec, float)
     table.meta["noise_jy_beam"] = s
     table.meta["detect_sigma"] = detect_sigma
+    table.meta["island_sigma"] = island_sigma
     return table, s
 
 
-def _separation_deg(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray, dec2: np.ndarray) -> np.ndarray:
-    """Angular separations (deg) between every pair, by the haversine formula: (n1, n2)."""
-    r1, d1, r2, d2 = (np.radians(np.asarray(a, float)) for a in (ra1, dec1, ra2, dec2))
-    dra = r1[:, None] - r2[None, :]
-    ddec = d1[:, None] - d2[None, :]
-    h = np.sin(ddec / 2) ** 2 + np.cos(d1)[:, None] * np.cos(d2)[None, :] * np.sin(dra / 2) ** 2
-    return np.degrees(2 * np.arcsin(np.sqrt(np.clip(h, 0, 1))))
+_SOURCE_COLUMNS = {"x": float, "y": float, "peak_jy_beam": float, "flux_jy": float,
+                   "flux_island_jy": float, "snr": float, "local_rms": float, "maj_px": float,
+                   "min_px": float, "pa_deg": float, "island": int, "npix": int, "n_gaussians": int,
+                   "fitted": bool}
 
 
 def anomalies(sources: Any, reference: Any | None, *, match_radius_deg: float,
               flux_tolerance: float = 0.2, residual: Image | None = None,
-              residual_sigma: float = 5.0) -> Any:
+              residual_sigma: float = 5.0, footprint: Image | None = None,
+              min_flux_jy: float | None = None) -> Any:
     """The anomaly catalogue (astropy Table): kind, ra_deg, dec_deg, flux_jy, detail.
 
     Kinds: ``new_source`` (found, not in the reference), ``missing_source``
     (in the reference, not found), ``flux_change`` (matched, flux off by more
     than ``flux_tolerance``), ``residual_structure`` (residual island above
     ``residual_sigma``·σ). Without a reference, every source is new.
+
+    A reference source counts as missing only where it could have been found: inside
+    ``footprint`` (the image, when given: an all-sky reference is not 1.8 million missing
+    sources) and, when its flux is known, at ``min_flux_jy`` or more. Matching is a KD-tree
+    on the sphere (``science/crossmatch.py``), and the table is built column by column.
     """
     from astropy.table import Table
 
-    out = Table(names=["kind", "ra_deg", "dec_deg", "flux_jy", "detail"],
-                dtype=[str, float, float, float, str])
+    from cosmic_horizons_lab.science.crossmatch import nearest
+
     ra, dec, flux = (np.asarray(sources[c], float) for c in ("ra_deg", "dec_deg", "flux_jy"))
+    parts: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, list[str] | str]] = []
     if reference is None or len(reference) == 0:
-        for i in range(len(sources)):
-            out.add_row(["new_source", ra[i], dec[i], flux[i], "no reference catalogue"])
+        parts.append(("new_source", ra, dec, flux, "no reference catalogue"))
     else:
         rra = np.asarray(reference["ra_deg"], float)
         rdec = np.asarray(reference["dec_deg"], float)
         rflux = np.asarray(reference["flux_jy"], float) if "flux_jy" in reference.colnames \
-            else np.full(len(reference), np.nan)
-        sep = _separation_deg(ra, dec, rra, rdec) if len(ra) else np.zeros((0, len(rra)))
-        for i in range(len(ra)):
-            j = int(np.argmin(sep[i])) if sep.shape[1] else -1
-            if j < 0 or sep[i, j] > match_radius_deg:
-                out.add_row(["new_source", ra[i], dec[i], flux[i], "not in the reference catalogue"])
-            elif np.isfinite(rflux[j]) and abs(flux[i] - rflux[j]) > flux_tolerance * abs(rflux[j]):
-                out.add_row(["flux_change", ra[i], dec[i], flux[i],
-                             f"reference {rflux[j]:.4g} Jy, measured {flux[i]:.4g} Jy"])
-        for j in range(len(rra)):
-            if sep.shape[0] == 0 or sep[:, j].min() > match_radius_deg:
-                out.add_row(["missing_source", rra[j], rdec[j], rflux[j], "catalogued, not detected"])
+            else np.full(len(rra), np.nan)
+        found = nearest(ra, dec, rra, rdec, match_radius_deg)
+        j = found.index
+        matched = found.matched
+        ref_f = np.where(matched, rflux[np.where(matched, j, 0)], np.nan) if len(rflux) else \
+            np.full(len(ra), np.nan)
+        changed = matched & np.isfinite(ref_f) & (np.abs(flux - ref_f) > flux_tolerance * np.abs(ref_f))
+        kind = np.where(~matched, "new_source", np.where(changed, "flux_change", ""))
+        keep = kind != ""
+        detail = ["not in the reference catalogue" if k == "new_source"
+                  else f"reference {rf:.4g} Jy, measured {f:.4g} Jy"
+                  for k, rf, f in zip(kind[keep], ref_f[keep], flux[keep])]
+        parts.append((kind[keep], ra[keep], dec[keep], flux[keep], detail))
+        cand = _expected_rows(rra, rdec, rflux, footprint, min_flux_jy, match_radius_deg)
+        back = nearest(rra[cand], rdec[cand], ra, dec, match_radius_deg)
+        miss = cand[~back.matched]
+        parts.append(("missing_source", rra[miss], rdec[miss], rflux[miss], "catalogued, not detected"))
     if residual is not None:
-        res_sources, s = find_sources(residual, detect_sigma=residual_sigma,
+        res_sources, _ = find_sources(residual, detect_sigma=residual_sigma,
                                       island_sigma=min(3.0, residual_sigma))
-        for row in res_sources:
-            out.add_row(["residual_structure", row["ra_deg"], row["dec_deg"], row["flux_jy"],
-                         f"residual peak {row['snr']:.1f} sigma"])
+        parts.append(("residual_structure", np.asarray(res_sources["ra_deg"], float),
+                      np.asarray(res_sources["dec_deg"], float), np.asarray(res_sources["flux_jy"], float),
+                      [f"residual peak {v:.1f} sigma" for v in res_sources["snr"]]))
+    cols: dict[str, list] = {"kind": [], "ra_deg": [], "dec_deg": [], "flux_jy": [], "detail": []}
+    for kind, pra, pdec, pflux, detail in parts:
+        n = len(pra)
+        cols["kind"].append(np.broadcast_to(np.asarray(kind, dtype=object), (n,)))
+        cols["ra_deg"].append(pra)
+        cols["dec_deg"].append(pdec)
+        cols["flux_jy"].append(pflux)
+        cols["detail"].append(np.broadcast_to(np.asarray(detail, dtype=object), (n,)))
+    out = Table()
+    for name, chunks in cols.items():
+        joined = np.concatenate(chunks) if chunks else np.zeros(0)
+        out[name] = joined.astype(str) if name in ("kind", "detail") else joined.astype(float)
     return out
 
 
+def _expected_rows(rra: np.ndarray, rdec: np.ndarray, rflux: np.ndarray, footprint: Image | None,
+                   min_flux_jy: float | None, margin_deg: float) -> np.ndarray:
+    """Rows of the reference that the image should show: inside its footprint (a cap cut,
+    then its pixels) and bright enough, where the flux is known."""
+    from cosmic_horizons_lab.science.crossmatch import Cap, unit_vectors
+
+    def bright(rows: np.ndarray) -> np.ndarray:
+        if min_flux_jy is None:
+            return rows
+        f = rflux[rows]
+        return rows[~(np.isfinite(f) & (f < min_flux_jy))]
+
+    if footprint is None:
+        return bright(np.arange(len(rra)))
+    ny, nx = footprint.data.shape
+    xs = np.array([-0.5, nx - 0.5, -0.5, nx - 0.5, (nx - 1) / 2])
+    ys = np.array([-0.5, -0.5, ny - 0.5, ny - 0.5, (ny - 1) / 2])
+    cra, cdec = footprint.wcs.pixel_to_world_values(xs, ys)
+    corners = unit_vectors(np.asarray(cra), np.asarray(cdec))
+    corners = corners[np.isfinite(corners).all(axis=1)]
+    rows = np.flatnonzero(Cap.around(corners, margin_deg).contains(rra, rdec)) if len(corners) \
+        else np.arange(len(rra))
+    rows = bright(rows)
+    if rows.size == 0:
+        return rows
+    px, py = footprint.wcs.world_to_pixel_values(rra[rows], rdec[rows])
+    px, py = np.asarray(px, float), np.asarray(py, float)
+    inside = (px >= -0.5) & (px < nx - 0.5) & (py >= -0.5) & (py < ny - 0.5)
+    return rows[inside]
+
+
 def read_catalogue(path: str | Path) -> Any:
-    """A reference catalogue (ECSV, CSV, FITS, VOTable) with ra_deg, dec_deg and optional flux_jy."""
+    """A reference catalogue with ra_deg, dec_deg and optional flux_jy: ECSV, CSV, FITS,
+    VOTable, or NumPy (``.npz`` of columns, a structured ``.npy``).
+
+    Column readers only, never a loop over rows: an NVSS-sized catalogue (1.8 million
+    rows) reads in well under a second from FITS or NumPy; CSV goes through astropy's C
+    reader with its fast float converter and takes a few seconds."""
     from astropy.table import Table
 
     p = Path(path)
-    fmt = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}.get(p.suffix.lower())
-    return Table.read(p, format=fmt) if fmt else Table.read(p)
+    suffix = p.suffix.lower()
+    if suffix == ".npz":  # one array per column
+        with np.load(p, allow_pickle=False) as arrays:
+            return Table({k: arrays[k] for k in arrays.files})
+    if suffix == ".npy":  # a structured array
+        return Table(np.load(p, allow_pickle=False))
+    if suffix in (".csv", ".ecsv"):
+        fmt = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}[suffix]
+        if suffix == ".csv":
+            return Table.read(p, format=fmt, fast_reader={"use_fast_converter": True})
+        return Table.read(p, format=fmt)
+    return Table.read(p)

@@ -19,15 +19,21 @@ from cosmic_horizons_lab.executor.context import JobContext
 class AnomalyDetectionAgent(Agent):
     name = "AnomalyDetection"
     extra = "science"
-    description = ("Find sources in an image (robust noise, islands above a threshold) and list "
-                   "anomalies: sources new or missing against a reference catalogue, flux changes, "
-                   "residual structure.")
+    description = ("Find sources in an image (local background and noise maps, islands above "
+                   "a threshold, Gaussian fits) and list anomalies: sources new or missing "
+                   "against a reference catalogue, flux changes, residual structure.")
     params_schema = {
         "properties": {
             "detect_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 5.0,
                              "description": "An island needs a peak above this many σ."},
             "island_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 3.0,
                              "description": "Pixels above this many σ form islands."},
+            "rms_box": {"type": "integer", "minimum": 4,
+                        "description": "Box (pixels) of the local background and noise maps; "
+                                       "default: about 10 beam widths (PyBDSF's rms_box)."},
+            "rms_step": {"type": "integer", "minimum": 1,
+                         "description": "Step (pixels) between the boxes; default: a third of "
+                                        "the box."},
             "reference_catalog": {"type": "string",
                                   "description": "Reference catalogue (ECSV/CSV/FITS table with "
                                                  "ra_deg, dec_deg, flux_jy), relative to the "
@@ -54,8 +60,13 @@ class AnomalyDetectionAgent(Agent):
         import numpy as np
         from astropy.table import Table
 
+        from cosmic_horizons_lab.science.detection import (
+            anomalies,
+            find_sources,
+            read_catalogue,
+            read_image,
+        )
         from cosmic_horizons_lab.science.device import peak_host_memory_bytes
-        from cosmic_horizons_lab.science.detection import anomalies, find_sources, read_catalogue, read_image
 
         p = job.params
         started = time.perf_counter()
@@ -64,8 +75,10 @@ class AnomalyDetectionAgent(Agent):
         img = read_image(image_path)
         residual = read_image(residual_path) if residual_path else None
         job.report(progress=0.3, stage="finding sources", vram_usage=peak_host_memory_bytes())
-        sources, sigma = find_sources(img, detect_sigma=float(p.get("detect_sigma", 5.0)),
-                                      island_sigma=float(p.get("island_sigma", 3.0)))
+        detect_sigma = float(p.get("detect_sigma", 5.0))
+        sources, sigma = find_sources(img, detect_sigma=detect_sigma,
+                                      island_sigma=float(p.get("island_sigma", 3.0)),
+                                      box=p.get("rms_box"), step=p.get("rms_step"))
         reference = None
         if p.get("reference_catalog"):
             ref_path = Path(p["reference_catalog"])
@@ -74,9 +87,9 @@ class AnomalyDetectionAgent(Agent):
             reference = read_catalogue(ref_path)
         elif p.get("reference_sources"):
             rows = p["reference_sources"]
-            reference = Table({"ra_deg": [r["ra_deg"] for r in rows],
-                               "dec_deg": [r["dec_deg"] for r in rows],
-                               "flux_jy": [r.get("flux_jy", np.nan) for r in rows]})
+            reference = Table({"ra_deg": np.array([r["ra_deg"] for r in rows], float),
+                               "dec_deg": np.array([r["dec_deg"] for r in rows], float),
+                               "flux_jy": np.array([r.get("flux_jy", np.nan) for r in rows], float)})
         radius = float(p["match_radius_arcsec"]) / 3600 if p.get("match_radius_arcsec") \
             else img.beam_fwhm_deg
         job.report(progress=0.6, stage="cross-matching", sources_found=len(sources),
@@ -84,12 +97,14 @@ class AnomalyDetectionAgent(Agent):
         anomaly_table = anomalies(sources, reference, match_radius_deg=radius,
                                   flux_tolerance=float(p.get("flux_tolerance", 0.2)),
                                   residual=residual,
-                                  residual_sigma=float(p.get("residual_sigma", 5.0)))
+                                  residual_sigma=float(p.get("residual_sigma", 5.0)),
+                                  # a reference source is missing only where this image could
+                                  # show it: inside it, and above the detection threshold
+                                  footprint=img, min_flux_jy=detect_sigma * sigma)
         sources.write(job.outputs / "sources.ecsv", format="ascii.ecsv", overwrite=True)
         anomaly_table.write(job.outputs / "anomalies.ecsv", format="ascii.ecsv", overwrite=True)
-        kinds: dict[str, int] = {}
-        for k in anomaly_table["kind"]:
-            kinds[str(k)] = kinds.get(str(k), 0) + 1
+        names, counts = np.unique(np.asarray(anomaly_table["kind"], str), return_counts=True)
+        kinds = {str(k): int(c) for k, c in zip(names, counts)}
         elapsed = time.perf_counter() - started
         n_pix = int(img.data.size)
         metrics = {
