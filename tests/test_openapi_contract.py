@@ -31,6 +31,7 @@ from jsonschema import Draft202012Validator
 
 DATASET = "A"
 SCRIPT = "job.py"
+NOTEBOOK = "job.ipynb"
 UNKNOWN = "zz_unknown"
 MISSING = object()
 
@@ -44,10 +45,14 @@ BODIES: dict[tuple[str, str], Any] = {
     ("post", "/pipelines"): {"stages": [{**SUBMISSION, "name": "a"}, {**SUBMISSION, "name": "b", "depends_on": ["a"]}]},
     ("post", "/jobs/dataset/stage"): {"dataset_id": DATASET},
     ("post", "/jobs/dataset/estimate-transfer"): {"dataset_id": DATASET},
+    ("post", "/sky/annotations"): {"job_id": "JOB", "shape": {"type": "circle", "ra": 10.0, "dec": 10.0, "radius": 0.1},
+                                   "note": "n"},
+    ("post", "/sky/snapshots"): {"name": "snap", "view": {"ra": 10.0, "dec": 10.0, "fov": 1.0}},
 }
 #: Parts of a conditional (``if agent is X then …``) branch's base the document cannot give:
 #: the script the Script agent runs must exist.
-BRANCH_SEEDS: dict[Any, dict[str, Any]] = {"Script": {"params": {"path": SCRIPT}}}
+BRANCH_SEEDS: dict[Any, dict[str, Any]] = {"Script": {"params": {"path": SCRIPT}},
+                                           "Notebook": {"params": {"path": NOTEBOOK}}}
 
 #: Keywords on one value, in the order they are tried.
 VALUE_KEYWORDS = ("enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
@@ -266,6 +271,9 @@ class Walker:
     def object_cases(self, where, node, value, path, root) -> list[Case]:
         out: list[Case] = []
         branches = [self.resolve(b) for b in node.get("allOf", [])]
+        # alternatives told apart by a const (a submission's one per agent): each is a branch
+        # "if that property is the const, then the rest of the alternative"
+        branches += [_as_branch(self.resolve(alt)) for alt in node.get("anyOf", []) if _discriminator(self.resolve(alt))]
         variants: dict[str, dict[Any, Any]] = {}
         for branch in branches:
             if "if" in branch:
@@ -320,6 +328,21 @@ class Walker:
             seeded = BRANCH_SEEDS.get(const, {}).get(name, MISSING)
             base[name] = copy.deepcopy(seeded) if seeded is not MISSING else self.example(sub)
         return base
+
+
+def _discriminator(alternative: dict[str, Any]) -> str | None:
+    """The property whose ``const`` selects this alternative of an ``anyOf``, if it has one."""
+    consts = [name for name, sub in alternative.get("properties", {}).items() if isinstance(sub, dict) and "const" in sub]
+    return consts[0] if len(consts) == 1 else None
+
+
+def _as_branch(alternative: dict[str, Any]) -> dict[str, Any]:
+    """An ``anyOf`` alternative as the if/then branch it means: if the discriminator has its const,
+    then the rest of the alternative holds."""
+    prop = _discriminator(alternative)
+    rest = copy.deepcopy(alternative)
+    cond = rest["properties"].pop(prop)
+    return {"if": {"properties": {prop: cond}}, "then": rest}
 
 
 def _hashable(value: Any) -> bool:
@@ -430,6 +453,7 @@ async def test_the_server_enforces_exactly_what_the_openapi_document_states(api,
     # this machine's, not a bound of the schema, so the contract is checked without it.
     lab.validator.max_gpus = None
     script("print('contract')\n", SCRIPT)
+    script('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}', NOTEBOOK)
     (datasets_dir / f"{DATASET}.uvfits").write_bytes(b"\0" * 2880)
 
     code, doc, _ = await api.get("openapi.json")
@@ -438,6 +462,7 @@ async def test_the_server_enforces_exactly_what_the_openapi_document_states(api,
     code, job, _ = await api.post("jobs/submit", SUBMISSION)
     assert code == 201, job
 
+    BODIES[("post", "/sky/annotations")]["job_id"] = job["id"]
     cases, skipped, problems = build_cases(doc, job["id"])
     assert not problems, "\n".join(problems)
     assert skipped == ["GET /events: a WebSocket upgrade (its query is checked by the stream's own tests)"], skipped

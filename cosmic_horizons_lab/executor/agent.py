@@ -68,6 +68,9 @@ class Agent(ABC):
     #: Notebook's ``path``): submission checks it lies inside the root, and the agent checks again
     #: when it opens the file.
     root_file_param: ClassVar[str | None] = None
+    #: The backends that can run this agent (``SlurmScript``: only ``slurm``); ``None``: any. A
+    #: server on another backend refuses the submission (422 naming ``agent``).
+    backends: ClassVar[tuple[str, ...] | None] = None
 
     @classmethod
     def missing_extra(cls) -> str | None:

@@ -13,6 +13,8 @@ from typing import Any
 class LabError(Exception):
     status = 500
     code = "internal_error"
+    #: Headers the answer carries besides the body (``Upgrade`` with a 426).
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str, field: str | None = None, **extra: Any) -> None:
         super().__init__(message)
@@ -29,6 +31,14 @@ class BadRequest(LabError):
 
     status = 400
     code = "bad_request"
+
+
+class UpgradeRequired(LabError):
+    """A plain request to a WebSocket route."""
+
+    status = 426
+    code = "upgrade_required"
+    headers = {"Upgrade": "websocket", "Connection": "Upgrade"}
 
 
 class ValidationFailed(LabError):

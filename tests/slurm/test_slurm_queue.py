@@ -16,7 +16,7 @@ import pytest
 
 from cosmic_horizons_lab.backends.slurm.queue import parse_user_queue, read_user_queue
 from cosmic_horizons_lab.backends.slurm.user_script import read_directives
-from cosmic_horizons_lab.server.slurm_queue_openapi import SLURM_QUEUE_SCHEMAS
+from cosmic_horizons_lab.server.api.slurm_queue import SLURM_QUEUE_SCHEMAS
 
 from .conftest import JOB_PREFIX, make_backend
 

@@ -68,7 +68,6 @@ class NotebookAgent(Agent):
             "path": {
                 "type": "string",
                 "minLength": 1,
-                "maxLength": 1024,
                 "pattern": r"\.ipynb$",
                 "description": "Path of the notebook, relative to the server's root directory.",
             },

@@ -27,23 +27,18 @@ from cosmic_horizons_lab.executor.agent import Agent
 from cosmic_horizons_lab.executor.context import JobContext
 from cosmic_horizons_lab.executor.script import ScriptRefused, open_inside
 
-#: The backends that can run this agent (the rest refuse it).
-BACKENDS = ("slurm",)
-
-
 class SlurmScriptAgent(Agent):
     name = "SlurmScript"
     description = ("Run an existing sbatch script from the server's root directory as a job on the Slurm "
                    "cluster (its #SBATCH lines apply); slurm backend only.")
     requires_dataset = False
     root_file_param = "path"
-    backends = BACKENDS
+    backends = ("slurm",)
     params_schema = {
         "properties": {
             "path": {
                 "type": "string",
                 "minLength": 1,
-                "maxLength": 1024,
                 "description": "Path of the batch script, relative to the server's root directory.",
             },
             "arguments": {

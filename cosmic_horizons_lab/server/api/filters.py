@@ -18,8 +18,9 @@ def created_between(query: dict[str, str]) -> tuple[list[Any], dict[str, datetim
         if query.get(name):
             try:
                 when = parse_iso(query[name])
-            except ValueError:
-                raise BadRequest(f"'{name}' must be an ISO-8601 date or date-time", field=name) from None
+            except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 shifted out of range to UTC
+                raise BadRequest(f"'{name}' must be an ISO-8601 date or date-time (years 1 to 9999 in UTC)",
+                                 field=name) from None
             conds.append(JobRecord.created_at >= when if name == "from_date" else JobRecord.created_at <= when)
             bounds[name] = when
     return conds, bounds

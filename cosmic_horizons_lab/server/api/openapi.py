@@ -18,12 +18,15 @@ from cosmic_horizons_lab._version import __version__
 from cosmic_horizons_lab.protocol.api import API_PREFIX
 from cosmic_horizons_lab.server.accounting.usage import PERIODS
 from cosmic_horizons_lab.server.api import requests
+from cosmic_horizons_lab.server.api.body import MAX_DEPTH
 from cosmic_horizons_lab.server.api.schemas import SCHEMAS, _ref
 from cosmic_horizons_lab.server.api.submission import (
     SUBMISSION_COMPONENTS,
     params_schemas,
     submission_schema,
 )
+from cosmic_horizons_lab.server.api.slurm_queue import SLURM_QUEUE_SCHEMAS, slurm_queue_paths
+from cosmic_horizons_lab.server.sky.openapi import SKY_SCHEMAS, sky_paths
 from cosmic_horizons_lab.server.staging.requests import ESTIMATE_BODY, STAGE_BODY, STAGING_QUERY
 
 #: GET jobs/metrics (``accounting/usage.py`` parses it; ``period`` is its ``PERIODS``).
@@ -35,10 +38,10 @@ METRICS_QUERY: dict[str, dict[str, Any]] = {
 }
 
 
-def request_schemas() -> dict[str, Any]:
+def request_schemas(backend: str | None = None) -> dict[str, Any]:
     """The components that describe request bodies, from the validators' own constants."""
     return {
-        **{name: submission_schema(stage=stage) for name, stage in SUBMISSION_COMPONENTS.items()},
+        **{name: submission_schema(stage=stage, backend=backend) for name, stage in SUBMISSION_COMPONENTS.items()},
         **params_schemas(),
         "BatchRequest": requests.BATCH_BODY,
         "PipelineRequest": requests.PIPELINE_BODY,
@@ -55,6 +58,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed request or unknown field", 403: "Not authorised", 404: "Unknown job (or another user's)",
             409: "Conflict with the job's state", 413: "Body too large", 422: "Invalid value",
             429: "Quota exceeded", 503: "Backend unavailable",
+            426: "Not a WebSocket upgrade request (a plain GET): upgrade to a WebSocket",
             402: "SU budget exceeded (the body carries estimated_su, remaining_su, budget_su)"}
     return {str(c): _json("Error", text[c]) for c in codes}
 
@@ -74,8 +78,8 @@ def _query(spec: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return [_param(name, schema=schema) for name, schema in spec.items()]
 
 
-JOB_ID = _param("job_id", "path", required=True)
-DATASET_ID = _param("dataset_id", "path", required=True)
+JOB_ID = _param("job_id", "path", requests.RESOURCE_ID, required=True)
+DATASET_ID = _param("dataset_id", "path", requests.RESOURCE_ID, required=True)
 HEADERS = [
     _param("Idempotency-Key", "header", requests.IDEMPOTENCY_KEY),
     _param("X-Correlation-ID", "header", {
@@ -119,8 +123,9 @@ def _paths() -> dict[str, Any]:
         "/jobs/{job_id}/outputs": {"get": {"summary": "Output files with sizes, SHA-256 and URLs", "parameters": [JOB_ID],
                                            "responses": {"200": _json("Outputs", "Files"), **_errors(404)}}},
         "/jobs/{job_id}/outputs/{path}": {"get": {"summary": "Download one output file", "parameters": [
-            JOB_ID, _param("path", "path", required=True)],
-            "responses": {"200": {"description": "The file", "content": {"application/octet-stream": {}}}, **_errors(404)}}},
+            JOB_ID, _param(requests.PATH_PARAMS["relative"][0], "path", requests.OUTPUT_PATH, required=True)],
+            "responses": {"200": {"description": "The file, with the content type its name suggests "
+                                  "(application/octet-stream when none)", "content": {"*/*": {}}}, **_errors(404)}}},
         "/jobs/history/list": {"get": {"summary": "The caller's jobs, newest first (the same filters as jobs/search)",
                                        "parameters": _query(requests.JOB_QUERY),
                                        "responses": {"200": _json("JobPage", "A page"), **_errors(400)}}},
@@ -178,34 +183,43 @@ def _paths() -> dict[str, Any]:
         "/events": {"get": {
             "summary": "WebSocket: the caller's live events (upgrade); each message is one Event or a list of Events",
             "parameters": _query(requests.STREAM_QUERY),
-            "responses": {"101": {"description": "Switching protocols"}, **_errors(400)}}},
+            "responses": {"101": {"description": "Switching protocols"}, **_errors(400, 426)}}},
     }
 
 
-def _with_auth_errors(paths: dict[str, Any]) -> dict[str, Any]:
-    """Every operation can answer 403: jupyter-server's authorizer is consulted on each."""
+def _with_common_errors(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation can answer 403 (jupyter-server's authorizer is consulted on each) and 400
+    (a path or query argument that is not UTF-8 or holds a NUL byte, named in ``field``)."""
     for item in paths.values():
         for op in item.values():
             op["responses"].setdefault("403", _json("Error", "Not authenticated, or not authorised"))
+            op["responses"].setdefault("400", _json("Error", "A malformed argument (not UTF-8, a NUL byte, too long)"))
     return paths
 
 
-def openapi_document(api_url: str = "/" + API_PREFIX) -> dict[str, Any]:
-    """The document, built afresh (a copy: whoever changes it changes none of the constants)."""
+def openapi_document(api_url: str = "/" + API_PREFIX, backend: str | None = None) -> dict[str, Any]:
+    """The document, built afresh (a copy: whoever changes it changes none of the constants).
+
+    With ``backend``, a submission's ``agent`` lists only the agents that backend runs (the
+    document a server serves); without it, every agent whose extra is installed.
+    """
     return copy.deepcopy({
         "openapi": "3.1.0",
         "info": {
             "title": "cosmic-horizons-lab",
             "version": __version__,
             "description": "Submit and watch GPU reprocessing jobs. Authentication: the Jupyter server's "
-            "(token header `Authorization: token …`, or the Lab's cookie with XSRF).",
+            "(token header `Authorization: token …`, or the Lab's cookie with XSRF). Every error is "
+            "`{\"error\", \"message\", \"field\"}`. Every JSON body: integers within the 64-bit range, no "
+            f"nesting deeper than {MAX_DEPTH}, no NUL byte or lone surrogate in a string (400 or 422 naming "
+            "the field otherwise).",
             "license": {"name": "BSD-3-Clause", "identifier": "BSD-3-Clause"},
         },
         "servers": [{"url": api_url.rstrip("/")}],
         "security": [{"token": []}],
-        "paths": _with_auth_errors(_paths()),
+        "paths": _with_common_errors({**_paths(), **sky_paths(), **slurm_queue_paths()}),
         "components": {
-            "schemas": {**SCHEMAS, **request_schemas()},
+            "schemas": {**SCHEMAS, **request_schemas(backend), **SKY_SCHEMAS, **SLURM_QUEUE_SCHEMAS},
             "securitySchemes": {"token": {"type": "apiKey", "in": "header", "name": "Authorization"}},
         },
     })

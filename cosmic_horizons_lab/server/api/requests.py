@@ -11,7 +11,8 @@ has a value we cannot accept.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import re
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,19 @@ from cosmic_horizons_lab.server.errors import BadRequest, ValidationFailed
 
 MAX_BATCH = 1000
 MAX_PAGE_SIZE = 200
+#: The largest id, offset or count a request may name: 2**53 - 1, the largest integer every JSON
+#: client (JavaScript's numbers among them) reads exactly, and well inside the 64-bit integers
+#: of SQLite and PostgreSQL, so no bound check is ever left to the database.
+MAX_SAFE_INTEGER = 2**53 - 1
+#: The furthest byte of a log a request may ask for: 1 TiB, beyond any job's log, and below what
+#: every file system seeks to (ext4 refuses offsets past 16 TiB with EINVAL).
+MAX_LOG_OFFSET = 2**40
+#: The most pages a listing has: MAX_PAGE_SIZE jobs a page, two hundred million jobs in all.
+MAX_PAGE = 1_000_000
+#: A name (a job, dataset or stage id; one component of a path): what every file system takes.
+MAX_NAME = 255
+#: A relative path (a Script's path, an output file's name): what Linux's PATH_MAX leaves.
+MAX_PATH = 1024
 
 #: Where the OpenAPI document keeps the submission schemas (``submission.py`` builds them).
 SUBMISSION_REF = "#/components/schemas/Submission"
@@ -34,10 +48,12 @@ IDEMPOTENCY_KEY: dict[str, Any] = {
     "description": "The same key from the same user returns the job it first made (200) instead of a new one",
 }
 
-#: ``parallelLimit`` of a batch or pipeline: how many of its jobs may run at once; null or absent, no limit.
+#: ``parallelLimit`` of a batch or pipeline: how many of its jobs may run at once; null or absent, no
+#: limit. A batch holds at most MAX_BATCH jobs, so a larger limit would mean nothing.
 PARALLEL_LIMIT: dict[str, Any] = {
     "type": ["integer", "null"],
     "minimum": 1,
+    "maximum": MAX_BATCH,
     "description": "How many of its jobs may run at once; null or absent: no limit",
 }
 
@@ -45,7 +61,26 @@ PARALLEL_LIMIT: dict[str, Any] = {
 STAGE_NAME: dict[str, Any] = {
     "type": "string",
     "minLength": 1,
+    "maxLength": MAX_NAME,
     "description": "What the other stages' depends_on call this one; unique within the pipeline (400 if not)",
+}
+
+#: A job's or a dataset's id in a path (``jobs/{job_id}``, ``jobs/dataset/{dataset_id}/…``).
+RESOURCE_ID: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": MAX_NAME}
+
+#: An output file's path under the job's ``outputs/`` (``jobs/{job_id}/outputs/{path}``).
+OUTPUT_PATH: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_PATH,
+    "description": f"relative to the job's outputs/; each component at most {MAX_NAME} characters",
+}
+
+#: Path parameters of the routes (the handlers' keyword names) -> (the document's name, schema).
+PATH_PARAMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "job_id": ("job_id", RESOURCE_ID),
+    "dataset_id": ("dataset_id", RESOURCE_ID),
+    "relative": ("path", OUTPUT_PATH),
 }
 
 #: POST jobs/submit-batch. Each item is a submission (``submission.py`` checks it).
@@ -73,7 +108,7 @@ PIPELINE_BODY: dict[str, Any] = {
 
 #: Paging of a listing. A value that is not an integer or out of bounds is a 400.
 PAGE_QUERY: dict[str, dict[str, Any]] = {
-    "page": {"type": "integer", "minimum": 1, "default": 1},
+    "page": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1},
     "page_size": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": 20},
 }
 
@@ -96,13 +131,15 @@ JOB_QUERY: dict[str, dict[str, Any]] = {
 
 #: GET jobs/{id}/events: the job's events after the ``after`` id, oldest first.
 EVENTS_QUERY: dict[str, dict[str, Any]] = {
-    "after": {"type": "integer", "minimum": 0, "default": 0, "description": "events with a greater id"},
+    "after": {"type": "integer", "minimum": 0, "maximum": MAX_SAFE_INTEGER, "default": 0,
+              "description": "events with a greater id"},
     "limit": {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 1000},
 }
 
 #: GET jobs/{id}/logs: a slice of the job's log, ``limit`` bytes from ``offset``.
 LOGS_QUERY: dict[str, dict[str, Any]] = {
-    "offset": {"type": "integer", "minimum": 0, "default": 0, "description": "byte offset to read from"},
+    "offset": {"type": "integer", "minimum": 0, "maximum": MAX_LOG_OFFSET, "default": 0,
+               "description": "byte offset to read from"},
     "limit": {"type": "integer", "minimum": 1, "maximum": 4 * 1024 * 1024, "default": 65536,
               "description": "most bytes to read"},
 }
@@ -157,9 +194,10 @@ def pipeline_body(body: Any) -> tuple[list[Any], int | None, list[str]]:
     names: list[str] = []
     for i, stage in enumerate(stages):
         name = stage.get("name") if isinstance(stage, dict) else None
-        if not isinstance(name, str) or len(name) < STAGE_NAME["minLength"]:
+        if not isinstance(name, str) or not STAGE_NAME["minLength"] <= len(name) <= STAGE_NAME["maxLength"]:
             raise ValidationFailed(
-                "every stage needs a 'name' its children refer to", field=f"stages[{i}].name"
+                f"every stage needs a 'name' (1 to {STAGE_NAME['maxLength']} characters) its children refer to",
+                field=f"stages[{i}].name",
             )
         if name in names:
             raise BadRequest(f"stage name {name!r} is used twice", field=f"stages[{i}].name")
@@ -180,9 +218,13 @@ def _envelope(body: Any, schema: dict[str, Any]) -> tuple[list[Any], int | None]
         raise ValidationFailed(f"at most {most} {key} at once", field=key)
     limit = body.get("parallelLimit")
     if limit is not None and (
-        isinstance(limit, bool) or not isinstance(limit, int) or limit < PARALLEL_LIMIT["minimum"]
+        isinstance(limit, bool) or not isinstance(limit, int)
+        or not PARALLEL_LIMIT["minimum"] <= limit <= PARALLEL_LIMIT["maximum"]
     ):
-        raise ValidationFailed("'parallelLimit' must be a positive integer", field="parallelLimit")
+        raise ValidationFailed(
+            f"'parallelLimit' must be an integer from {PARALLEL_LIMIT['minimum']} to {PARALLEL_LIMIT['maximum']}",
+            field="parallelLimit",
+        )
     return items, limit
 
 
@@ -214,27 +256,75 @@ def job_query(query: dict[str, str]) -> JobQuery:
     return JobQuery(page, page_size, equals, statuses, created_between(query)[0])
 
 
-def page_args(query: dict[str, str]) -> tuple[int, int]:
+def page_args(query: Mapping[str, str]) -> tuple[int, int]:
     """``page`` and ``page_size`` by :data:`PAGE_QUERY`: every value is read before any bound is checked."""
-    values: dict[str, int] = {}
     for name, spec in PAGE_QUERY.items():
-        try:
-            values[name] = int(query.get(name, spec["default"]))
-        except ValueError:
-            raise BadRequest(_integer_rule(name, spec), field=name) from None
-    for name, spec in PAGE_QUERY.items():
-        if values[name] < spec["minimum"] or values[name] > spec.get("maximum", values[name]):
+        if name in query and not _ASCII_INTEGER.fullmatch(query[name]):
             raise BadRequest(_integer_rule(name, spec), field=name)
-    return values["page"], values["page_size"]
+    return query_int(query, "page", PAGE_QUERY["page"]), query_int(query, "page_size", PAGE_QUERY["page_size"])
 
 
-def int_bounds(spec: dict[str, Any]) -> dict[str, Any]:
-    """``default``, ``minimum`` and ``maximum`` of an integer query parameter's schema, as keyword
-    arguments for the handlers' ``int_arg``."""
-    return {"default": spec["default"], "minimum": spec["minimum"], "maximum": spec.get("maximum")}
+_ASCII_INTEGER = re.compile(r"-?[0-9]{1,20}", re.ASCII)
+
+
+def query_int(query: Mapping[str, str], name: str, spec: dict[str, Any]) -> int:
+    """The integer query parameter ``name`` by its schema ``spec`` (its default when absent): 400
+    naming it unless it is written in ASCII digits and lies within the schema's bounds.
+
+    ``int()`` alone would take ``"١٢"``, ``" 5"`` and ``"1_000"``, and any number of digits:
+    the value must be refused here, before a database or the file system sees it.
+    """
+    raw = query.get(name)
+    if raw is None:
+        return spec["default"]
+    if not _ASCII_INTEGER.fullmatch(raw):
+        raise BadRequest(_integer_rule(name, spec), field=name)
+    value = int(raw)
+    if value < spec["minimum"] or value > spec.get("maximum", MAX_SAFE_INTEGER):
+        raise BadRequest(_integer_rule(name, spec), field=name)
+    return value
+
+
+def path_param(name: str, value: str) -> None:
+    """400 naming the path parameter when ``value`` breaks its :data:`PATH_PARAMS` schema (a NUL
+    byte, a name longer than any file system takes)."""
+    documented, spec = PATH_PARAMS.get(name, (name, RESOURCE_ID))
+    problem = path_problem(value, spec["maxLength"]) if spec is OUTPUT_PATH else _text_problem(value, spec["maxLength"])
+    if problem:
+        raise BadRequest(f"'{documented}' {problem}", field=documented)
+
+
+def path_problem(value: str, longest: int = MAX_PATH) -> str | None:
+    """Why ``value`` cannot be a relative path we hand to the file system, or None.
+
+    The file system refuses a NUL byte (``ValueError``), a component longer than
+    :data:`MAX_NAME` (``ENAMETOOLONG``) and a character UTF-8 cannot encode (a lone surrogate):
+    each would surface as a 500 where it is first used.
+    """
+    problem = _text_problem(value, longest)
+    if problem:
+        return problem
+    if any(len(part) > MAX_NAME for part in value.split("/")):
+        return f"has a component longer than {MAX_NAME} characters"
+    return None
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored as text (a NUL byte, a lone surrogate), or None."""
+    if "\x00" in value:
+        return "contains a NUL byte"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a character UTF-8 cannot encode (a lone surrogate)"
+    return None
+
+
+def _text_problem(value: str, longest: int) -> str | None:
+    if len(value) > longest:
+        return f"is longer than {longest} characters"
+    return text_problem(value)
 
 
 def _integer_rule(name: str, spec: dict[str, Any]) -> str:
-    if "maximum" in spec:
-        return f"'{name}' must be an integer from {spec['minimum']} to {spec['maximum']}"
-    return f"'{name}' must be an integer ≥ {spec['minimum']}"
+    return f"'{name}' must be an integer from {spec['minimum']} to {spec.get('maximum', MAX_SAFE_INTEGER)}"

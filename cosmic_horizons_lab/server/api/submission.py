@@ -14,7 +14,7 @@ schema the OpenAPI document serves.
 
 from __future__ import annotations
 
-import json
+import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +24,14 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from cosmic_horizons_lab.server.datasets import Dataset, DatasetRegistry
-from cosmic_horizons_lab.protocol.durations import parse_duration
+from cosmic_horizons_lab.protocol.durations import DURATION_SCHEMA, parse_duration
 from cosmic_horizons_lab.server.api.requests import (
+    MAX_NAME,
+    MAX_PATH,
     PIPELINE_STAGE_REF,
     STAGE_NAME,
     SUBMISSION_REF,
+    path_problem,
     reject_unknown,
 )
 from cosmic_horizons_lab.server.errors import BadRequest, ValidationFailed
@@ -85,34 +88,59 @@ def params_component(agent: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", agent) + "Params"
 
 
+#: What the server adds to a parameter of this name in any agent's schema: the rules of the
+#: server's side of the value (a duration it can read; a path it can hand the file system).
+PARAM_RULES: dict[str, dict[str, Any]] = {
+    "max_runtime": {key: DURATION_SCHEMA[key] for key in ("type", "pattern", "description")},
+    "path": {"description": f"Relative to the server's root directory and inside it; at most {MAX_PATH} "
+                            f"characters, each component at most {MAX_NAME}"},
+}
+
+
+def params_schema(agent: str) -> dict[str, Any]:
+    """``agent``'s parameter schema as the server applies and documents it: ``cls.schema()`` with
+    :data:`PARAM_RULES` laid over the parameters they name."""
+    schema = copy.deepcopy(get_agent(agent).schema())
+    for name, rule in PARAM_RULES.items():
+        if name in schema.get("properties", {}):
+            schema["properties"][name].update(copy.deepcopy(rule))
+    return schema
+
+
 def params_schemas() -> dict[str, dict[str, Any]]:
-    """Every agent's parameter schema (``cls.schema()``, what the validator applies) by component name."""
-    return {params_component(name): cls.schema() for name, cls in sorted(agents().items())}
+    """Every agent's parameter schema (:func:`params_schema`, what the validator applies) by component name."""
+    return {params_component(name): params_schema(name) for name in sorted(agents())}
 
 
-def submission_schema(stage: bool = False) -> dict[str, Any]:
+def submission_schema(stage: bool = False, backend: str | None = None) -> dict[str, Any]:
     """The JSON Schema of a submission (or, with ``stage``, of a pipeline stage: a submission
     with a ``name``): :data:`SUBMISSION`, ``agent`` limited to the agents this server can run
     (those whose extra is installed), and per agent, ``params`` by that agent's schema and
     ``dataset_id`` required when it reads data and has no parents."""
-    runnable = sorted(name for name, cls in agents().items() if cls.missing_extra() is None)
+    runnable = sorted(name for name, cls in agents().items() if cls.missing_extra() is None
+                      and (backend is None or cls.backends is None or backend in cls.backends))
     properties = {**SUBMISSION["properties"], "agent": {**SUBMISSION["properties"]["agent"], "enum": runnable}}
     required = list(SUBMISSION["required"])
     if stage:
         properties["name"] = STAGE_NAME
         required.append("name")
-    rules = []
+    # One alternative per agent, told apart by ``agent``'s const (``agent`` is required and one of
+    # the enum, so exactly one applies). A list of alternatives, not an ``allOf`` of if/then rules:
+    # each rule doubles what a generator must reason about, and with six agents Schemathesis's
+    # canonicaliser gave up on the if/then form (it could generate no submission at all).
+    variants = []
     for name, cls in sorted(agents().items()):
-        then: dict[str, Any] = {"properties": {"params": {"$ref": f"#/components/schemas/{params_component(name)}"}}}
+        variant: dict[str, Any] = {"properties": {
+            "agent": {"const": name}, "params": {"$ref": f"#/components/schemas/{params_component(name)}"}}}
         if cls.schema()["required"]:  # absent params are checked as {}: they need what the agent requires
-            then["required"] = ["params"]
+            variant["required"] = ["params"]
         if cls.requires_dataset:
-            then["anyOf"] = [
+            variant["anyOf"] = [
                 {"required": ["dataset_id"], "properties": {"dataset_id": {"type": "string"}}},
                 {"required": ["depends_on"], "properties": {"depends_on": {"minItems": 1}}},
             ]
-        rules.append({"if": {"required": ["agent"], "properties": {"agent": {"const": name}}}, "then": then})
-    return {**SUBMISSION, "required": required, "properties": properties, "allOf": rules}
+        variants.append(variant)
+    return {**SUBMISSION, "required": required, "properties": properties, "anyOf": variants}
 
 
 #: The OpenAPI components :func:`submission_schema` fills: name -> whether it is a pipeline stage.
@@ -137,27 +165,20 @@ class Submission:
         return self.dataset.id if self.dataset else None
 
 
-def parse_json_body(body: bytes) -> Any:
-    if not body:
-        raise BadRequest("the request body is empty; send a JSON object", field=None)
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}", field=None) from None
-
-
 class SubmissionValidator:
     """Checks submissions against the agents' schemas and the server's limits."""
 
-    def __init__(self, datasets: DatasetRegistry, server_root: Path, max_gpus: int | None) -> None:
+    def __init__(self, datasets: DatasetRegistry, server_root: Path, max_gpus: int | None,
+                 backend: str = "local") -> None:
         self.datasets = datasets
         self.server_root = Path(server_root).resolve()
         self.max_gpus = max_gpus
+        self.backend = backend
         self._validators: dict[str, Draft202012Validator] = {}
 
     def _validator(self, agent: str) -> Draft202012Validator:
         if agent not in self._validators:
-            self._validators[agent] = Draft202012Validator(get_agent(agent).schema())
+            self._validators[agent] = Draft202012Validator(params_schema(agent))
         return self._validators[agent]
 
     def validate(self, body: Any, prefix: str = "", extra_fields: frozenset[str] = frozenset()) -> Submission:
@@ -181,6 +202,11 @@ class SubmissionValidator:
         if missing:
             raise ValidationFailed(
                 f"{agent} needs the {missing!r} extra: pip install 'cosmic-horizons-lab[{missing}]'",
+                field=prefix + "agent",
+            )
+        if agent_cls.backends is not None and self.backend not in agent_cls.backends:
+            raise ValidationFailed(
+                f"{agent} runs only on the {' or '.join(agent_cls.backends)} backend; this server runs {self.backend!r}",
                 field=prefix + "agent",
             )
 
@@ -214,8 +240,9 @@ class SubmissionValidator:
                 field=prefix + "params.gpu_count",
             )
 
-        if agent == "Script":
-            self._check_script(params["path"], prefix)
+        root_file = get_agent(agent).root_file_param
+        if root_file and root_file in params:
+            self._check_script(params[root_file], prefix)
 
         return Submission(
             agent=agent,
@@ -248,8 +275,12 @@ class SubmissionValidator:
             missing = [name for name in err.validator_value if name not in err.instance]
             where += missing[:1]
         path = _dotted(where)
+        message = err.message
+        if err.validator == "pattern":  # the pattern itself says little to a person: its description does
+            shown = repr(err.instance) if len(repr(err.instance)) <= 40 else repr(err.instance)[:40] + "…"
+            message = f"{shown} does not fit: {err.schema.get('description') or err.validator_value}"
         raise ValidationFailed(
-            f"params.{path}: {err.message}" if path else err.message,
+            f"params.{path}: {message}" if path else message,
             field=f"{prefix}params.{path}" if path else f"{prefix}params",
         )
 
@@ -266,6 +297,9 @@ class SubmissionValidator:
         return dataset
 
     def _check_script(self, path: str, prefix: str) -> None:
+        problem = path_problem(path)
+        if problem:
+            raise ValidationFailed(f"'params.path' {problem}", field=prefix + "params.path")
         candidate = Path(path)
         target = (self.server_root / candidate).resolve()
         if candidate.is_absolute() or not target.is_relative_to(self.server_root):
@@ -274,7 +308,7 @@ class SubmissionValidator:
                 field=prefix + "params.path",
             )
         if not target.is_file():
-            raise ValidationFailed(f"no script at {path!r} under the server's root directory", field=prefix + "params.path")
+            raise ValidationFailed(f"no file at {path!r} under the server's root directory", field=prefix + "params.path")
 
     @staticmethod
     def _webhook(url: Any, prefix: str) -> str | None:

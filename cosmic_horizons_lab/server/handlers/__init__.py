@@ -42,6 +42,17 @@ from cosmic_horizons_lab.server.handlers.jobs import (
     SubmitBatchHandler,
     SubmitHandler,
 )
+from cosmic_horizons_lab.server.handlers.sky import (
+    AnnotationsExportHandler,
+    AnnotationsHandler,
+    CoverageHandler,
+    FootprintsHandler,
+    SnapshotHandler,
+    SnapshotPngHandler,
+    SnapshotsHandler,
+    SkySettingsHandler,
+)
+from cosmic_horizons_lab.server.handlers.queue import SlurmQueueHandler
 from cosmic_horizons_lab.server.handlers.stream import EventStreamHandler, LatestEventHandler
 
 JOB = r"(?P<job_id>[^/]+)"
@@ -73,6 +84,7 @@ def routes() -> list[tuple[str, type]]:
         (rf"jobs/{JOB}/outputs/(?P<relative>.+)", JobOutputFileHandler),
         (rf"jobs/{JOB}", JobHandler),
         (r"agents", AgentsHandler),
+        (r"slurm/queue", SlurmQueueHandler),
         (r"datasets", DatasetsHandler),
         (r"gpus", GpusHandler),
         (r"gpus/history", GpuHistoryHandler),
@@ -80,4 +92,13 @@ def routes() -> list[tuple[str, type]]:
         (r"openapi.json", OpenAPIHandler),
         (r"events/latest", LatestEventHandler),
         (r"events", EventStreamHandler),
+        (r"sky/settings", SkySettingsHandler),
+        (r"sky/coverage", CoverageHandler),
+        (r"sky/footprints", FootprintsHandler),
+        (r"sky/annotations/export", AnnotationsExportHandler),
+        (r"sky/annotations", AnnotationsHandler),
+        (r"sky/annotations/(?P<annotation_id>[^/]+)", AnnotationsHandler),
+        (r"sky/snapshots", SnapshotsHandler),
+        (r"sky/snapshots/(?P<snapshot_id>[^/]+)/png", SnapshotPngHandler),
+        (r"sky/snapshots/(?P<snapshot_id>[^/]+)", SnapshotHandler),
     ]

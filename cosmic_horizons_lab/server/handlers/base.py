@@ -3,6 +3,8 @@ and the one mapping of domain errors to ``{"error", "message", "field"}``."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import re
 from typing import TYPE_CHECKING, Any
@@ -17,7 +19,8 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
-from cosmic_horizons_lab.server.api.submission import parse_json_body
+from cosmic_horizons_lab.server.api import requests
+from cosmic_horizons_lab.server.api.body import parse_json_body
 from cosmic_horizons_lab.server.errors import BadRequest, LabError, PayloadTooLarge
 
 if TYPE_CHECKING:
@@ -40,7 +43,53 @@ def request_owner(handler: Any) -> str:
     return handler.current_user.username
 
 
-class APIBase(ExtensionHandlerMixin, APIHandler):
+class JSONErrors:
+    """Every error of a handler of ours as ``{"error", "message", "field"}``: the domain errors,
+    Tornado's own (a 405, an argument that is not UTF-8) and the unexpected, mixed into the REST
+    base and the WebSocket handler alike."""
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        """A path or query argument as text; refused naming it (Tornado's own 400 names nothing)
+        when it is not UTF-8 or holds what no store or file system takes (a NUL byte)."""
+        field = _documented(name)
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest(f"'{field or 'the path'}' is not valid UTF-8", field=field) from None
+        problem = requests.text_problem(text)
+        if problem:
+            raise BadRequest(f"'{field or 'the path'}' {problem}", field=field)
+        return text
+
+    def log_exception(self, typ, value, tb) -> None:  # type: ignore[no-untyped-def]
+        if isinstance(value, LabError):
+            self.log.info("%s %s → %s %s", self.request.method, self.request.path, value.status, value.message)
+            return
+        super().log_exception(typ, value, tb)  # type: ignore[misc]
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, LabError):
+            status_code = exc.status
+            body = exc.to_json()
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+        elif isinstance(exc, web.HTTPError):
+            message = exc.log_message % exc.args if exc.log_message and exc.args else exc.log_message
+            body = {"error": _http_code(status_code), "message": message or self._reason, "field": None}
+        else:
+            body = {"error": "internal_error", "message": "internal server error (see the server log)", "field": None}
+        self.set_status(status_code)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(body))
+
+
+def _documented(name: str | None) -> str | None:
+    """The name the API document gives a handler's argument (``relative`` is the ``path``)."""
+    return requests.PATH_PARAMS.get(name, (name, None))[0] if name else None
+
+
+class APIBase(JSONErrors, ExtensionHandlerMixin, APIHandler):
     auth_resource = AUTH_RESOURCE
 
     def initialize(self, name: str = EXTENSION, *args: Any, **kwargs: Any) -> None:
@@ -68,6 +117,12 @@ class APIBase(ExtensionHandlerMixin, APIHandler):
         if self.correlation_id:
             self.set_header("X-Correlation-ID", self.correlation_id)
         await ensure_async(super().prepare())
+        if not _takes(type(self), self.request.method or "", frozenset(self.path_kwargs)):
+            # a route shared by several methods (``sky/annotations/{id}``) whose handler does not
+            # answer this one with an id: 405, not the TypeError of calling it
+            raise web.HTTPError(405)
+        for name, value in self.path_kwargs.items():
+            requests.path_param(name, value)
         await self.app.ensure_started()
 
     def json_body(self) -> Any:
@@ -86,40 +141,26 @@ class APIBase(ExtensionHandlerMixin, APIHandler):
     def query(self) -> dict[str, str]:
         return {k: self.get_query_argument(k) for k in self.request.query_arguments}
 
-    def int_arg(self, name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
-        raw = self.get_query_argument(name, None)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise BadRequest(f"'{name}' must be an integer", field=name) from None
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f" from {minimum} to {maximum}" if maximum is not None else f" ≥ {minimum}"
-            raise BadRequest(f"'{name}' must be an integer{bound}", field=name)
-        return value
+    def int_arg(self, name: str, spec: dict[str, dict[str, Any]]) -> int:
+        """The integer query parameter ``name`` by the query schema ``spec`` holding it (400 naming it)."""
+        return requests.query_int(self.query(), name, spec[name])
 
-    def log_exception(self, typ, value, tb) -> None:  # type: ignore[override]
-        if isinstance(value, LabError):
-            self.log.info("%s %s → %s %s", self.request.method, self.request.path, value.status, value.message)
-            return
-        super().log_exception(typ, value, tb)
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, LabError):
-            status_code = exc.status
-            body = exc.to_json()
-        elif isinstance(exc, web.HTTPError):
-            body = {"error": _http_code(status_code), "message": exc.log_message or self._reason, "field": None}
-        else:
-            body = {"error": "internal_error", "message": "internal server error (see the server log)", "field": None}
-        self.set_status(status_code)
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(json.dumps(body))
+@functools.cache
+def _takes(cls: type, method: str, arguments: frozenset[str]) -> bool:
+    """Whether ``cls``'s handler of ``method`` accepts the route's named ``arguments``."""
+    handler = getattr(cls, method.lower(), None)
+    if handler is None:
+        return True  # Tornado answers 405 itself
+    try:
+        inspect.signature(handler).bind(None, **{name: "" for name in arguments})
+    except TypeError:
+        return False
+    return True
 
 
 def _http_code(status: int) -> str:
-    return {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(
+    return {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+            405: "method_not_allowed"}.get(
         status, f"http_{status}"
     )

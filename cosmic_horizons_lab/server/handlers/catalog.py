@@ -10,7 +10,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from cosmic_horizons_lab.executor.registry import agents
-from cosmic_horizons_lab.server.api.requests import GPU_HISTORY_QUERY, int_bounds
+from cosmic_horizons_lab.server.api.requests import GPU_HISTORY_QUERY
 
 if TYPE_CHECKING:
     pass
@@ -70,7 +70,7 @@ class GpuHistoryHandler(APIBase):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        seconds = self.int_arg("seconds", **int_bounds(GPU_HISTORY_QUERY["seconds"]))
+        seconds = self.int_arg("seconds", GPU_HISTORY_QUERY)
         self.reply(self.app.telemetry.history(seconds))
 
 
@@ -87,4 +87,4 @@ class OpenAPIHandler(APIBase):
     async def get(self) -> None:
         from cosmic_horizons_lab.server.api.openapi import openapi_document
 
-        self.reply(openapi_document(self.api_url))
+        self.reply(openapi_document(self.api_url, self.app.execution_backend.name))

@@ -11,7 +11,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from cosmic_horizons_lab.protocol import jobdir
-from cosmic_horizons_lab.server.api.requests import EVENTS_QUERY, LOGS_QUERY, int_bounds
+from cosmic_horizons_lab.server.api.requests import EVENTS_QUERY, LOGS_QUERY
 from cosmic_horizons_lab.server.api.responses import job_to_json, status_to_json
 from cosmic_horizons_lab.server.errors import NotFound
 
@@ -93,8 +93,8 @@ class JobEventsHandler(APIBase):
     @authorized
     async def get(self, job_id: str) -> None:
         job = await self.orchestrator.get_job(self.owner, job_id)
-        after = self.int_arg("after", **int_bounds(EVENTS_QUERY["after"]))
-        limit = self.int_arg("limit", **int_bounds(EVENTS_QUERY["limit"]))
+        after = self.int_arg("after", EVENTS_QUERY)
+        limit = self.int_arg("limit", EVENTS_QUERY)
         events = await self.app.store.events_after(self.owner, after, job_id=job.id, limit=limit)
         self.reply({"job_id": job.id, "events": events})
 
@@ -104,8 +104,8 @@ class JobLogsHandler(APIBase):
     @authorized
     async def get(self, job_id: str) -> None:
         job = await self.orchestrator.get_job(self.owner, job_id)
-        offset = self.int_arg("offset", **int_bounds(LOGS_QUERY["offset"]))
-        limit = self.int_arg("limit", **int_bounds(LOGS_QUERY["limit"]))
+        offset = self.int_arg("offset", LOGS_QUERY)
+        limit = self.int_arg("limit", LOGS_QUERY)
         path = jobdir.job_dir(self.app.work_path, job.user, job.id)
         chunk = await asyncio.to_thread(jobdir.read_log, path, offset, limit)
         self.reply({"job_id": job.id, "status": job.status, **chunk})

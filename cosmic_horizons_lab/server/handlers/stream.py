@@ -11,7 +11,8 @@ from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web, websocket
 
-from cosmic_horizons_lab.server.api.requests import STREAM_QUERY
+from cosmic_horizons_lab.server.api.requests import STREAM_QUERY, query_int
+from cosmic_horizons_lab.server.errors import UpgradeRequired
 from cosmic_horizons_lab.server.events import encode, message
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ from cosmic_horizons_lab.server.handlers.base import (
     AUTH_RESOURCE,
     EXTENSION,
     APIBase,
+    JSONErrors,
     request_owner,
 )
 
@@ -35,12 +37,13 @@ class LatestEventHandler(APIBase):
         self.reply({"last_event_id": await self.app.store.last_event_id(self.owner)})
 
 
-class EventStreamHandler(ExtensionHandlerMixin, JupyterHandler, websocket.WebSocketHandler):
+class EventStreamHandler(JSONErrors, ExtensionHandlerMixin, JupyterHandler, websocket.WebSocketHandler):
     """``WS events?after=<id>``: the caller's events, replayed from ``after`` then live.
 
     It subscribes before replaying, then drops live events it already
     replayed, so a reconnecting client misses nothing and gets nothing twice.
-    Messages carry one event, or a list of events when several are pending.
+    Messages carry one event, or a list of events when several are pending. A request that is
+    not an upgrade is answered 426 in the API's error shape (Tornado would answer 400 in text).
     """
 
     auth_resource = AUTH_RESOURCE
@@ -58,14 +61,13 @@ class EventStreamHandler(ExtensionHandlerMixin, JupyterHandler, websocket.WebSoc
         allowed = await ensure_async(self.authorizer.is_authorized(self, user, "read", AUTH_RESOURCE))
         if not allowed:
             raise web.HTTPError(403)
-        spec = STREAM_QUERY["after"]
-        raw = self.get_query_argument("after", str(spec["default"]))
-        try:
-            self.after = int(raw)
-            if self.after < spec["minimum"]:
-                raise ValueError
-        except ValueError:
-            raise web.HTTPError(400, f"'after' must be an integer ≥ {spec['minimum']}") from None
+        self.after = query_int({k: self.get_query_argument(k) for k in self.request.query_arguments},
+                               "after", STREAM_QUERY["after"])
+        headers = self.request.headers
+        connection = {token.strip().lower() for token in headers.get("Connection", "").split(",")}
+        if headers.get("Upgrade", "").lower() != "websocket" or "upgrade" not in connection:
+            raise UpgradeRequired("this route is a WebSocket: send an upgrade request "
+                                  "(Upgrade: websocket, Connection: Upgrade)", field=None)
 
     @ws_authenticated
     async def get(self, *args: Any, **kwargs: Any) -> None:

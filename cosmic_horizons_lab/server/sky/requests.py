@@ -35,7 +35,10 @@ SHAPE_SCHEMA: dict[str, Any] = {
         "dec": _DEC,
         "radius": {"type": "number", "exclusiveMinimum": 0, "maximum": 180, "description": "Degrees (circle)."},
         "vertices": {"type": "array", "minItems": 3, "maxItems": MAX_VERTICES,
-                     "items": {"type": "array", "prefixItems": [_RA, _DEC], "minItems": 2, "maxItems": 2},
+                     # [ra, dec] as a plain pair (the parser checks each range): prefixItems here
+                     # is mis-bundled by OpenAPI tools (Schemathesis reads it as a list schema).
+                     "items": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2,
+                               "description": "[ra in [0, 360), dec in [-90, 90]], degrees (ICRS)."},
                      "description": "[[ra, dec], …] in degrees (polygon)."},
     },
 }
@@ -102,30 +105,45 @@ def _text(value: Any, field: str, longest: int, *, required: bool = False) -> st
     return value
 
 
+def _vertices(value: Any, field: str) -> list[list[float]]:
+    if not isinstance(value, list):
+        raise BadRequest(f"'{field}' must be a list of [ra, dec]", field=field)
+    if not 3 <= len(value) <= MAX_VERTICES:
+        raise ValidationFailed(f"a polygon needs 3 to {MAX_VERTICES} vertices", field=field)
+    out = []
+    for i, v in enumerate(value):
+        if not isinstance(v, list) or len(v) != 2:
+            raise BadRequest(f"'{field}[{i}]' must be [ra, dec]", field=f"{field}[{i}]")
+        out.append([_number(v[0], f"{field}[{i}][0]", 0, 360, hi_open=True),
+                    _number(v[1], f"{field}[{i}][1]", -90, 90)])
+    return out
+
+
 def parse_shape(value: Any, field: str = "shape") -> dict[str, Any]:
+    """The shape, every field present checked (the document states each field's rules
+    whatever the type), then those the type needs required and the rest dropped."""
     shape = _object(value, field)
     reject_unknown(shape, list(SHAPE_SCHEMA["properties"]), prefix=f"{field}.")
     kind = shape.get("type")
     if kind not in SHAPES:
         raise ValidationFailed(f"'{field}.type' must be one of {', '.join(SHAPES)}", field=f"{field}.type")
+    checked: dict[str, Any] = {}
+    if "ra" in shape:
+        checked["ra"] = _number(shape["ra"], f"{field}.ra", 0, 360, hi_open=True)
+    if "dec" in shape:
+        checked["dec"] = _number(shape["dec"], f"{field}.dec", -90, 90)
+    if "radius" in shape:
+        checked["radius"] = _number(shape["radius"], f"{field}.radius", 0, 180, lo_open=True)
+    if "vertices" in shape:
+        checked["vertices"] = _vertices(shape["vertices"], f"{field}.vertices")
     if kind == "polygon":
-        vertices = shape.get("vertices")
-        if not isinstance(vertices, list):
-            raise BadRequest(f"'{field}.vertices' must be a list of [ra, dec]", field=f"{field}.vertices")
-        if not 3 <= len(vertices) <= MAX_VERTICES:
-            raise ValidationFailed(f"a polygon needs 3 to {MAX_VERTICES} vertices", field=f"{field}.vertices")
-        out = []
-        for i, v in enumerate(vertices):
-            if not isinstance(v, list) or len(v) != 2:
-                raise BadRequest(f"'{field}.vertices[{i}]' must be [ra, dec]", field=f"{field}.vertices[{i}]")
-            out.append([_number(v[0], f"{field}.vertices[{i}][0]", 0, 360, hi_open=True),
-                        _number(v[1], f"{field}.vertices[{i}][1]", -90, 90)])
-        return {"type": kind, "vertices": out}
+        if "vertices" not in checked:
+            raise BadRequest(f"a polygon needs '{field}.vertices'", field=f"{field}.vertices")
+        return {"type": kind, "vertices": checked["vertices"]}
     for name in ("ra", "dec"):
-        if name not in shape:
+        if name not in checked:
             raise BadRequest(f"a {kind} needs '{field}.{name}'", field=f"{field}.{name}")
-    out_shape: dict[str, Any] = {"type": kind, "ra": _number(shape["ra"], f"{field}.ra", 0, 360, hi_open=True),
-                                 "dec": _number(shape["dec"], f"{field}.dec", -90, 90)}
+    out_shape: dict[str, Any] = {"type": kind, "ra": checked["ra"], "dec": checked["dec"]}
     if kind == "circle":
         if "radius" not in shape:
             raise BadRequest(f"a circle needs '{field}.radius'", field=f"{field}.radius")
