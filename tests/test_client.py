@@ -70,3 +70,13 @@ def test_subscription_resumes_after_a_gap_without_loss(server):
     sub.close()
     assert [e["id"] for e in again] == expected
     assert not sub.errors
+
+
+def test_lab_submit_warns_of_gpus_asked_of_a_server_without_one(server):
+    """The server's warning reaches the notebook as a Python warning (issue 13)."""
+    from cosmic_horizons_lab.notebook.lab import Lab
+
+    lab = Lab(url=server.url, token=server.token)
+    with pytest.warns(UserWarning, match="params.gpu_count: 2 GPUs requested, but this server has no GPU"):
+        job = lab.submit("Script", params={"path": "quick.py", "gpu_count": 2})
+    assert job.wait(60).status == "COMPLETED"

@@ -525,3 +525,17 @@ async def test_the_dataset_listing_is_warm_at_start(api, lab, monkeypatch):
     assert code == 200
     demo = next(d for d in body["datasets"] if d["id"] == "VLA.TDEM0003.1src")
     assert demo["shape"]["visibilities"] == 348160
+
+
+async def test_gpus_asked_of_a_server_without_one_get_a_warning(api, script):
+    """Accepted (the agents run on the CPU), but said so: in the answer and in the tips (issue 13)."""
+    body = {"agent": "Script", "params": {"path": script(QUICK), "gpu_count": 2}}
+    code, tips, _ = await api.post("jobs/optimize", body)
+    assert code == 200
+    gpu_tips = [t for t in tips["tips"] if t["field"] == "params.gpu_count" and t["severity"] == "warning"]
+    assert gpu_tips and "no GPU" in gpu_tips[0]["message"], tips["tips"]
+    code, job, _ = await api.post("jobs/submit", body)
+    assert code == 201 and job["warnings"][0]["field"] == "params.gpu_count"
+    assert "2 GPUs requested" in job["warnings"][0]["message"]
+    code, plain, _ = await api.post("jobs/submit", {"agent": "Script", "params": {"path": script(QUICK), "gpu_count": 0}})
+    assert code == 201 and "warnings" not in plain

@@ -23,6 +23,7 @@ itself, and re-exports what was always imported from here.
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any, Sequence
 
 from cosmic_horizons_lab.notebook.client import ApiError, Client
@@ -116,6 +117,8 @@ class Lab:
         """
         record = self.client.submit(agent, dataset_id, params, priority=priority, depends_on=depends_on,
                                     notes=notes, webhook_url=webhook_url, **agent_params)
+        for warning in record.pop("warnings", None) or []:  # e.g. GPUs asked of a server without one
+            warnings.warn(f"{warning.get('field')}: {warning.get('message')}", UserWarning, stacklevel=2)
         return self._jobs.handle(record, new=True)
 
     def submit_batch(self, jobs: Sequence[dict[str, Any]], *, parallel_limit: int | None = None) -> Batch:

@@ -118,6 +118,10 @@ class Advisor:
                     "reasoning": "GPU utilisation measured by telemetry during your similar jobs",
                 })
 
+        for warning in self.validator.warnings(sub.params):
+            tips.append({**warning, "severity": "warning",
+                         "reasoning": "the server's backend has no GPU; the agents run on its CPU instead"})
+
         hours = estimate / 60 if estimate is not None else (
             sub.max_runtime_seconds / 3600 if sub.max_runtime_seconds else None)
         cost = self.costs.estimate(sub.gpu_count, hours) if hours is not None else None

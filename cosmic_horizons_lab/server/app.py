@@ -249,7 +249,10 @@ class CosmicHorizons(ExtensionApp):
         self.gpus, why = probe_gpus()
         self.execution_backend = self._make_backend()
         max_gpus = self.execution_backend.max_gpus() if hasattr(self.execution_backend, "max_gpus") else None
-        self.validator = SubmissionValidator(self.datasets, self.root_path, max_gpus, self.execution_backend.name)
+        # A local backend knows its GPUs; a cluster's are the scheduler's business (assumed there).
+        gpus_present = bool(getattr(self.execution_backend, "gpus", True))
+        self.validator = SubmissionValidator(self.datasets, self.root_path, max_gpus, self.execution_backend.name,
+                                             gpus_present)
         self.telemetry = GpuTelemetry(self.gpu_sample_interval, store=self.store)
         self.instruments = Instruments(lambda: self.telemetry.gpus)
         slurm = self.execution_backend.name != "local"

@@ -42,6 +42,10 @@ SCHEMAS: dict[str, Any] = {
             "user": {"type": "string"},
             "agent": {"type": "string"},
             "dataset_id": {"type": ["string", "null"]},
+            "warnings": {"type": "array", "description": "Only in a submission's answer: what the job should hear "
+                         "before it runs (GPUs asked of a server without one).",
+                         "items": {"type": "object", "required": ["field", "message"],
+                                   "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}},
             "status": {"enum": STATUS},
             "progress": {"type": "number", "minimum": 0, "maximum": 1},
             "priority": {"type": "integer", "minimum": 0, "maximum": 10},

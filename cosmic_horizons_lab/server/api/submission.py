@@ -169,11 +169,12 @@ class SubmissionValidator:
     """Checks submissions against the agents' schemas and the server's limits."""
 
     def __init__(self, datasets: DatasetRegistry, server_root: Path, max_gpus: int | None,
-                 backend: str = "local") -> None:
+                 backend: str = "local", gpus_present: bool = True) -> None:
         self.datasets = datasets
         self.server_root = Path(server_root).resolve()
         self.max_gpus = max_gpus
         self.backend = backend
+        self.gpus_present = gpus_present
         self._validators: dict[str, Draft202012Validator] = {}
 
     def _validator(self, agent: str) -> Draft202012Validator:
@@ -256,6 +257,19 @@ class SubmissionValidator:
             max_runtime_seconds=max_runtime,
             retries=params.get("retries", 0),
         )
+
+    def warnings(self, params: dict[str, Any]) -> list[dict[str, str]]:
+        """What a valid submission should hear before it runs: GPUs asked of a server without one.
+
+        Not a refusal: the agents run on the CPU too, only slower. The submit answer carries
+        these (``warnings``) and ``jobs/optimize`` lists them among its tips.
+        """
+        asked = params.get("gpu_count")
+        if not self.gpus_present and isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+            return [{"field": "params.gpu_count",
+                     "message": f"{asked} GPU{'s' if asked != 1 else ''} requested, but this server has no GPU: "
+                                "the job runs on the CPU"}]
+        return []
 
     def _check_params(self, agent: str, params: dict[str, Any], prefix: str) -> None:
         errors = sorted(self._validator(agent).iter_errors(params), key=lambda e: list(e.path))

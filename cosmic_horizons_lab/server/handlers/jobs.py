@@ -32,7 +32,11 @@ class SubmitHandler(APIBase):
         )
         if not self.correlation_id:
             self.set_header("X-Correlation-ID", job.correlation_id)
-        self.reply(job_to_json(job, self.api_url), 201 if created else 200)
+        answer = job_to_json(job, self.api_url)
+        warnings = self.app.validator.warnings(job.params or {})
+        if warnings:
+            answer["warnings"] = warnings
+        self.reply(answer, 201 if created else 200)
 
 
 class SubmitBatchHandler(APIBase):
