@@ -539,3 +539,14 @@ async def test_gpus_asked_of_a_server_without_one_get_a_warning(api, script):
     assert "2 GPUs requested" in job["warnings"][0]["message"]
     code, plain, _ = await api.post("jobs/submit", {"agent": "Script", "params": {"path": script(QUICK), "gpu_count": 0}})
     assert code == 201 and "warnings" not in plain
+
+
+async def test_the_log_says_what_the_job_is_doing(api, script):
+    """Stage reports go to the job's log too (issue 13: a finished science job's log was empty)."""
+    code = "from cosmic_horizons_lab.executor import report\nreport(progress=0.5, stage='calibrating')\n"
+    _, job, _ = await api.post("jobs/submit", {"agent": "Script", "params": {"path": script(code, "staged.py")}})
+    done = await api.wait_for(job["id"])
+    assert done["status"] == "COMPLETED", done
+    _, logs, _ = await api.get(f"jobs/{job['id']}/logs")
+    lines = logs["data"].splitlines()
+    assert lines[0].startswith(f"Script job {job['id']} on ") and lines[1].endswith("] calibrating (50%)"), lines

@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         # A synthetic dataset is generated where it is first needed: here, not in the server.
         materialize_preset(job.simulate, job.dataset.path)
     append_record(job_dir, {"type": "started", "pid": os.getpid(), "host": socket.gethostname()})
+    print(f"{job.agent} job {job.job_id} on {socket.gethostname()}"
+          + (f", dataset {job.dataset.id}" if job.dataset is not None else ""), flush=True)
 
     from cosmic_horizons_lab.executor.registry import get_agent
 

@@ -118,3 +118,9 @@ def report(progress: float | None = None, _job_dir: Path | None = None, **metric
         record["progress"] = p
     record["t"] = time.time()
     append_record(job_dir, record)
+    stage = metrics.get("stage")
+    if stage:
+        # The job's log says what it is doing too: a log tail of only the agent's own prints
+        # was empty for the science agents.
+        done = f" ({record['progress']:.0%})" if "progress" in record else ""
+        print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {stage}{done}", flush=True)
