@@ -29,7 +29,7 @@ export function registerCreateWork(app: JupyterFrontEnd, jobs: JobsPanel, icon: 
 /** "Pipeline" in the jobs panel's header: opens the composer. */
 function pipelineButton(app: JupyterFrontEnd): HTMLElement {
   const button = document.createElement('button');
-  button.className = 'ch-new-job ch-open-composer jp-Button';
+  button.className = 'ch-head-button ch-open-composer jp-Button';
   button.title = 'Open the pipeline composer';
   button.textContent = '⧉ Pipeline';
   button.addEventListener('click', () => void app.commands.execute(CMD_COMPOSER));

@@ -99,8 +99,8 @@ class NotebookAgent(Agent):
         from nbclient.exceptions import CellExecutionError
 
         root = job.server_root or Path.cwd()
-        path, text = open_inside(root, job.params["path"])
-        nb = nbformat.reads(text, as_version=4)
+        path, source = open_inside(root, job.params["path"])
+        nb = nbformat.reads(source.decode("utf-8"), as_version=4)
         parameters = dict(job.params.get("parameters") or {})
         injected_at = inject_parameters(nb, parameters)
         kernel = job.params.get("kernel") or nb.metadata.get("kernelspec", {}).get("name") or "python3"

@@ -62,7 +62,7 @@ class SlurmScriptAgent(Agent):
         # bash runs the text that was checked (a copy in the job directory, kept as a record),
         # not whatever the path names by the time bash opens it.
         copy = job.job_dir / "user-script.sh"
-        copy.write_text(source, encoding="utf-8")
+        copy.write_bytes(source)
         arguments = [str(a) for a in job.params.get("arguments") or []]
         job.report(progress=0.0)
         sys.stdout.flush()

@@ -76,7 +76,7 @@ export class JobsPanel extends Widget {
       <div class="ch-header">
         <span class="ch-title">Cosmic Horizons</span>
         <span class="ch-conn" data-state="connecting" title="event stream"></span>
-        <button class="ch-new-job jp-Button" title="Open the job form">＋ New job</button>
+        <button class="ch-head-button ch-new-job jp-Button" title="Open the job form">＋ New job</button>
         <button class="ch-refresh jp-Button" title="Reload the job list">⟳</button>
       </div>
       <div class="ch-section-title">Jobs</div>
