@@ -76,7 +76,7 @@ async def test_lab_finds_its_server_on_a_hub_and_jobs_belong_to_the_hub_user(hub
         "job = lab.submit('Script', params={'path': 'hello.py'})\n"
         "job.wait(timeout=120, progress=False)\n"
         "print('STATUS', job.status)\n"
-        "print('LOG', job.logs().strip())\n"
+        "print('LOG', ' | '.join(job.logs().strip().splitlines()))\n"  # the whole log on one line
         "print('JOB', job.id)\n"
     )
     home = hub.root / "home" / "astro"
