@@ -301,11 +301,9 @@ exportfits(imagename=name + ".image", fitsimage=name + ".fits", overwrite=True)
 """
 
 
-def casa_image(uvfits: Path, out_dir: Path, band: Band, niter: int = 0) -> Path:
-    """CASA's image (``importuvfits`` then ``tclean``: natural weighting, w-projection, Högbom
-    CLEAN of ``niter`` components, restored) of a uvfits file, as FITS. CASA runs from its own
-    venv (``scripts/setup --test``), offline: its measures data are python-casacore's, named
-    in a site config file."""
+def _casa_env(out_dir: Path) -> dict[str, str]:
+    """The environment CASA runs in, offline: a home of its own in ``out_dir`` and a site config
+    that names python-casacore's measures data and turns every auto-update off."""
     import casacore
 
     if not CASA_PYTHON.exists():
@@ -316,7 +314,15 @@ def casa_image(uvfits: Path, out_dir: Path, band: Band, niter: int = 0) -> Path:
     site = out_dir / "casasiteconfig.py"
     site.write_text(f"measurespath = {str(measures)!r}\nmeasures_auto_update = False\n"
                     "data_auto_update = False\n")
-    env = {**os.environ, "HOME": str(out_dir / "home"), "CASASITECONFIG": str(site)}
+    return {**os.environ, "HOME": str(out_dir / "home"), "CASASITECONFIG": str(site)}
+
+
+def casa_image(uvfits: Path, out_dir: Path, band: Band, niter: int = 0) -> Path:
+    """CASA's image (``importuvfits`` then ``tclean``: natural weighting, w-projection, Högbom
+    CLEAN of ``niter`` components, restored) of a uvfits file, as FITS. CASA runs from its own
+    venv (``scripts/setup --test``), offline: its measures data are python-casacore's, named
+    in a site config file."""
+    env = _casa_env(out_dir)
     name = out_dir / "casa"
     subprocess.run([str(CASA_PYTHON), "-c", _CASA_IMAGE, str(uvfits), str(out_dir / "casa.ms"),
                     str(name), str(band.npix), str(band.cell_arcsec), str(niter)],
@@ -434,17 +440,7 @@ def casa_clean(uvfits: Path, out_dir: Path, band: Band, niter: int, nsigma: floa
     ``{"image", "model", "residual"}`` as FITS (see :func:`casa_image` for the set-up).
     32 w-projection planes, not CASA's automatic choice (``-1``), which dies with a
     segmentation fault in ``makePSF`` on a 12 × 60 s track (CASA 6.7)."""
-    import casacore
-
-    if not CASA_PYTHON.exists():
-        raise RuntimeError(f"CASA is not installed at {CASA_PYTHON} (scripts/setup --test installs it)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "home").mkdir(exist_ok=True)
-    measures = Path(casacore.__file__).resolve().parent / "data"
-    site = out_dir / "casasiteconfig.py"
-    site.write_text(f"measurespath = {str(measures)!r}\nmeasures_auto_update = False\n"
-                    "data_auto_update = False\n")
-    env = {**os.environ, "HOME": str(out_dir / "home"), "CASASITECONFIG": str(site)}
+    env = _casa_env(out_dir)
     name = out_dir / "casa"
     subprocess.run([str(CASA_PYTHON), "-c", _CASA_CLEAN, str(uvfits), str(out_dir / "casa.ms"),
                     str(name), str(band.npix), str(band.cell_arcsec), str(niter), str(nsigma)],

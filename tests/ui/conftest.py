@@ -254,12 +254,13 @@ def open_lab(page: Any, server: LabServer, path: str = "lab") -> None:
     page.wait_for_selector("#jp-main-dock-panel", timeout=60_000)
 
 
-def open_sidebar(page: Any) -> Any:
-    tab = page.locator("li.lm-TabBar-tab[data-id='cosmic-horizons-sidebar']")
+def open_sidebar(page: Any, panel_id: str = "cosmic-horizons-sidebar") -> Any:
+    """Bring one of our left-sidebar panels to the front (the jobs panel unless named) and return it."""
+    tab = page.locator(f"li.lm-TabBar-tab[data-id='{panel_id}']")
     tab.wait_for(timeout=30_000)
     if "lm-mod-current" not in (tab.get_attribute("class") or ""):
         tab.click()
-    panel = page.locator("#cosmic-horizons-sidebar")
+    panel = page.locator(f"#{panel_id}")
     panel.wait_for(state="visible", timeout=10_000)
     return panel
 

@@ -14,13 +14,7 @@ ELSEWHERE = (30.0, -20.0)
 
 
 def open_sky(page):
-    tab = page.locator("li.lm-TabBar-tab[data-id='cosmic-horizons-sky']")
-    tab.wait_for(timeout=30_000)
-    if "lm-mod-current" not in (tab.get_attribute("class") or ""):
-        tab.click()
-    panel = page.locator("#cosmic-horizons-sky")
-    panel.wait_for(state="visible", timeout=10_000)
-    return panel
+    return open_sidebar(page, "cosmic-horizons-sky")
 
 
 def test_the_sky_panel_shows_coverage_live_and_opens_jobs(page, lab_server) -> None:
