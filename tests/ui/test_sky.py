@@ -10,6 +10,7 @@ the job; a snapshot saved from the map reopens at its place.
 from __future__ import annotations
 
 import io
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -126,6 +127,10 @@ def sky_page(browser, lab_server, sky_job) -> Iterator[Any]:
     """One notebook showing ``job.sky()`` for every test of this module (a kernel start each costs)."""
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
+    # Every request the page makes to a host other than this machine (offline first: none).
+    page.outside_requests = []
+    page.on("request", lambda r: page.outside_requests.append(r.url)
+            if urllib.parse.urlsplit(r.url).hostname not in (None, "", "127.0.0.1", "localhost") else None)
     _show(page, lab_server, "sky", f'sky = lab.job("{sky_job["id"]}").sky()\nsky')
     yield page
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -135,6 +140,12 @@ def sky_page(browser, lab_server, sky_job) -> Iterator[Any]:
 
 def _canvas(page) -> Any:
     return page.locator(".chw-sky-map canvas").last
+
+
+def test_the_sky_asks_nothing_of_the_outside_world(sky_page) -> None:
+    """No CDN, no survey, no start-up ping to CDS: a blank sky behind our layers (issue 14)."""
+    assert sky_page.locator(".chw-sky-map canvas").count() > 0
+    assert sky_page.outside_requests == [], sky_page.outside_requests
 
 
 def test_sources_are_drawn_where_the_wcs_puts_them(sky_page) -> None:
