@@ -253,8 +253,7 @@ def run_clean(root: Path) -> list[tuple[str, ...]]:
     header = fits.getheader(out / "restored.fits")
     calibrated = d / "cal" / "outputs" / "calibrated.uvfits"
     cal_uv = UVData.from_file(str(calibrated))
-    demo_band = ext.Band("demo", tuple(np.asarray(cal_uv.freq_array).ravel()),
-                         cell_arcsec=abs(header["CDELT2"]) * 3600, npix=int(header["NAXIS1"]))
+    demo_band = ext.band_of_image(header, cal_uv)
     cat = cal_uv.phase_center_catalog[int(cal_uv.phase_center_id_array[0])]
     centre = [ext.PointSource(float(np.degrees(cat["cat_lon"])), float(np.degrees(cat["cat_lat"])), 1.0)]
     images = {"ours (ImageReconstruction job)": (out / "restored.fits", out / "model.fits", t_img)}

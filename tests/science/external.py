@@ -20,8 +20,10 @@ import os
 import shutil
 import subprocess
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -446,3 +448,10 @@ def casa_clean(uvfits: Path, out_dir: Path, band: Band, niter: int, nsigma: floa
                     str(name), str(band.npix), str(band.cell_arcsec), str(niter), str(nsigma)],
                    check=True, capture_output=True, text=True, timeout=600, env=env, cwd=out_dir)
     return {k: Path(f"{name}-{k}.fits") for k in ("image", "model", "residual")}
+
+
+def band_of_image(header: Mapping[str, Any], uv: object, name: str = "demo") -> Band:
+    """A Band on the grid of one of our FITS images (cell and size from its header) at ``uv``'s
+    frequencies: what a reference imager is given to image the same data on the same grid."""
+    return Band(name, tuple(np.asarray(uv.freq_array).ravel()),
+                cell_arcsec=abs(header["CDELT2"]) * 3600, npix=int(header["NAXIS1"]))

@@ -162,8 +162,7 @@ def demo(tmp_path_factory, demo_path):
     header = fits.getheader(out / "restored.fits")
     calibrated = root / "cal" / "outputs" / "calibrated.uvfits"
     uv = UVData.from_file(str(calibrated))
-    band = ext.Band("demo", tuple(np.asarray(uv.freq_array).ravel()),
-                    cell_arcsec=abs(header["CDELT2"]) * 3600, npix=int(header["NAXIS1"]))
+    band = ext.band_of_image(header, uv)
     ws = ext.wsclean(ext.write(uv, root / "calibrated.ms"), root / "wsclean", band, niter=1000)
     cat = uv.phase_center_catalog[int(uv.phase_center_id_array[0])]
     centre = ext.PointSource(float(np.degrees(cat["cat_lon"])), float(np.degrees(cat["cat_lat"])), 1.0)

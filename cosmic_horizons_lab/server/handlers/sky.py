@@ -8,14 +8,14 @@ from tornado import web
 
 from cosmic_horizons_lab.server.errors import BadRequest
 from cosmic_horizons_lab.server.handlers.base import APIBase
-from cosmic_horizons_lab.server.sky import Sky, sky_of
+from cosmic_horizons_lab.server.sky import Sky
 from cosmic_horizons_lab.server.sky.snapshots import snapshot_to_json
 
 
 class SkyBase(APIBase):
     @property
     def sky(self) -> Sky:
-        return sky_of(self.app)
+        return self.app.sky
 
     async def _send_raw(self, data: bytes) -> None:
         # Flushed before finish: APIHandler.finish would otherwise label any body as JSON.

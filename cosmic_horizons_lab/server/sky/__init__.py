@@ -4,7 +4,6 @@ requests may say (``requests.py``). :class:`Sky` holds the three services the ha
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from cosmic_horizons_lab.server.datasets import DatasetRegistry
 from cosmic_horizons_lab.server.science_worker import run_science
@@ -23,8 +22,3 @@ class Sky:
 
 
 __all__ = ["Annotations", "Coverage", "Sky", "Snapshots"]
-
-
-def sky_of(app: Any) -> Sky:
-    """The app's sky services (``CosmicHorizons.initialize_settings`` builds them as ``app.sky``)."""
-    return app.sky
