@@ -125,6 +125,8 @@ class Run(Base):
     reason: Mapped[str | None] = mapped_column(sa.String(64))
     #: Bytes of the job's events.jsonl already turned into events (exactly-once tailing).
     events_offset: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    #: Bytes of the job's resource samples file already ingested into ``job_samples``.
+    samples_offset: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     submitted_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -294,3 +296,60 @@ class SkySnapshot(Base):
     view: Mapped[dict[str, Any]] = mapped_column(JSONType)
     png: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class BusCursor(Base):
+    """How far an event bus bridge has got: events up to ``last_event_id`` are acknowledged."""
+
+    __tablename__ = "bus_cursors"
+
+    name: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class JobSample(Base):
+    """One resource sample taken inside a job: a GPU (by UUID, on its host) or, without one, the CPU.
+
+    ``utilization`` is a percentage; ``memory_bytes`` is the GPU's memory used, or the job's RSS.
+    """
+
+    __tablename__ = "job_samples"
+    __table_args__ = (
+        sa.Index("ix_job_samples_job_id", "job_id", "id"),
+        sa.Index("ix_job_samples_host_ts", "host", "ts"),
+        sa.Index("ix_job_samples_user_ts", "user", "ts"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(sa.String(32))
+    user: Mapped[str] = mapped_column(sa.String(255))
+    host: Mapped[str] = mapped_column(sa.String(255))
+    ts: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(sa.String(8))  # "gpu" or "cpu"
+    gpu_uuid: Mapped[str | None] = mapped_column(sa.String(64))
+    gpu_index: Mapped[int | None] = mapped_column(sa.Integer)
+    utilization: Mapped[float] = mapped_column(sa.Float)
+    memory_bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    memory_total_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    power_watts: Mapped[float | None] = mapped_column(sa.Float)
+    temperature_c: Mapped[float | None] = mapped_column(sa.Float)
+
+
+class Alert(Base):
+    """One firing of an alert rule; a rule fires once per episode (one open row per rule and key)."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        sa.Index("ix_alerts_rule_key", "rule", "key", "resolved_at"),
+        sa.Index("ix_alerts_user_fired", "user", "fired_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    rule: Mapped[str] = mapped_column(sa.String(64))
+    key: Mapped[str] = mapped_column(sa.String(255))
+    user: Mapped[str] = mapped_column(sa.String(255))
+    job_id: Mapped[str | None] = mapped_column(sa.String(32))
+    fired_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
