@@ -1,12 +1,18 @@
 """The sky API against a real server extension: footprints and coverage read from the jobs'
-images (checked against astropy's WCS and mocpy), annotations with their region files (read back
-by astropy-regions), snapshots, and the 4xx that name the bad field."""
+images (checked against astropy's WCS and mocpy) or, without an image, from their data (checked
+against the file's own header, pyuvdata and the primary beam's formula), read when a job ends
+without holding up its transition; annotations with their region files (read back by
+astropy-regions), snapshots, and the 4xx that name the bad field."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import math
+import shutil
+import threading
+import time
 
 import pytest
 
@@ -92,6 +98,103 @@ async def test_footprints_and_coverage_come_from_the_images(api, script):
     assert code == 200 and none["items"] == []
     code, later, _ = await api.get("sky/footprints", params={"from_date": "2999-01-01"})
     assert code == 200 and later["items"] == []
+
+
+async def test_a_footprint_is_read_when_its_job_ends_without_holding_it_up(api, lab, script):
+    import sqlalchemy as sa
+
+    from cosmic_horizons_lab.server.store.orm import SkyFootprint
+
+    coverage = lab.sky.coverage
+    real = coverage.worker
+    gate = threading.Event()
+    calls: list[str] = []
+
+    def held_worker(kind: str, args: list[str]):
+        calls.append(args[0])
+        gate.wait(60)  # the worker is slow: the job's transition must not wait for it
+        return real(kind, args)
+
+    async def stored(job_id: str) -> SkyFootprint | None:
+        async with lab.store.read() as session:
+            return await session.scalar(sa.select(SkyFootprint).where(SkyFootprint.job_id == job_id))
+
+    coverage.worker = held_worker
+    try:
+        job = await _image_job(api, script, 150.0, 2.0)  # COMPLETED while the worker is held
+        deadline = time.monotonic() + 20
+        while "footprints" not in calls:  # read at the job's end, though no one asked for the sky
+            assert time.monotonic() < deadline, "no footprint read started when the job ended"
+            await asyncio.sleep(0.05)
+        assert await stored(job["id"]) is None
+        gate.set()
+        await asyncio.wait_for(coverage.idle(), 120)
+    finally:
+        gate.set()
+        coverage.worker = real
+    row = await stored(job["id"])
+    assert row is not None and row.basis == "image" and row.job_status == "COMPLETED", row
+    era, edec, eradius = _expected_footprint(150.0, 2.0, 64, 0.01)
+    assert row.ra_deg == pytest.approx(era, abs=1e-9) and row.dec_deg == pytest.approx(edec, abs=1e-9)
+    assert row.radius_deg == pytest.approx(eradius, rel=1e-9)
+    # The sky request finds it ready: no worker call of its own.
+    read_so_far = len(calls)
+    code, body, _ = await api.get("sky/footprints")
+    assert code == 200 and body["items"][0]["job_id"] == job["id"] and body["items"][0]["basis"] == "image"
+    assert len(calls) == read_so_far
+
+
+async def test_a_footprint_without_an_image_comes_from_the_data(api, lab, script, datasets_dir):
+    """A job that writes no image, and its child (no image, no dataset of its own): the phase centre
+    of the data and the primary beam's half width at half power, 0.5 × 1.02 λ/D at the lowest
+    frequency, for the VLA's 25 m dishes."""
+    from astropy import constants
+    from astropy.io import fits
+    from pyuvdata import UVData
+
+    from cosmic_horizons_lab.data import DEMO_DATASETS
+
+    dataset_id = "VLA.TDEM0003.1src"
+    source = DEMO_DATASETS[dataset_id]
+    shutil.copy(source, datasets_dir / f"{dataset_id}{source.suffix}")
+    path = script("result = {'ok': True}\n", name="no_image.py")
+    code, parent, _ = await api.post("jobs/submit", {"agent": "Script", "dataset_id": dataset_id,
+                                                     "params": {"path": path}})
+    assert code == 201, parent
+    code, child, _ = await api.post("jobs/submit", {"agent": "Script", "depends_on": [parent["id"]],
+                                                    "params": {"path": path}})
+    assert code == 201, child
+    for job in (parent, child):
+        assert (await api.wait_for(job["id"], timeout=60))["status"] == "COMPLETED"
+    await asyncio.wait_for(lab.sky.coverage.idle(), 120)
+
+    # The file's own header (random-group UVFITS: the RA and DEC axes hold the phase centre;
+    # the FREQ axis the channels), read without pyuvdata ...
+    with fits.open(source) as hdul:
+        header = hdul[0].header
+    axis = {header[f"CTYPE{i}"]: i for i in range(2, header["NAXIS"] + 1)}
+    ra0, dec0 = header[f"CRVAL{axis['RA']}"], header[f"CRVAL{axis['DEC']}"]
+    f = axis["FREQ"]
+    channels = [header[f"CRVAL{f}"] + (k + 1 - header[f"CRPIX{f}"]) * header[f"CDELT{f}"]
+                for k in range(header[f"NAXIS{f}"])]
+    # ... and pyuvdata's reading of the same file.
+    uv = UVData.from_file(str(source), read_data=False)
+    centre = uv.phase_center_catalog[int(uv.phase_center_id_array[0])]
+    assert math.degrees(centre["cat_lon"]) == pytest.approx(ra0, abs=1e-6)
+    assert math.degrees(centre["cat_lat"]) == pytest.approx(dec0, abs=1e-6)
+    wavelength = constants.c.to_value("m/s") / min(channels)
+    hwhm = math.degrees(0.5 * 1.02 * wavelength / 25.0)
+
+    code, body, _ = await api.get("sky/footprints")
+    assert code == 200, body
+    by_id = {fp["job_id"]: fp for fp in body["items"]}
+    for job in (parent, child):
+        fp = by_id[job["id"]]
+        assert fp["basis"] == "dataset" and fp["image"] is None, fp
+        assert fp["ra_deg"] == pytest.approx(ra0, abs=1e-6) and fp["dec_deg"] == pytest.approx(dec0, abs=1e-6)
+        assert fp["radius_deg"] == pytest.approx(hwhm, rel=1e-6)
+    # At 36 GHz the VLA's primary beam is about 1.2′ across: a sanity bound on the formula's units.
+    assert 0.5 / 60 < 2 * hwhm < 2.0 / 60
 
 
 @pytest.mark.parametrize("query, field", [({"status": "DONE"}, "status"), ({"order": "30"}, "order"),

@@ -28,8 +28,8 @@ import numpy as np
 
 from cosmic_horizons_lab.science.background import MAD_TO_SIGMA, clipped_stats
 
-__all__ = ["MAD_TO_SIGMA", "Image", "anomalies", "find_sources", "read_catalogue", "read_image",
-           "robust_sigma"]
+__all__ = ["MAD_TO_SIGMA", "Image", "anomalies", "anomaly_scores", "find_sources", "read_catalogue",
+           "read_image", "robust_sigma"]
 
 
 def robust_sigma(image: np.ndarray, clip: float = 5.0, iterations: int = 3) -> float:
@@ -229,6 +229,37 @@ def anomalies(sources: Any, reference: Any | None, *, match_radius_deg: float,
         joined = np.concatenate(chunks) if chunks else np.zeros(0)
         out[name] = joined.astype(str) if name in ("kind", "detail") else joined.astype(float)
     return out
+
+
+def anomaly_scores(sources: Any, reference: Any | None, *, match_radius_deg: float) -> np.ndarray:
+    """Each source's anomaly score, one per row of the source table (its ``anomaly_score`` column).
+
+    How far the source departs from what the reference expects there, in units of its flux's
+    noise: ``|S − S_ref| / σ``, where ``S`` is its integrated flux (``flux_jy``), ``S_ref`` the
+    flux of the reference source it matches within ``match_radius_deg`` (the same KD-tree match
+    as :func:`anomalies`), or 0 where it matches none, and ``σ`` the local noise at the source
+    (``local_rms``: a point source's flux error). A new source's score is thus its own
+    significance, a flux change's the change's; a match of unknown reference flux scores 0.
+    Without a reference every source is new. The anomaly catalogue's kinds stay the verdicts
+    (thresholds); the score ranks every source, for a map's row beside its flux and SNR.
+    """
+    from cosmic_horizons_lab.science.crossmatch import nearest
+
+    flux = np.asarray(sources["flux_jy"], float)
+    noise = np.asarray(sources["local_rms"], float) if "local_rms" in sources.colnames \
+        else np.full(len(flux), float(sources.meta.get("noise_jy_beam", np.nan)))
+    expected = np.zeros(len(flux))
+    if reference is not None and len(reference) and len(flux):
+        rflux = np.asarray(reference["flux_jy"], float) if "flux_jy" in reference.colnames \
+            else np.full(len(reference), np.nan)
+        found = nearest(np.asarray(sources["ra_deg"], float), np.asarray(sources["dec_deg"], float),
+                        np.asarray(reference["ra_deg"], float), np.asarray(reference["dec_deg"], float),
+                        match_radius_deg)
+        ref = rflux[np.where(found.matched, found.index, 0)]
+        # matched, flux unknown: nothing to depart from
+        expected = np.where(found.matched, np.where(np.isfinite(ref), ref, flux), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(noise > 0, np.abs(flux - expected) / noise, np.nan)
 
 
 def _expected_rows(rra: np.ndarray, rdec: np.ndarray, rflux: np.ndarray, footprint: Image | None,

@@ -199,6 +199,28 @@ def test_demo_model_and_residual_are_clean(demo):
     assert ext.mad_sigma(ours[off]) < 1.5 * ext.mad_sigma(theirs[off_theirs])
 
 
+def test_demo_catalogue_is_the_calibrator_as_pybdsf_finds_it(demo):
+    """The demo's sky is one calibrator: our finder and PyBDSF on the same restored image
+    list it at the same place and flux, and we add at most one source PyBDSF does not."""
+    from cosmic_horizons_lab.science.detection import find_sources, read_image
+
+    path = demo["out"] / "restored.fits"
+    img = read_image(path)
+    table, _ = find_sources(img)
+    ref = ext.pybdsf([path])[0]
+    rx, ry = img.wcs.world_to_pixel_values(ref["ra_deg"], ref["dec_deg"])
+    x0, y0 = (float(v[0]) for v in ext.sky_pixels(img.wcs, [demo["centre"]]))
+    j = int(np.argmin(np.hypot(rx - x0, ry - y0)))
+    print("ours:", list(zip(table["x"], table["y"], table["snr"])), "PyBDSF:", list(zip(rx, ry)))
+    assert np.hypot(table["x"][0] - x0, table["y"][0] - y0) < 0.5
+    assert np.hypot(table["x"][0] - rx[j], table["y"][0] - ry[j]) < 0.1
+    assert table["flux_jy"][0] == pytest.approx(ref["total_flux"][j], rel=0.03)
+    beam_px = demo["header"]["BMAJ"] / abs(demo["header"]["CDELT2"])
+    theirs = np.hypot(np.asarray(table["x"])[:, None] - rx[None, :],
+                      np.asarray(table["y"])[:, None] - ry[None, :]).min(axis=1) < beam_px
+    assert (~theirs).sum() <= 1
+
+
 def test_demo_reports_its_noise_in_metrics_and_headers(demo):
     """``image_rms`` and the expected thermal noise, in the job's result and every FITS
     header; the two sky-free estimators (Stokes V from RR − LL, time differences) agree on

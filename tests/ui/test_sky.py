@@ -235,3 +235,49 @@ def test_a_snapshot_reopens(sky_page, lab_server) -> None:
                          && Math.abs(v.fov - {saved_view['fov']}) < 1e-6; }}""",
         timeout=20_000,
     )
+
+
+def test_a_source_of_anomaly_detection_shows_its_flux_snr_and_anomaly_score(page, lab_server) -> None:
+    """AnomalyDetection's catalogue carries a per-source ``anomaly_score``: |S − S_ref| / local σ, the
+    reference's flux where a reference source matches, else 0 (checked here with astropy's own
+    cross-match). A click on the source's marker shows its row: flux, SNR and that score."""
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+    from astropy.table import Table
+
+    image = _sky_job(lab_server, "sky_anomaly_image.py")
+    assert image["status"] == "COMPLETED", image
+    points = [(CENTRE[0] + dx, CENTRE[1] + dy) for dx, dy in OFFSETS]
+    reference = [{"ra_deg": points[1][0], "dec_deg": points[1][1], "flux_jy": 3.0}]
+    radius_arcsec = 20.0
+    job = lab_server.request("POST", "jobs/submit", {
+        "agent": "AnomalyDetection", "depends_on": [image["id"]],
+        "params": {"reference_sources": reference, "match_radius_arcsec": radius_arcsec}})
+    done = lab_server.wait_status(job["id"], {"COMPLETED", "FAILED"}, timeout=180)
+    assert done["status"] == "COMPLETED", done
+    req = urllib.request.Request(lab_server.api + f"jobs/{job['id']}/outputs/sources.ecsv",
+                                 headers={"Authorization": f"token {lab_server.token}"})
+    table = Table.read(urllib.request.urlopen(req, timeout=30).read().decode(), format="ascii.ecsv")
+    assert len(table) == 4 and "anomaly_score" in table.colnames
+
+    found = SkyCoord(table["ra_deg"], table["dec_deg"], unit="deg")
+    ref = SkyCoord([r["ra_deg"] for r in reference], [r["dec_deg"] for r in reference], unit="deg")
+    idx, sep, _ = found.match_to_catalog_sky(ref)
+    matched = sep < radius_arcsec * u.arcsec
+    assert matched.sum() == 1
+    ref_flux = [r["flux_jy"] for r in reference]
+    for row, i, m in zip(table, idx, matched):
+        expected = abs(row["flux_jy"] - (ref_flux[i] if m else 0.0)) / row["local_rms"]
+        assert row["anomaly_score"] == pytest.approx(expected, rel=1e-9)
+
+    _show(page, lab_server, "sky-anomaly", f'sky = lab.job("{job["id"]}").sky()\nsky')
+    page.wait_for_selector(".chw-sky[data-sources='4']", timeout=30_000)
+    for row in (table[int(matched.argmax())], table[int((~matched).argmax())]):
+        x, y = page.evaluate(PROJECT, [[(float(row["ra_deg"]), float(row["dec_deg"]))]])["pixels"][0]
+        _canvas(page).click(position={"x": x, "y": y}, force=True)
+        shown = page.locator(f".chw-sky-row[data-ra='{float(row['ra_deg'])}']")
+        shown.locator("tr[data-column='anomaly_score']").wait_for(timeout=10_000)
+        for column in ("flux_jy", "snr", "anomaly_score"):
+            text = shown.locator(f"tr[data-column='{column}'] td").inner_text()
+            assert float(text) == pytest.approx(float(row[column]), rel=1e-3, abs=1e-4), (column, text)
+    screenshot(page, "widget-sky-anomaly", selector=".chw-sky")

@@ -2,8 +2,8 @@
 
 Reads ``restored.fits`` (and ``residual.fits`` beside it) from a parent
 ImageReconstruction stage, else the job's dataset if that is a FITS image.
-Outputs ``sources.ecsv`` and ``anomalies.ecsv`` (astropy tables: RA/Dec in
-degrees, fluxes in Jy).
+Outputs ``sources.ecsv`` (with each source's ``anomaly_score``) and
+``anomalies.ecsv`` (astropy tables: RA/Dec in degrees, fluxes in Jy).
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class AnomalyDetectionAgent(Agent):
 
         from cosmic_horizons_lab.science.detection import (
             anomalies,
+            anomaly_scores,
             find_sources,
             read_catalogue,
             read_image,
@@ -72,10 +73,13 @@ class AnomalyDetectionAgent(Agent):
         started = time.perf_counter()
         image_path, residual_path = _input_image(job)
         job.report(progress=0.0, stage="reading")
+        stages = job.stages()  # the trace's spans: read, detect, crossmatch, write
+        stages.enter("read")
         img = read_image(image_path)
         residual = read_image(residual_path) if residual_path else None
         job.report(progress=0.3, stage="finding sources", vram_usage=peak_host_memory_bytes())
         detect_sigma = float(p.get("detect_sigma", 5.0))
+        stages.enter("detect")
         sources, sigma = find_sources(img, detect_sigma=detect_sigma,
                                       island_sigma=float(p.get("island_sigma", 3.0)),
                                       box=p.get("rms_box"), step=p.get("rms_step"))
@@ -94,6 +98,7 @@ class AnomalyDetectionAgent(Agent):
             else img.beam_fwhm_deg
         job.report(progress=0.6, stage="cross-matching", sources_found=len(sources),
                    image_rms=sigma, vram_usage=peak_host_memory_bytes())
+        stages.enter("crossmatch")
         anomaly_table = anomalies(sources, reference, match_radius_deg=radius,
                                   flux_tolerance=float(p.get("flux_tolerance", 0.2)),
                                   residual=residual,
@@ -101,8 +106,12 @@ class AnomalyDetectionAgent(Agent):
                                   # a reference source is missing only where this image could
                                   # show it: inside it, and above the detection threshold
                                   footprint=img, min_flux_jy=detect_sigma * sigma)
+        # per source, for the sky map's row: |S − S_ref| / local σ (science/detection.py)
+        sources["anomaly_score"] = anomaly_scores(sources, reference, match_radius_deg=radius)
+        stages.enter("write")
         sources.write(job.outputs / "sources.ecsv", format="ascii.ecsv", overwrite=True)
         anomaly_table.write(job.outputs / "anomalies.ecsv", format="ascii.ecsv", overwrite=True)
+        stages.close()
         names, counts = np.unique(np.asarray(anomaly_table["kind"], str), return_counts=True)
         kinds = {str(k): int(c) for k, c in zip(names, counts)}
         elapsed = time.perf_counter() - started

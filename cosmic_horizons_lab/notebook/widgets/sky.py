@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 #: The image outputs a job's layer is chosen from, in this order (as ``job.image()`` does).
 IMAGE_NAMES = ("restored.fits", "image.fits", "dirty.fits")
 #: The columns of a source's row the view shows when it is clicked.
-ROW_COLUMNS = ("ra_deg", "dec_deg", "flux_jy", "peak_jy_beam", "snr", "npix", "id")
+ROW_COLUMNS = ("ra_deg", "dec_deg", "flux_jy", "peak_jy_beam", "snr", "anomaly_score", "npix", "id")
 #: How close (degrees) an anomaly's position must be to a source's to be that source's.
 SAME_POSITION_DEG = 1e-6
 
@@ -44,7 +44,8 @@ def _plain(value: Any) -> Any:
 
 def source_rows(sources: Iterable[dict[str, Any]], anomalies: Iterable[dict[str, Any]] = (),
                 job_id: str | None = None) -> list[dict[str, Any]]:
-    """Rows the map shows: position, flux, SNR, and the anomaly found at the same position, if any."""
+    """Rows the map shows: position, flux, SNR, anomaly score (AnomalyDetection's per-source column), and
+    the anomaly found at the same position, if any."""
     flagged = [(float(a["ra_deg"]), float(a["dec_deg"]), a) for a in anomalies
                if a.get("ra_deg") is not None and a.get("dec_deg") is not None]
     rows = []
@@ -58,8 +59,8 @@ def source_rows(sources: Iterable[dict[str, Any]], anomalies: Iterable[dict[str,
             if abs(ara - row["ra_deg"]) < SAME_POSITION_DEG and abs(adec - row["dec_deg"]) < SAME_POSITION_DEG:
                 row["anomaly"] = _plain(a.get("kind"))
                 row["anomaly_detail"] = _plain(a.get("detail"))
-                score = a.get("score", a.get("anomaly_score"))  # when the catalogue carries one
-                if score is not None:
+                score = a.get("score", a.get("anomaly_score"))  # the source's own column comes first
+                if score is not None and row.get("anomaly_score") is None:
                     row["anomaly_score"] = _plain(score)
         rows.append(row)
     return rows

@@ -3,14 +3,20 @@
 A footprint is read once per job status by the science worker (the server imports no astropy):
 from the job's image — its own FITS output, else its parents' (an AnomalyDetection stage), else a
 FITS dataset — as the image's extent; or else from its visibilities as the phase centre and the
-primary beam. Footprints are filled in lazily, when the sky is asked for: no hook in the job
-lifecycle, and a job whose status changed since (its image now written) is read again.
+primary beam (its own dataset's, else its parents'). A job's footprint is read when it ends: the
+transition hook (:meth:`Coverage.on_transition`) only notes the job in the transition's
+transaction, and after the commit a background task reads it through the worker (a child process,
+seconds), so the transition never waits on it and the coverage is ready when the sky is asked for.
+The first request stays the fallback: a job without a footprint for its current status (one that
+ended before this server started, or whose read failed) is read then.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,11 +27,12 @@ import sqlalchemy as sa
 
 from cosmic_horizons_lab.protocol import jobdir
 from cosmic_horizons_lab.protocol.clock import isoformat, utcnow
+from cosmic_horizons_lab.protocol.states import is_terminal
 from cosmic_horizons_lab.server.api.requests import job_query
 from cosmic_horizons_lab.server.datasets import DatasetRegistry
 from cosmic_horizons_lab.server.errors import BadRequest, LabError
 from cosmic_horizons_lab.server.science_worker import ScienceUnavailable, run_science
-from cosmic_horizons_lab.server.store.database import Store
+from cosmic_horizons_lab.server.store.database import Store, Tx
 from cosmic_horizons_lab.server.store.orm import JobRecord, SkyFootprint
 
 #: Image outputs in the order a job's picture is chosen (the same order as the notebook's job.image()).
@@ -37,6 +44,8 @@ MAX_ORDER = 14
 COVERAGE_PARAMS = ("agent", "status", "from_date", "to_date", "dataset_id", "order")
 
 Worker = Callable[[str, list[str]], Any]
+
+log = logging.getLogger(__name__)
 
 
 class SkyUnavailable(LabError):
@@ -88,6 +97,64 @@ class Coverage:
         self.worker = worker
         self._mocs: dict[tuple[Any, ...], dict[str, list[int]]] = {}
         self._lock = asyncio.Lock()
+        #: ended jobs whose footprint is owed: user → job ids (filled after each commit)
+        self._owed: dict[str, set[str]] = {}
+        self._task: asyncio.Task | None = None
+
+    # -- at job end: read in the background --------------------------------------------------
+    def on_transition(self, tx: Tx, job: JobRecord, previous: str) -> None:
+        """Owe the footprint of a job that ended (orchestrator transition hook).
+
+        Nothing is read here: the job is noted in the transaction, and after its commit a
+        background task reads it, so the transition is not held up by the worker.
+        """
+        if not is_terminal(job.status):
+            return
+        pending: list[tuple[str, str]] = tx.session.info.setdefault("sky_footprints_pending", [])
+        if not pending:
+            sa.event.listen(tx.session.sync_session, "after_commit", self._committed, once=True)
+        pending.append((job.user, job.id))
+
+    def _committed(self, session: Any) -> None:
+        for user, job_id in session.info.pop("sky_footprints_pending", []):
+            self._owed.setdefault(user, set()).add(job_id)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller): the first sky request reads them
+            return
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._read_owed())
+
+    async def _read_owed(self) -> None:
+        """Read the owed footprints, a batch per user and worker call, until none is owed."""
+        await asyncio.sleep(0.05)  # jobs ending together share one worker start
+        while self._owed:
+            owed, self._owed = self._owed, {}
+            for user, ids in owed.items():
+                try:
+                    async with self.store.read() as session:
+                        jobs = (await session.scalars(sa.select(JobRecord).where(JobRecord.id.in_(ids)))).all()
+                    if jobs:
+                        await self._read(user, list(jobs))
+                except asyncio.CancelledError:
+                    raise
+                except SkyUnavailable as exc:  # no science extra here: the sky request will say so
+                    log.debug("footprints of ended jobs not read: %s", exc)
+                except Exception:  # the first sky request reads it again; nothing is lost
+                    log.warning("reading the footprints of %d ended job(s) failed", len(ids), exc_info=True)
+
+    async def idle(self) -> None:
+        """Wait until no footprint is owed (the tests wait on it)."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+    async def stop(self) -> None:
+        """Stop reading owed footprints (what is left is read on the first request after a restart)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):  # the task catches its own errors
+                await self._task
+        self._task = None
 
     def image_of(self, job: JobRecord, parents: dict[str, JobRecord]) -> Path | None:
         """The FITS picture a job's footprint is read from: its own, its parents', or a FITS dataset."""
@@ -102,6 +169,14 @@ class Coverage:
         dataset = self.datasets.get(job.dataset_id) if job.dataset_id else None
         if dataset is not None and dataset.path.suffix.lower() in (".fits", ".fit") and dataset.path.is_file():
             return dataset.path
+        return None
+
+    def dataset_of(self, job: JobRecord, parents: dict[str, JobRecord]) -> Any | None:
+        """The visibilities a footprint without an image is read from: the job's dataset, else its parents'."""
+        for candidate in [job, *(parents[p] for p in (job.depends_on or []) if p in parents)]:
+            dataset = self.datasets.get(candidate.dataset_id) if candidate.dataset_id else None
+            if dataset is not None:
+                return dataset
         return None
 
     async def footprints(self, user: str, query: dict[str, str]) -> list[dict[str, Any]]:
@@ -141,7 +216,7 @@ class Coverage:
             items = []
             for job in jobs:
                 image = self.image_of(job, parents)
-                dataset = self.datasets.get(job.dataset_id) if job.dataset_id and image is None else None
+                dataset = self.dataset_of(job, parents) if image is None else None
                 items.append({"key": job.id, "image": str(image) if image else None,
                               "dataset": str(dataset.path) if dataset is not None and dataset.path.exists() else None})
             todo = [i for i in items if i["image"] or i["dataset"]]

@@ -20,6 +20,7 @@ export class EventStream {
   private retry = 0;
   private timer: number | undefined;
   private disposed = false;
+  private readonly listeners = new Set<(events: IEvent[]) => void>();
 
   constructor(
     private readonly onEvents: (events: IEvent[]) => void,
@@ -65,6 +66,7 @@ export class EventStream {
         events.sort((a, b) => a.id - b.id);
         this.lastId = events[events.length - 1].id;
         this.onEvents(events);
+        this.listeners.forEach(listener => listener(events));
       }
     };
     socket.onclose = () => {
@@ -75,6 +77,16 @@ export class EventStream {
       this.onState('closed');
       this.schedule();
     };
+  }
+
+  /**
+   * Hand every later batch to `listener` too (the pipeline composer follows its stages' jobs on
+   * the sidebar's one stream, replayed with `after=` on reconnect like the sidebar's own events).
+   * Returns the function that stops it.
+   */
+  listen(listener: (events: IEvent[]) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
   }
 
   private schedule(): void {

@@ -1,18 +1,24 @@
 /**
  * The pipeline composer: stages added from the job form (each with a name and
- * its parents picked from a list), the DAG drawn and checked before
- * submission, `POST pipelines`, and the definition saved to / opened from a
- * `*.pipeline.json` file in the user's tree (so git versions it; the format's
- * JSON Schema is `protocol/pipelines.py`). Once submitted, each stage's
- * node shows its job's state live.
+ * its parents picked from a list, or drawn in the DAG: drag from a stage onto
+ * another to make it its parent, click an edge to remove it), the DAG drawn
+ * and checked before submission, `POST pipelines`, and the definition saved
+ * to / opened from a `*.pipeline.json` file in the user's tree (so git
+ * versions it; the format's JSON Schema is `protocol/pipelines.py`). Once
+ * submitted, each stage's node shows its job's state live, from the event
+ * stream the sidebar follows (no polling; the stream replays what it missed
+ * with `after=` when it reconnects).
  */
 import { Contents } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
-import { jobPath, PIPELINES } from '../api/paths';
+import { EventStream } from '../api/events';
+import { EVENTS_LATEST, PIPELINES } from '../api/paths';
 import { ApiError, requestAPI } from '../api/rest';
 import { JobForm } from '../form/form';
-import { drawDag, IStage, problems } from './dag';
+import { applyEvent, IEvent, IJob } from '../model/jobs';
+import { isTerminal } from '../model/states';
+import { cycleMembers, drawDag, IStage, problems } from './dag';
 
 /** The definition file's `format` (protocol/pipelines.py: PIPELINE_FORMAT). */
 export const PIPELINE_FORMAT = 'cosmic-horizons-pipeline';
@@ -38,10 +44,17 @@ export class PipelineComposer extends Widget {
   private readonly nameInput: HTMLInputElement;
   private readonly parentsSelect: HTMLSelectElement;
   private readonly pathInput: HTMLInputElement;
-  private timer: number | undefined;
+  /** The event stream the stages' states come from: the sidebar's, else one of our own. */
+  private stream: EventStream | null;
+  private ownStream = false;
+  private unlisten: (() => void) | null = null;
+  /** Job id -> its state as the events tell it (also events that come before `POST pipelines` answers). */
+  private readonly jobs = new Map<string, IJob>();
+  private following = false;
 
-  constructor(private readonly contents: Contents.IManager, path = 'my.pipeline.json') {
+  constructor(private readonly contents: Contents.IManager, path = 'my.pipeline.json', events?: EventStream) {
     super();
+    this.stream = events ?? null;
     this.id = `cosmic-horizons-composer-${Math.random().toString(36).slice(2, 8)}`;
     this.addClass('ch-composer');
     this.title.label = 'Pipeline composer';
@@ -131,6 +144,44 @@ export class PipelineComposer extends Widget {
     this.render();
   }
 
+  /** Make `parent` a parent of `child` (an edge drawn in the DAG); a cycle is refused. */
+  connect(parent: string, child: string): boolean {
+    const stage = this.stages.find(s => s.name === child);
+    if (!stage || parent === child || !this.stages.some(s => s.name === parent)) {
+      return false;
+    }
+    if (stage.depends_on.includes(parent)) {
+      this.say(`"${child}" already runs after "${parent}"`, 'ok');
+      return false;
+    }
+    const next = this.stages.map(s => (s === stage ? { ...s, depends_on: [...s.depends_on, parent] } : s));
+    const cycle = cycleMembers(next);
+    if (cycle.size) {
+      this.say(`Not added: "${parent}" → "${child}" would make a cycle (${Array.from(cycle).join(' → ')})`, 'error');
+      return false;
+    }
+    this.stages = next;
+    this.edited();
+    this.say(`"${child}" now runs after "${parent}"`, 'ok');
+    return true;
+  }
+
+  /** Remove the edge `parent` → `child` (a click on it in the DAG). */
+  disconnect(parent: string, child: string): void {
+    this.stages = this.stages.map(s =>
+      s.name === child ? { ...s, depends_on: s.depends_on.filter(p => p !== parent) } : s
+    );
+    this.edited();
+    this.say(`"${child}" no longer runs after "${parent}"`, 'ok');
+  }
+
+  /** The stages changed: what was submitted before no longer describes them. */
+  private edited(): void {
+    this.jobIds.clear();
+    this.status.clear();
+    this.render();
+  }
+
   /** Stages list, parents choices, DAG and problems, from `this.stages`. */
   render(): void {
     const chosen = new Set(this.selectedParents());
@@ -168,7 +219,14 @@ export class PipelineComposer extends Widget {
         return li;
       })
     );
-    drawDag(this.svg, this.stages, this.status);
+    this.draw();
+  }
+
+  private draw(): void {
+    drawDag(this.svg, this.stages, this.status, {
+      onConnect: (parent, child) => this.connect(parent, child),
+      onRemoveEdge: (parent, child) => this.disconnect(parent, child)
+    });
   }
 
   private say(text: string, state: 'ok' | 'error'): void {
@@ -184,6 +242,8 @@ export class PipelineComposer extends Widget {
       return;
     }
     try {
+      await this.subscribe();
+      this.following = true;
       const answer = await requestAPI<any>(PIPELINES, {
         method: 'POST',
         body: JSON.stringify({ stages: this.stages })
@@ -194,38 +254,83 @@ export class PipelineComposer extends Widget {
       this.jobIds.clear();
       for (const [name, id] of Object.entries(ids)) {
         this.jobIds.set(name, id);
-        this.status.set(name, jobs.find(j => j?.id === id)?.status ?? 'QUEUED');
+        // What the events said already (they can come before this answer), else the answer's state.
+        const known = this.jobs.get(id);
+        const job: IJob = known ?? { id, status: jobs.find(j => j?.id === id)?.status ?? 'QUEUED' };
+        this.jobs.set(id, job);
+        this.status.set(name, job.status);
       }
       this.say(`Submitted pipeline ${answer?.pipeline_id ?? ''}`.trim(), 'ok');
       this.render();
-      this.follow();
+      this.settle();
     } catch (error) {
+      this.settle();
       const field = error instanceof ApiError ? error.field : null;
       this.say(field ? `${field}: ${(error as Error).message}` : (error as Error).message, 'error');
     }
   }
 
-  /** Poll the stages' jobs until all have ended, redrawing their states. */
-  private follow(): void {
-    window.clearInterval(this.timer);
-    const terminal = new Set(['COMPLETED', 'FAILED', 'CANCELLED']);
-    this.timer = window.setInterval(async () => {
-      for (const [name, id] of this.jobIds) {
-        if (terminal.has(this.status.get(name) ?? '')) {
-          continue;
-        }
-        try {
-          const job = await requestAPI<any>(jobPath(id));
-          this.status.set(name, job.status);
-        } catch {
-          // The next round asks again.
-        }
+  /** Follow the event stream (the sidebar's, else our own, started after the newest event). */
+  private async subscribe(): Promise<void> {
+    if (this.unlisten) {
+      return;
+    }
+    if (!this.stream) {
+      const stream = new EventStream(() => undefined);
+      try {
+        const latest = await requestAPI<any>(EVENTS_LATEST);
+        stream.lastId = Number(latest?.last_event_id ?? 0);
+      } catch {
+        // An older server: replay from the start, which also misses nothing.
       }
-      drawDag(this.svg, this.stages, this.status);
-      if (Array.from(this.jobIds.keys()).every(n => terminal.has(this.status.get(n) ?? ''))) {
-        window.clearInterval(this.timer);
+      stream.connect();
+      this.stream = stream;
+      this.ownStream = true;
+    }
+    this.unlisten = this.stream.listen(events => this.onEvents(events));
+  }
+
+  /** Each job event moves its stage's node; the DAG is redrawn once per batch. */
+  private onEvents(events: IEvent[]): void {
+    if (!this.following) {
+      return;
+    }
+    const ours = new Set(this.jobIds.values());
+    let changed = false;
+    for (const event of events) {
+      const id = event.job_id;
+      if (!id || !event.type.startsWith('job.')) {
+        continue;
       }
-    }, 1000);
+      // Until POST pipelines answers, the stages' ids are unknown: keep every job's state.
+      if (ours.size && !ours.has(id)) {
+        continue;
+      }
+      const job = this.jobs.get(id) ?? { id, status: 'QUEUED' };
+      this.jobs.set(id, job);
+      changed = applyEvent(job, event) || changed;
+    }
+    if (!changed || !ours.size) {
+      return;
+    }
+    for (const [name, id] of this.jobIds) {
+      const status = this.jobs.get(id)?.status;
+      if (status) {
+        this.status.set(name, status);
+      }
+    }
+    this.draw();
+    this.settle();
+  }
+
+  /** Once every stage's job has ended, stop following (and drop the states of others' jobs). */
+  private settle(): void {
+    const ids = Array.from(this.jobIds.values());
+    if (ids.length && !ids.every(id => isTerminal(this.jobs.get(id)?.status ?? ''))) {
+      return;
+    }
+    this.following = false;
+    this.jobs.clear();
   }
 
   /** The definition file: what the composer holds, in the format protocol/pipelines.py describes. */
@@ -266,7 +371,10 @@ export class PipelineComposer extends Widget {
   }
 
   dispose(): void {
-    window.clearInterval(this.timer);
+    this.unlisten?.();
+    if (this.ownStream) {
+      this.stream?.dispose();
+    }
     this.form.dispose();
     super.dispose();
   }

@@ -1,7 +1,9 @@
 /**
  * A pipeline's stages as a DAG: the checks made before submission (unknown
  * parents, cycles, names used twice; the server makes them again) and a
- * layered SVG drawing (a stage one column right of its deepest parent).
+ * layered SVG drawing (a stage one column right of its deepest parent) in
+ * which edges are drawn by mouse: drag from a stage (or its output handle)
+ * onto another to make the first its parent; click an edge to remove it.
  */
 import { ISubmission } from '../form/form';
 
@@ -88,8 +90,75 @@ const H = 40;
 const GAP_X = 50;
 const GAP_Y = 16;
 
-/** Draw the DAG into `svg`; `status` colours a stage by its job's state. */
-export function drawDag(svg: SVGSVGElement, stages: IStage[], status: Map<string, string> = new Map()): void {
+/** What the drawing does when the user draws or clicks an edge. */
+export interface IDagEditing {
+  /** An edge drawn from `parent` onto `child`. */
+  onConnect?: (parent: string, child: string) => void;
+  /** An edge clicked. */
+  onRemoveEdge?: (parent: string, child: string) => void;
+}
+
+/** A point of the page (client pixels) in the SVG's own coordinates (the drawing is scaled to fit). */
+function toSvg(svg: SVGSVGElement, x: number, y: number): { x: number; y: number } {
+  const ctm = svg.getScreenCTM();
+  if (!ctm) {
+    return { x, y };
+  }
+  const p = new DOMPoint(x, y).matrixTransform(ctm.inverse());
+  return { x: p.x, y: p.y };
+}
+
+/**
+ * Follow a drag that started on stage `from`: a dashed line from its output handle to the
+ * pointer, and on release over another stage, `onConnect(from, that stage)`. A press that
+ * does not move is a click, not an edge.
+ */
+function dragEdge(svg: SVGSVGElement, from: string, origin: { x: number; y: number }, down: PointerEvent,
+                  onConnect: (parent: string, child: string) => void): void {
+  let line: SVGPathElement | null = null;
+  const move = (e: PointerEvent): void => {
+    if (!line && Math.hypot(e.clientX - down.clientX, e.clientY - down.clientY) < 4) {
+      return;
+    }
+    if (!line) {
+      line = document.createElementNS(NS, 'path');
+      line.setAttribute('class', 'ch-drag-edge');
+      line.setAttribute('stroke', 'currentColor');
+      line.setAttribute('stroke-dasharray', '4 3');
+      line.setAttribute('fill', 'none');
+      line.setAttribute('pointer-events', 'none');
+    }
+    if (!line.isConnected) {
+      svg.appendChild(line); // again, if the DAG was redrawn under the drag
+    }
+    const p = toSvg(svg, e.clientX, e.clientY);
+    line.setAttribute('d', `M${origin.x},${origin.y} L${p.x},${p.y}`);
+  };
+  const up = (e: PointerEvent): void => {
+    window.removeEventListener('pointermove', move);
+    window.removeEventListener('pointerup', up);
+    const drawn = line !== null;
+    line?.remove();
+    if (!drawn) {
+      return;
+    }
+    const target = document.elementFromPoint(e.clientX, e.clientY)?.closest('.ch-node') as SVGGElement | null;
+    const to = target?.dataset.stage;
+    if (to && to !== from && svg.contains(target)) {
+      onConnect(from, to);
+    }
+  };
+  window.addEventListener('pointermove', move);
+  window.addEventListener('pointerup', up);
+}
+
+/** Draw the DAG into `svg`; `status` colours a stage by its job's state; `editing` makes edges drawable. */
+export function drawDag(
+  svg: SVGSVGElement,
+  stages: IStage[],
+  status: Map<string, string> = new Map(),
+  editing: IDagEditing = {}
+): void {
   const column = columns(stages);
   const cycle = cycleMembers(stages);
   const rows = new Map<number, number>();
@@ -124,6 +193,25 @@ export function drawDag(svg: SVGSVGElement, stages: IStage[], status: Map<string
       path.dataset.from = p;
       path.dataset.to = s.name;
       svg.appendChild(path);
+      if (editing.onRemoveEdge) {
+        // A wide, invisible twin of the edge takes the click (the drawn line is 1 px).
+        const hit = document.createElementNS(NS, 'path');
+        hit.setAttribute('d', path.getAttribute('d')!);
+        hit.setAttribute('class', 'ch-edge-hit');
+        hit.setAttribute('stroke', 'transparent');
+        hit.setAttribute('stroke-width', '12');
+        hit.setAttribute('fill', 'none');
+        hit.setAttribute('pointer-events', 'stroke');
+        hit.style.cursor = 'pointer';
+        hit.dataset.from = p;
+        hit.dataset.to = s.name;
+        const title = document.createElementNS(NS, 'title');
+        title.textContent = `${p} → ${s.name}: click to remove`;
+        hit.appendChild(title);
+        const remove = editing.onRemoveEdge;
+        hit.addEventListener('click', () => remove(p, s.name));
+        svg.appendChild(hit);
+      }
     }
   }
   for (const s of stages) {
@@ -146,6 +234,28 @@ export function drawDag(svg: SVGSVGElement, stages: IStage[], status: Map<string
     sub.setAttribute('y', String(y + 32));
     sub.textContent = state ? `${s.agent} · ${state}` : s.agent;
     g.append(name, sub);
+    if (editing.onConnect) {
+      // The output handle: where an edge starts (a drag from anywhere on the stage works too).
+      const handle = document.createElementNS(NS, 'circle');
+      handle.setAttribute('class', 'ch-handle');
+      handle.setAttribute('cx', String(x + W));
+      handle.setAttribute('cy', String(y + H / 2));
+      handle.setAttribute('r', '5');
+      handle.setAttribute('fill', 'currentColor');
+      const title = document.createElementNS(NS, 'title');
+      title.textContent = `Drag onto another stage to make "${s.name}" its parent`;
+      handle.appendChild(title);
+      g.appendChild(handle);
+      g.style.cursor = 'crosshair';
+      const connect = editing.onConnect;
+      g.addEventListener('pointerdown', e => {
+        if (e.button !== 0) {
+          return;
+        }
+        e.preventDefault();
+        dragEdge(svg, s.name, { x: x + W, y: y + H / 2 }, e, connect);
+      });
+    }
     svg.appendChild(g);
   }
 }

@@ -5,15 +5,28 @@
  */
 import { JupyterFrontEnd } from '@jupyterlab/application';
 
+import { EventStream } from '../api/events';
+
 import { selectedPath } from '../form/plugin';
 import { PipelineComposer } from './composer';
 
 export const CMD_COMPOSER = 'cosmic-horizons:pipeline-composer';
 export const CMD_OPEN_PIPELINE = 'cosmic-horizons:open-pipeline';
 
+/** The jobs sidebar's event stream, which the composer follows too (one WebSocket per page). */
+function sidebarEvents(app: JupyterFrontEnd): EventStream | undefined {
+  for (const widget of app.shell.widgets('left')) {
+    const stream = (widget as any).eventStream;
+    if (widget.id === 'cosmic-horizons-sidebar' && stream instanceof EventStream) {
+      return stream;
+    }
+  }
+  return undefined;
+}
+
 export function registerComposer(app: JupyterFrontEnd): void {
   const open = async (path?: string): Promise<PipelineComposer> => {
-    const composer = new PipelineComposer(app.serviceManager.contents);
+    const composer = new PipelineComposer(app.serviceManager.contents, undefined, sidebarEvents(app));
     app.shell.add(composer, 'main');
     app.shell.activateById(composer.id);
     if (path) {
