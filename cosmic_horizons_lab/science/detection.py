@@ -231,14 +231,17 @@ def anomalies(sources: Any, reference: Any | None, *, match_radius_deg: float,
     return out
 
 
-def anomaly_scores(sources: Any, reference: Any | None, *, match_radius_deg: float) -> np.ndarray:
+def anomaly_scores(sources: Any, reference: Any | None, *, match_radius_deg: float,
+                   beam_area_pixels: float | None = None) -> np.ndarray:
     """Each source's anomaly score, one per row of the source table (its ``anomaly_score`` column).
 
     How far the source departs from what the reference expects there, in units of its flux's
     noise: ``|S − S_ref| / σ``, where ``S`` is its integrated flux (``flux_jy``), ``S_ref`` the
     flux of the reference source it matches within ``match_radius_deg`` (the same KD-tree match
     as :func:`anomalies`), or 0 where it matches none, and ``σ`` the local noise at the source
-    (``local_rms``: a point source's flux error). A new source's score is thus its own
+    (``local_rms``: a point source's flux error), scaled for a resolved source by
+    ``sqrt(maj·min / beam²)`` when ``beam_area_pixels`` is given (an integral over more beams
+    holds more noise; Condon 1997), never below the point source's. A new source's score is thus its own
     significance, a flux change's the change's; a match of unknown reference flux scores 0.
     Without a reference every source is new. The anomaly catalogue's kinds stay the verdicts
     (thresholds); the score ranks every source, for a map's row beside its flux and SNR.
@@ -248,6 +251,10 @@ def anomaly_scores(sources: Any, reference: Any | None, *, match_radius_deg: flo
     flux = np.asarray(sources["flux_jy"], float)
     noise = np.asarray(sources["local_rms"], float) if "local_rms" in sources.colnames \
         else np.full(len(flux), float(sources.meta.get("noise_jy_beam", np.nan)))
+    if beam_area_pixels and {"maj_px", "min_px"} <= set(sources.colnames):
+        beam_fwhm_sq = beam_area_pixels * 4 * np.log(2) / np.pi
+        size = np.asarray(sources["maj_px"], float) * np.asarray(sources["min_px"], float) / beam_fwhm_sq
+        noise = noise * np.sqrt(np.maximum(np.nan_to_num(size, nan=1.0), 1.0))
     expected = np.zeros(len(flux))
     if reference is not None and len(reference) and len(flux):
         rflux = np.asarray(reference["flux_jy"], float) if "flux_jy" in reference.colnames \

@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 from .conftest import ARTIFACTS, copy_to_docs, screenshot
@@ -266,8 +267,12 @@ def test_a_source_of_anomaly_detection_shows_its_flux_snr_and_anomaly_score(page
     matched = sep < radius_arcsec * u.arcsec
     assert matched.sum() == 1
     ref_flux = [r["flux_jy"] for r in reference]
+    # the flux's noise: the local σ, times sqrt(source area / beam area) for a resolved source
+    # (Condon 1997); this image has no beam in its header, so its beam is one pixel
+    beam_fwhm_sq = 4 * np.log(2) / np.pi
     for row, i, m in zip(table, idx, matched):
-        expected = abs(row["flux_jy"] - (ref_flux[i] if m else 0.0)) / row["local_rms"]
+        noise = row["local_rms"] * np.sqrt(max(row["maj_px"] * row["min_px"] / beam_fwhm_sq, 1.0))
+        expected = abs(row["flux_jy"] - (ref_flux[i] if m else 0.0)) / noise
         assert row["anomaly_score"] == pytest.approx(expected, rel=1e-9)
 
     _show(page, lab_server, "sky-anomaly", f'sky = lab.job("{job["id"]}").sky()\nsky')

@@ -107,7 +107,8 @@ class AnomalyDetectionAgent(Agent):
                                   # show it: inside it, and above the detection threshold
                                   footprint=img, min_flux_jy=detect_sigma * sigma)
         # per source, for the sky map's row: |S − S_ref| / local σ (science/detection.py)
-        sources["anomaly_score"] = anomaly_scores(sources, reference, match_radius_deg=radius)
+        sources["anomaly_score"] = anomaly_scores(sources, reference, match_radius_deg=radius,
+                                                  beam_area_pixels=img.beam_area_pixels)
         stages.enter("write")
         sources.write(job.outputs / "sources.ecsv", format="ascii.ecsv", overwrite=True)
         anomaly_table.write(job.outputs / "anomalies.ecsv", format="ascii.ecsv", overwrite=True)
