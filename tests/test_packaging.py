@@ -90,12 +90,22 @@ def _third_party_imports() -> dict[str, set[str]]:
     return found
 
 
+#: Modules of the core layers that run only when an extra is installed and configured, with that
+#: extra: the server imports them only then (the bridge when ``event_bus_url`` is set).
+EXTRA_ONLY_MODULES = {"cosmic_horizons_lab/server/bridge/nats.py": "bus"}
+
+
 def test_every_import_of_the_core_layers_is_a_core_dependency():
     dists = packages_distributions()
     core = _core()
     problems = []
     for module, where in sorted(_third_party_imports().items()):
         names = {_norm(d) for d in dists.get(module, [])}
+        extras = {EXTRA_ONLY_MODULES.get(w) for w in where}
+        if None not in extras:  # imported only by modules of an extra: from that extra
+            if not names & core and not any(names & _extra(e) for e in extras):
+                problems.append(f"{module} (imported by {sorted(where)[0]}) is not in the {sorted(extras)} extra")
+            continue
         if not names:
             problems.append(f"{module} (imported by {sorted(where)[0]}) is not installed here")
         elif not names & core:

@@ -3,6 +3,8 @@
 Samples come from ``gpus/history`` (the server's one NVML sampler) and travel
 to the view as binary buffers (float64 times, float32 matrices), not JSON.
 A server where NVML finds no GPU shows a clear "No GPU on this server" state.
+Below, ``nodes`` (from ``GET gpus``) lists the GPUs per node: the server's host and every
+compute node jobs sampled themselves on recently, each GPU with the job holding it.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class GpuHeatmap(LiveWidget):
     mem = traitlets.Bytes(b"", help="Memory used % of total, float32, GPUs × times.").tag(sync=True)
     window = traitlets.Float(300.0, help="Seconds of history shown.").tag(sync=True)
     loaded = traitlets.Bool(False, help="True once the first answer came.").tag(sync=True)
+    nodes = traitlets.List(help="GPUs per node, as GET gpus lists them (host, source, gpus with job_id).").tag(sync=True)
 
     def __init__(self, lab: "Lab", *, seconds: float = 300.0, refresh: float = 2.0, poll: bool = True) -> None:
         self._lab = lab
@@ -88,11 +91,14 @@ class GpuHeatmap(LiveWidget):
 
     def _poll(self) -> None:
         while not self._stop.is_set():
+            nodes: list = []
             try:
                 self.update_from(self._lab.gpu_history(self.window))
+                nodes = list(self._lab.client.gpus().get("nodes") or [])
+                self.stage(nodes=nodes)
             except Exception as exc:
                 self.report_error(exc)
-            if not self.available and self.loaded:
+            if not self.available and self.loaded and not nodes:
                 # No GPU now means none for this server's life: stop asking often.
                 self._stop.wait(30.0)
             else:

@@ -102,6 +102,21 @@ class CostModel:
             gpu_hours=gpu_hours, cost_usd=gpu_hours * self.gpu_hourly_rate, su=nodes * billed * self.su_rate,
         )
 
+    def measured(self, job: JobRecord, gpus: int, nodes: int) -> CostEstimate | None:
+        """The price of what the job's own samples say it held: ``gpus`` GPUs on ``nodes`` nodes for
+        its wall time (None when it never ran). GPU-hours = sampled GPUs × wall hours; SUs by
+        TACC's rule on the nodes sampled (one on the local backend)."""
+        if job.started_at is None or job.completed_at is None:
+            return None
+        hours = max(0.0, (job.completed_at - job.started_at).total_seconds() / 3600)
+        billed_nodes = 1 if self.single_node else max(1, nodes)
+        gpu_hours = gpus * hours
+        return CostEstimate(
+            wall_hours=hours, gpu_count=gpus, nodes=billed_nodes, queue=self.queue, su_rate=self.su_rate,
+            gpu_hours=gpu_hours, cost_usd=gpu_hours * self.gpu_hourly_rate,
+            su=billed_nodes * max(hours, MIN_CHARGE_HOURS) * self.su_rate,
+        )
+
     def reservation_hours(self, max_runtime_seconds: int | None) -> float:
         return max_runtime_seconds / 3600 if max_runtime_seconds else self.reserve_hours
 

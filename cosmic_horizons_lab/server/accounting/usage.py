@@ -1,6 +1,11 @@
 """``GET jobs/metrics``: what a user's jobs achieved and cost, overall, by agent and by period.
 
-GPU utilisation is *measured*: the mean of the telemetry samples
+A job that sampled its own GPUs (``job_samples``, taken inside the job on its node: see
+``server/jobs/samples.py``) is measured by those samples: its GPU-hours are the GPUs it sampled ×
+its wall time, its cost and SUs follow from them (``CostModel.measured``), and its utilisation
+is the mean of its samples (``measured_jobs`` counts such jobs). A job without them falls back
+to what follows: the charge recorded when it ended (``gpu_count`` × wall time), and for
+utilisation the server host's telemetry samples
 (``gpu_samples``) taken while each job ran, on the GPUs it was given (the
 local backend records its slots in the job's ``local.json``; slot i is GPU
 i). A job with no samples (no GPU, or telemetry off) has no utilisation —
@@ -18,7 +23,7 @@ import json
 from collections import defaultdict
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -30,14 +35,21 @@ from cosmic_horizons_lab.protocol.states import TERMINAL
 from cosmic_horizons_lab.server.store.orm import GpuSample, JobRecord
 from cosmic_horizons_lab.server.store.database import Store
 
+if TYPE_CHECKING:
+    from cosmic_horizons_lab.server.jobs.samples import JobSamples
+
 PERIODS = ("day", "week", "month")
 
 
 class Usage:
-    def __init__(self, store: Store, costs: CostModel, work_dir: Path | None = None) -> None:
+    def __init__(
+        self, store: Store, costs: CostModel, work_dir: Path | None = None, samples: "JobSamples | None" = None,
+    ) -> None:
         self.store = store
         self.costs = costs
         self.work_dir = work_dir
+        #: ``JobSamples`` (server/jobs/samples.py): the jobs' own samples, when the app has them
+        self.samples = samples
 
     async def status_counts(self, server_id: str) -> dict[str, int]:
         async with self.store.read() as session:
@@ -108,6 +120,11 @@ class Usage:
         async with self.store.read() as session:
             jobs = list((await session.scalars(sa.select(JobRecord).where(*conds).order_by(JobRecord.created_at))).all())
         samples = await self.utilization_by_job(jobs)
+        if self.samples is not None:
+            own = await self.samples.usage_by_job([j.id for j in jobs if j.status in TERMINAL])
+            for job in jobs:
+                if job.id in own:
+                    samples[job.id] = own[job.id]
         by_agent: dict[str, list[JobRecord]] = defaultdict(list)
         by_period: dict[str, list[JobRecord]] = defaultdict(list)
         for job in jobs:
@@ -127,21 +144,35 @@ class Usage:
             "by_period": [{"period": key, **self._summary(js, samples)} for key, js in sorted(by_period.items())],
         }
 
-    def _summary(self, jobs: list[JobRecord], samples: dict[str, list[float]]) -> dict[str, Any]:
+    def _summary(self, jobs: list[JobRecord], samples: dict[str, Any]) -> dict[str, Any]:
         done = [j for j in jobs if j.status == "COMPLETED"]
         failed = sum(1 for j in jobs if j.status == "FAILED")
         cancelled = sum(1 for j in jobs if j.status == "CANCELLED")
         runtimes = [(j.completed_at - j.started_at).total_seconds() / 60 for j in done if j.started_at and j.completed_at]
         gpu_hours = cost = su = 0.0
+        util_sum, util_n, measured_jobs = 0.0, 0, 0
         for j in jobs:
+            own = samples.get(j.id)
+            if isinstance(own, dict):  # the job's own samples: {"gpus", "nodes", "utilization", "samples"}
+                util_sum += own["utilization"] * own["samples"]
+                util_n += own["samples"]
+            elif own:  # the server host's telemetry during the job: a list of percentages
+                util_sum += sum(own)
+                util_n += len(own)
             if j.status not in TERMINAL:
+                continue
+            price = self.costs.measured(j, own["gpus"], own["nodes"]) if isinstance(own, dict) else None
+            if price is not None:
+                measured_jobs += 1
+                gpu_hours += price.gpu_hours
+                cost += price.cost_usd
+                su += price.su
                 continue
             if j.gpu_hours is None:  # ended before costs were recorded: price it the same way now
                 self.costs.charge(j)
             gpu_hours += j.gpu_hours or 0.0
             cost += j.cost_usd or 0.0
             su += j.su_charged or 0.0
-        measured = [u for j in jobs for u in samples.get(j.id, [])]
         return {
             "total_jobs": len(jobs),
             "completed": len(done),
@@ -151,8 +182,9 @@ class Usage:
             "success_rate": round(len(done) / (len(done) + failed), 6) if done or failed else None,
             "average_runtime_minutes": round(sum(runtimes) / len(runtimes), 6) if runtimes else None,
             "gpu_hours": round(gpu_hours, 6),
-            "gpu_utilization": round(sum(measured) / len(measured), 3) if measured else None,
-            "gpu_utilization_samples": len(measured),
+            "gpu_utilization": round(util_sum / util_n, 3) if util_n else None,
+            "gpu_utilization_samples": util_n,
+            "measured_jobs": measured_jobs,
             "cost_usd": round(cost, 6),
             "su_charged": round(su, 6),
         }

@@ -128,3 +128,93 @@ export function drawHeatmap(canvas: HTMLCanvasElement, data: IHeatmapData): void
   ctx.fillText('now', left + plotW, yAxis);
   ctx.textAlign = 'left';
 }
+
+/** One GPU (or a CPU-only job's reading) of a node, as `GET gpus` lists it in `nodes`. */
+export interface INodeGpu {
+  kind: 'gpu' | 'cpu';
+  uuid: string | null;
+  index: number | null;
+  name?: string | null;
+  utilization: number;
+  memory_bytes?: number | null;
+  memory_total_bytes?: number | null;
+  power_watts?: number | null;
+  temperature_c?: number | null;
+  /** The caller's job on it (null for another user's job, or none). */
+  job_id: string | null;
+  job_status?: string | null;
+  held: boolean;
+}
+
+/** A node: the server's host (`source: server`) or a compute node jobs sampled themselves on. */
+export interface INode {
+  host: string;
+  source: 'server' | 'jobs';
+  gpus: INodeGpu[];
+}
+
+/** The nodes of a `GET gpus` answer (none when it has no `nodes`). */
+export function nodesOf(inventory: any): INode[] {
+  return Array.isArray(inventory?.nodes) ? (inventory.nodes as INode[]) : [];
+}
+
+function cellText(g: INodeGpu): string {
+  const gib = (n?: number | null) => (n ? `${(n / 2 ** 30).toFixed(1)} GiB` : '');
+  const parts = [
+    g.kind === 'gpu' ? `GPU ${g.index ?? '?'}${g.name ? ` (${g.name})` : ''}` : 'CPU of a job',
+    `${Math.round(g.utilization)}%`
+  ];
+  if (g.memory_bytes) {
+    parts.push(g.memory_total_bytes && g.kind === 'gpu' ? `${gib(g.memory_bytes)} of ${gib(g.memory_total_bytes)}` : gib(g.memory_bytes));
+  }
+  if (g.power_watts !== null && g.power_watts !== undefined) {
+    parts.push(`${Math.round(g.power_watts)} W`);
+  }
+  if (g.temperature_c !== null && g.temperature_c !== undefined) {
+    parts.push(`${Math.round(g.temperature_c)} °C`);
+  }
+  parts.push(g.job_id ? `job ${g.job_id}${g.job_status ? ` (${g.job_status})` : ''}` : g.held ? "another user's job" : 'free');
+  if (g.uuid) {
+    parts.push(g.uuid);
+  }
+  return parts.join(' · ');
+}
+
+/**
+ * Draw the GPUs per node into ``el``: one row per node (its host name), one square per GPU
+ * coloured by its utilisation, marked with the job that holds it. DOM, not canvas, so each
+ * GPU's details are a tooltip and the tests can read them.
+ */
+export function renderNodes(el: HTMLElement, nodes: INode[]): void {
+  el.replaceChildren();
+  el.dataset.nodes = String(nodes.length);
+  for (const node of nodes) {
+    const row = document.createElement('div');
+    row.className = 'chw-node';
+    row.dataset.host = node.host;
+    row.dataset.source = node.source;
+    row.style.cssText = 'display:flex;align-items:center;gap:4px;margin:2px 0;font-size:11px';
+    const label = document.createElement('span');
+    label.className = 'chw-node-host';
+    label.textContent = node.source === 'server' ? `${node.host} (server)` : node.host;
+    label.style.cssText = 'min-width:90px;font-family:var(--jp-code-font-family, monospace)';
+    row.append(label);
+    for (const g of node.gpus) {
+      const cell = document.createElement('span');
+      cell.className = 'chw-node-gpu';
+      cell.dataset.kind = g.kind;
+      cell.dataset.jobId = g.job_id ?? '';
+      cell.dataset.held = String(g.held);
+      cell.title = cellText(g);
+      const pct = g.kind === 'cpu' ? Math.min(100, g.utilization) : g.utilization;
+      cell.style.cssText =
+        `display:inline-flex;align-items:center;justify-content:center;min-width:26px;height:18px;padding:0 3px;` +
+        `border-radius:2px;background:${colour(pct)};color:${pct > 60 ? '#000' : '#fff'};` +
+        (g.held ? 'outline:2px solid var(--jp-brand-color1, #1976d2);outline-offset:-2px;' : '');
+      const job = g.job_id ? ` ${g.job_id.slice(0, 4)}` : '';
+      cell.textContent = `${g.kind === 'gpu' ? g.index ?? '?' : 'cpu'}${job}`;
+      row.append(cell);
+    }
+    el.append(row);
+  }
+}

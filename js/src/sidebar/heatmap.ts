@@ -2,7 +2,7 @@
  * The sidebar's GPU heatmap data: what `gpus/history` answers, turned into
  * the rows × times arrays that model/heatmap.ts draws.
  */
-import { IGpuInfo, IHeatmapData } from '../model/heatmap';
+import { IGpuInfo, IHeatmapData, nodesOf, renderNodes } from '../model/heatmap';
 
 /** Turn whatever `gpus/history` answers into heatmap data (see design.md). */
 export function heatmapFromHistory(body: any, window: number): IHeatmapData {
@@ -66,4 +66,18 @@ function sample(s: any, total?: number): { ts: number; util: number; mem: number
     mem = (100 * Number(used)) / Number(of);
   }
   return { ts, util, mem };
+}
+
+/**
+ * The sidebar's GPUs per node (the server's host and the compute nodes jobs ran on), under
+ * the heatmap in ``gpuEl``; shown whatever the server's own NVML found.
+ */
+export function showNodes(gpuEl: HTMLElement, inventory: any): void {
+  let el = gpuEl.querySelector('.ch-nodes') as HTMLElement | null;
+  if (!el) {
+    el = document.createElement('div');
+    el.className = 'ch-nodes';
+    gpuEl.append(el);
+  }
+  renderNodes(el, nodesOf(inventory));
 }

@@ -1,6 +1,8 @@
-/** The view of GpuHeatmap: GPUs × time, utilisation and memory; or "no GPU". */
+/** The view of GpuHeatmap: the server's GPUs × time, utilisation and memory (or "no GPU"),
+ * and below it the GPUs per node (the server's host and the compute nodes jobs ran on),
+ * each with the job that holds it. */
 import { noGpuText } from '../model/format';
-import { drawHeatmap, IHeatmapData } from '../model/heatmap';
+import { drawHeatmap, IHeatmapData, renderNodes } from '../model/heatmap';
 import { floats, h, RenderProps, stamp } from './common';
 
 function render({ model, el }: RenderProps): () => void {
@@ -11,9 +13,14 @@ function render({ model, el }: RenderProps): () => void {
   head.append(title, summary);
   const canvas = h('canvas', 'chw-canvas');
   const none = h('div', 'chw-nogpu');
-  root.append(head, canvas, none);
+  const nodes = h('div', 'chw-nodes');
+  root.append(head, canvas, none, nodes);
   el.append(root);
 
+  const updateNodes = () => {
+    renderNodes(nodes, model.get('nodes') ?? []);
+    stamp(root);
+  };
   const update = () => {
     const available = !!model.get('available');
     root.dataset.state = available ? 'ok' : 'none';
@@ -47,11 +54,14 @@ function render({ model, el }: RenderProps): () => void {
   for (const n of names) {
     model.on(n, update);
   }
+  model.on('change:nodes', updateNodes);
   update();
+  updateNodes();
   return () => {
     for (const n of names) {
       model.off(n, update);
     }
+    model.off('change:nodes', updateNodes);
   };
 }
 

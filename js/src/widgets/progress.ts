@@ -1,9 +1,21 @@
-/** The view of JobProgress: one job's status, progress, metrics, and cancel. */
+/** The view of JobProgress: one job's status, progress, metrics, a live chart of its own
+ * resource samples (utilisation and memory, from the kernel's poll of jobs/{id}/resources),
+ * and cancel. */
 import { cancelJob } from '../api/page';
-import { barWidth, formatDuration, fraction, jobName, percent, runSeconds, shortId } from '../model/format';
+import {
+  barWidth,
+  formatBytes,
+  formatDuration,
+  fraction,
+  jobName,
+  percent,
+  runSeconds,
+  shortId
+} from '../model/format';
 import { describeMetrics, metricsLine } from '../model/metrics';
+import { drawSparkline, MEM_COLOUR, UTIL_COLOUR } from '../model/sparkline';
 import { isTerminal, Status } from '../model/states';
-import { h, RenderProps, stamp } from './common';
+import { floats, h, RenderProps, stamp } from './common';
 
 function render({ model, el }: RenderProps): () => void {
   const root = h('div', 'chw chw-progress');
@@ -24,7 +36,14 @@ function render({ model, el }: RenderProps): () => void {
   const error = h('div', 'chw-error');
   const preview = h('img', 'chw-preview');
   const previewNote = h('div', 'chw-note');
-  root.append(head, track, meta, more, error, preview, previewNote);
+  const chart = h('div', 'chw-resources');
+  chart.style.cssText = 'display:none;align-items:center;gap:8px;margin-top:4px;font-size:11px';
+  const spark = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
+  spark.classList.add('chw-sparkline');
+  const chartText = h('span', 'chw-resources-text');
+  chartText.style.color = 'var(--jp-ui-font-color2, #666)';
+  chart.append(spark, chartText);
+  root.append(head, track, meta, chart, more, error, preview, previewNote);
   el.append(root);
 
   cancel.addEventListener('click', async () => {
@@ -88,6 +107,41 @@ function render({ model, el }: RenderProps): () => void {
     // Why there is no picture, in one line (set by the kernel when drawing it failed).
     previewNote.textContent = model.get('preview_error') ?? '';
   };
+  const updateChart = () => {
+    const times = floats(model.get('res_times'), 'f64');
+    const n = times.length;
+    const kind: string = model.get('res_kind') ?? '';
+    chart.dataset.kind = kind;
+    chart.dataset.points = String(n);
+    if (!n) {
+      chart.style.display = 'none';
+      return;
+    }
+    chart.style.display = 'flex';
+    const util = floats(model.get('res_util'), 'f32');
+    const mem = floats(model.get('res_mem'), 'f64');
+    const memTotal = floats(model.get('res_mem_total'), 'f64');
+    // A GPU's memory on the scale of its total; a process's RSS on its own peak (the machine's
+    // total would flatten it to the axis).
+    drawSparkline(spark, { times, util, mem, memTotal: kind === 'gpu' ? memTotal : [] });
+    const what = kind === 'gpu' ? 'GPU' : 'CPU';
+    const memory = kind === 'gpu' ? 'memory' : 'RSS';
+    const latestUtil = `${Math.round(util[n - 1])}%`;
+    const latestMem = formatBytes(mem[n - 1]);
+    const utilText = h('span', 'chw-res-util', `${what} ${latestUtil}`);
+    utilText.style.color = UTIL_COLOUR;
+    const memText = h('span', 'chw-res-mem', `${memory} ${latestMem}`);
+    memText.style.color = MEM_COLOUR;
+    const host = model.get('res_host');
+    chartText.replaceChildren(utilText, ' · ', memText, host ? ` · ${host}` : '');
+    chart.title = `${n} samples of the job's own ${what}${kind === 'gpu' ? 's' : ''}`;
+    stamp(root);
+  };
+  const chartNames = ['change:res_times', 'change:res_util', 'change:res_mem', 'change:res_kind'];
+  for (const name of chartNames) {
+    model.on(name, updateChart);
+  }
+  updateChart();
   model.on('change:job', update);
   model.on('change:preview', updatePreview);
   model.on('change:preview_error', updatePreview);
@@ -95,6 +149,9 @@ function render({ model, el }: RenderProps): () => void {
   updatePreview();
   return () => {
     model.off('change:job', update);
+    for (const name of chartNames) {
+      model.off(name, updateChart);
+    }
     model.off('change:preview', updatePreview);
     model.off('change:preview_error', updatePreview);
     if (previewUrl) {
