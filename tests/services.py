@@ -88,6 +88,72 @@ class PostgresServer:
         return f"postgresql+asyncpg://{self.user}@127.0.0.1:{self.port}/{name}"
 
 
+class NatsServer:
+    """A real ``nats-server`` with JetStream (Debian's package), on a free port, its store in a temp folder.
+
+    ``stop``/``start`` keep the store and the port (an outage and a recovery); ``kill`` is SIGKILL.
+    """
+
+    def __init__(self) -> None:
+        self.bin = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        if not os.path.exists(self.bin):
+            raise RuntimeError("nats-server is not installed: the event bus tests need a real one "
+                               "(apt-get install nats-server, as scripts/setup --test does)")
+        self.dir = Path(tempfile.mkdtemp(prefix="chl-nats-"))
+        self.port = free_port()
+        self.monitor_port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> NatsServer:
+        self.log = open(self.dir / "nats.log", "ab")
+        self.proc = subprocess.Popen(
+            [self.bin, "-js", "-sd", str(self.dir / "store"), "-a", "127.0.0.1", "-p", str(self.port),
+             "-m", str(self.monitor_port)],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # ready when the monitoring endpoint says JetStream is up
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited: {self.tail()}")
+            if self._healthy():
+                return self
+            time.sleep(0.05)
+        raise TimeoutError(f"nats-server did not start in {timeout}s: {self.tail()}")
+
+    def _healthy(self) -> bool:
+        # /healthz answers 200 once the server, JetStream included, is ready
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/healthz", timeout=1) as resp:
+                return resp.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def tail(self) -> str:
+        return (self.dir / "nats.log").read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM), as an operator's restart."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self.proc:
+            self.log.close()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash of the broker."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class LabServer:
     """A ``jupyter server`` with the extension, in its own process, like a user's.
 

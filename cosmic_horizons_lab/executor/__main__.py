@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cosmic_horizons_lab.executor.context import JobContext, append_record
 from cosmic_horizons_lab.protocol.jobdir import JOB_DIR_ENV
+from cosmic_horizons_lab.protocol.tracecontext import TRACEPARENT_ENV
 
 
 def materialize_preset(dataset_id: str, path: Path) -> None:
@@ -59,6 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     if agent_cls is None:
         append_record(job_dir, {"type": "error", "error": f"unknown agent {job.agent!r}"})
         return 1
+    from cosmic_horizons_lab.executor.sampler import ResourceSampler
+
+    # Samples the job's own GPUs (or CPU) until the agent returns; stopped in ``finally``
+    # below, so its last sample is written before the result record that ends the job.
+    sampler = ResourceSampler(job_dir, job.sample_interval).start()
+    # The job's own span, a child of its submission's; the agents' stages are its children.
+    run_span = job.spans.begin("executor.run", **{"host.name": socket.gethostname(), "process.pid": os.getpid()})
+    if run_span is not None:
+        os.environ[TRACEPARENT_ENV] = run_span.traceparent  # what the job starts joins the trace
     try:
         import cosmic_horizons_lab.executor as package
 
@@ -70,16 +80,22 @@ def main(argv: list[str] | None = None) -> int:
             append_record(job_dir, {"type": "result", "result": None})
             return 0
         append_record(job_dir, {"type": "error", "error": f"exited with status {code}"})
+        if run_span is not None:
+            run_span.end(f"exited with status {code}")
         return code
     except BaseException as exc:  # the job's failure, whatever it is, is reported not lost
         tb = traceback.format_exc()
         print(tb, file=sys.stderr, flush=True)
+        job.spans.end_all(exc)  # the stage it failed in, then the run
         append_record(
             job_dir,
             {"type": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": tb[-4000:]},
         )
         return 1
     finally:
+        sampler.stop()
+        if run_span is not None:
+            run_span.end()
         sys.stdout.flush()
         sys.stderr.flush()
     append_record(job_dir, {"type": "result", "result": result})

@@ -11,12 +11,20 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cosmic_horizons_lab.protocol.jobdir import EVENTS_FILE, JOB_DIR_ENV, JOB_FILE, OUTPUTS_DIR
+from cosmic_horizons_lab.executor.tracing import Span, SpanRecorder, StageSpans
+from cosmic_horizons_lab.protocol.jobdir import (
+    EVENTS_FILE,
+    JOB_DIR_ENV,
+    JOB_FILE,
+    OUTPUTS_DIR,
+    TRACEPARENT_KEY,
+)
 
 
 def _now() -> str:
@@ -72,6 +80,11 @@ class JobContext:
     server_root: Path | None = None
     #: The synthetic preset to generate at ``dataset.path`` if the file is missing.
     simulate: str | None = None
+    #: Seconds between resource samples (``executor/sampler.py``); job.json's ``sample_interval``.
+    sample_interval: float = 1.0
+    #: The W3C traceparent of the job's submission (job.json's ``traceparent``); "" when untraced.
+    traceparent: str = ""
+    _spans: SpanRecorder | None = field(default=None, repr=False)
 
     @property
     def outputs(self) -> Path:
@@ -92,7 +105,26 @@ class JobContext:
             user=data.get("user") or "",
             server_root=Path(root) if root else None,
             simulate=(data.get("dataset") or {}).get("simulate"),
+            sample_interval=data.get("sample_interval", 1.0),
+            traceparent=data.get(TRACEPARENT_KEY) or "",
         )
+
+    @property
+    def spans(self) -> SpanRecorder:
+        """The job's span recorder (``spans.jsonl``): ``with job.spans.span("flag"):`` around a stage."""
+        if self._spans is None:
+            self._spans = SpanRecorder(self.job_dir, self.traceparent, {
+                "cosmic.job_id": self.job_id, "cosmic.correlation_id": self.correlation_id,
+                "cosmic.agent": self.agent})
+        return self._spans
+
+    def span(self, name: str, **attributes: Any) -> AbstractContextManager[Span | None]:
+        """A stage of the job as a span of its trace (nothing when the job is untraced)."""
+        return self.spans.span(name, **attributes)
+
+    def stages(self) -> StageSpans:
+        """Consecutive stages as sibling spans: ``stages.enter("flag")`` ends the one before."""
+        return StageSpans(self.spans)
 
     def report(self, progress: float | None = None, **metrics: Any) -> None:
         """Record progress (a fraction 0..1) and metrics; the server turns them into events."""

@@ -14,7 +14,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from cosmic_horizons_lab.protocol.api import API_PREFIX
+from cosmic_horizons_lab.protocol.tracecontext import TRACEPARENT_HEADER, new_traceparent
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,28 @@ def submission(
     return body
 
 
+@contextmanager
+def _client_span(method: str, path: str, headers: dict[str, str]) -> Iterator[None]:
+    """The request as a CLIENT span when the kernel has OpenTelemetry set up, its context in
+    ``headers``; without it (or with no SDK configured) a fresh W3C ``traceparent``, so the
+    server's trace still starts here. A ``traceparent`` the caller gave is kept."""
+    if TRACEPARENT_HEADER in headers:
+        yield
+        return
+    try:
+        from opentelemetry import propagate, trace
+    except ImportError:
+        headers[TRACEPARENT_HEADER] = new_traceparent()
+        yield
+        return
+    tracer = trace.get_tracer("cosmic_horizons_lab.notebook")
+    with tracer.start_as_current_span(f"{method} {path}", kind=trace.SpanKind.CLIENT):
+        propagate.inject(headers)
+        if TRACEPARENT_HEADER not in headers:  # no SDK configured: nothing would record this span
+            headers[TRACEPARENT_HEADER] = new_traceparent()
+        yield
+
+
 class Client:
     """``Client("http://localhost:8888/", token="…")``; every method returns decoded JSON."""
 
@@ -71,6 +95,9 @@ class Client:
         self.api_url = self.base_url + API_PREFIX
         self.token = token
         self.timeout = timeout
+        #: the ``traceparent`` the last request was sent with: its trace is the job's, for a
+        #: submission (find it in the collector by its trace id, the second field)
+        self.last_traceparent: str | None = None
 
     # -- plumbing ----------------------------------------------------------------------
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -99,7 +126,15 @@ class Client:
         if body is not None:
             data = json.dumps(body).encode()
             hdrs["Content-Type"] = "application/json"
-        req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
+        with _client_span(method, path.lstrip("/").split("?")[0], hdrs):
+            self.last_traceparent = hdrs.get(TRACEPARENT_HEADER)
+            req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
+            payload = self._send(req)
+        if raw:
+            return payload
+        return json.loads(payload) if payload else None
+
+    def _send(self, req: urllib.request.Request) -> bytes:
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 payload = resp.read()
@@ -110,9 +145,7 @@ class Client:
             except ValueError:
                 doc = {"error": f"http_{exc.code}", "message": text.decode(errors="replace")[:500], "field": None}
             raise ApiError(exc.code, doc.get("error", ""), doc.get("message", ""), doc.get("field"), doc) from None
-        if raw:
-            return payload
-        return json.loads(payload) if payload else None
+        return payload
 
     # -- jobs --------------------------------------------------------------------------
     def submit(
@@ -123,11 +156,15 @@ class Client:
         *,
         idempotency_key: str | None = None,
         correlation_id: str | None = None,
+        traceparent: str | None = None,
         **fields: Any,
     ) -> dict[str, Any]:
         """Submit one job; the body is :func:`submission`'s (``fields``: priority, webhook_url,
-        depends_on, notes; any other keyword is an agent parameter)."""
+        depends_on, notes; any other keyword is an agent parameter). ``traceparent``: the trace
+        the job joins (default: the current OpenTelemetry span's, else a new trace)."""
         headers = {}
+        if traceparent:
+            headers[TRACEPARENT_HEADER] = traceparent
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
         if correlation_id:

@@ -1,4 +1,5 @@
-"""The job directory: ``<work_dir>/<user>/<job id>/`` with job.json, events.jsonl, stdout.log, outputs/.
+"""The job directory: ``<work_dir>/<user>/<job id>/`` with job.json, events.jsonl, resources.jsonl,
+stdout.log, outputs/.
 
 It is the only thing the server and a running job share, so it is also how
 a new server finds out what happened while it was down.
@@ -20,11 +21,22 @@ EVENTS_FILE = "events.jsonl"  # what happened: appended by the job, one JSON obj
 LOG_FILE = "stdout.log"  # the job's stdout and stderr
 OUTPUTS_DIR = "outputs"  # the job's results
 EXIT_FILE = "exit_code"  # written by the launcher when the job process ends
+#: The job's resource samples, appended by the executor's sampler (``executor/sampler.py``), one
+#: JSON object a line per GPU (or the CPU) per sample; the server ingests them into job_samples.
+RESOURCES_FILE = "resources.jsonl"
 #: ``<launch token> <backend id>``: written atomically by the job's starter as its very first act
 #: (the local starter: its pid; a Slurm batch script: its job id), so a restarted server that
 #: committed the launch's intent (the token) finds what that launch started instead of starting
 #: the job again.
 LAUNCH_TOKEN_FILE = "launch_token"
+#: The job's finished spans, one JSON object a line, appended by the job process
+#: (``executor/tracing.py``) and read by the server when the job ends (``server/tracing.py``):
+#: ``{"name", "trace_id", "span_id", "parent_span_id", "start_ns", "end_ns", "attributes",
+#: "status": "ok"|"error", "error"?}``, times in ns since the Unix epoch.
+SPANS_FILE = "spans.jsonl"
+#: The key of ``job.json`` holding the W3C ``traceparent`` of the job's submission (absent when
+#: the submission carried no trace): the job's spans are its children.
+TRACEPARENT_KEY = "traceparent"
 
 _MAX_TAIL = 4 * 1024 * 1024
 
@@ -53,14 +65,15 @@ def write_job_file(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path / JOB_FILE)
 
 
-def read_records(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
-    """Complete records appended to events.jsonl since ``offset``, and the new offset.
+def read_records(path: Path, offset: int, name: str = EVENTS_FILE) -> tuple[list[dict[str, Any]], int]:
+    """Complete records appended to events.jsonl (or the JSON-lines file ``name``) since
+    ``offset``, and the new offset.
 
     A line still being written (no newline yet) is left for the next read, so
     every record is turned into an event exactly once.
     """
     try:
-        with open(path / EVENTS_FILE, "rb") as fh:
+        with open(path / name, "rb") as fh:
             fh.seek(offset)
             chunk = fh.read(_MAX_TAIL)
     except FileNotFoundError:

@@ -36,6 +36,8 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from cosmic_horizons_lab.protocol.clock import isoformat, utcnow
@@ -43,6 +45,7 @@ from cosmic_horizons_lab.protocol.states import TERMINAL
 from cosmic_horizons_lab.server.api.responses import status_to_json
 from cosmic_horizons_lab.server.store.orm import JobRecord, WebhookDelivery, WebhookSecret
 from cosmic_horizons_lab.server.store.database import Store, Tx
+from cosmic_horizons_lab.server.tracing import Tracing, traceparent_of
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +75,11 @@ class Webhooks:
         timeout: float = 10.0,
         poll_interval: float = 1.0,
         on_attempt: Callable[[bool, float], None] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.store = store
+        #: each attempt is a span ``webhook.deliver`` in the job's trace, sent on as ``traceparent``
+        self.tracing = tracing or Tracing.disabled()
         self.server_id = server_id
         self.api_url = api_url
         self.all_transitions = all_transitions
@@ -198,7 +204,10 @@ class Webhooks:
             heads.setdefault(row.job_id, row)
         due = [r for r in heads.values() if r.next_attempt_at <= now]
         if due:
-            await asyncio.gather(*(self._attempt(r) for r in due[:32]))
+            async with self.store.read() as session:  # their jobs: the trace each delivery joins
+                jobs = {j.id: j for j in (await session.scalars(
+                    sa.select(JobRecord).where(JobRecord.id.in_([r.job_id for r in due[:32]])))).all()}
+            await asyncio.gather(*(self._attempt(r, jobs.get(r.job_id)) for r in due[:32]))
             if len(due) > 32:
                 self._wake.set()
         return len(due)
@@ -208,7 +217,7 @@ class Webhooks:
             await self.secret(user)
         return self._secrets[user]
 
-    async def _attempt(self, row: WebhookDelivery) -> None:
+    async def _attempt(self, row: WebhookDelivery, job: JobRecord | None = None) -> None:
         raw = row.body.encode()
         headers = {
             "Content-Type": "application/json",
@@ -219,6 +228,12 @@ class Webhooks:
             "X-Correlation-ID": json.loads(row.body).get("correlation_id") or "",
             "User-Agent": "cosmic-horizons-lab-webhooks",
         }
+        span = self.tracing.start_job_span("webhook.deliver", job, kind=SpanKind.CLIENT, attributes={
+            "cosmic.webhook.event": row.event, "cosmic.webhook.delivery_id": row.id,
+            "cosmic.webhook.attempt": (row.attempts or 0) + 1}) if job is not None else trace.INVALID_SPAN
+        traceparent = traceparent_of(span)
+        if traceparent:
+            headers["traceparent"] = traceparent  # the receiver's work joins the job's trace
         started = time.monotonic()
         code: int | None = None
         error: str | None = None
@@ -236,6 +251,11 @@ class Webhooks:
             error = f"{type(exc).__name__}: {exc}"
         elapsed = time.monotonic() - started
         ok = error is None
+        if code is not None:
+            span.set_attribute("http.response.status_code", code)
+        if not ok:
+            span.set_status(Status(StatusCode.ERROR, error[:500]))
+        span.end()
         if self.on_attempt is not None:
             self.on_attempt(ok, elapsed)
         async with self.store.write() as tx:

@@ -91,6 +91,8 @@ class AlphaCalAgent(Agent):
         dev.reset_peak_memory(device)
         started = time.perf_counter()
         job.report(progress=0.0, stage="reading", device=dev.device_description(device))
+        stages = job.stages()  # the trace's spans: read, flag, calibrate, write
+        stages.enter("read")
         vs = read_visibilities(source)
         n_vis = vs.n_visibilities
         metrics: dict[str, Any] = {"visibilities_total": n_vis}
@@ -101,6 +103,7 @@ class AlphaCalAgent(Agent):
                        vram_usage=dev.peak_memory_bytes(device), **metrics)
 
         strategy = params.get("rfi_strategy", "medium")
+        stages.enter("flag", **{"cosmic.rfi_strategy": strategy})
         t0 = time.perf_counter()
         flags_before = vs.flags.copy()
         if strategy != "none":
@@ -115,6 +118,7 @@ class AlphaCalAgent(Agent):
             if present.any() else 0.0
         metrics["flagging_visibilities_per_s"] = n_vis / max(flag_s, 1e-9)
 
+        stages.enter("calibrate")
         if params.get("sky_model"):
             sources = sources_from_params(params["sky_model"], vs.phase_centre)
         else:
@@ -144,6 +148,7 @@ class AlphaCalAgent(Agent):
         ratio = calibrated[..., hands][good] / np.broadcast_to(model[..., None], good.shape)[good]
         metrics["calibrated_model_ratio_median"] = float(np.median(ratio.real)) if ratio.size else None
 
+        stages.enter("write")
         job.report(progress=0.9, stage="writing", visibilities_processed=n_vis,
                    vram_usage=dev.peak_memory_bytes(device), **metrics)
         out = job.outputs
@@ -155,6 +160,7 @@ class AlphaCalAgent(Agent):
                             ant1=vs.ant1, ant2=vs.ant2, time_jd=vs.times, freq_hz=vs.freqs,
                             polarizations=np.array(vs.pols))
         cal.save(out / "caltable.npz", vs.times, vs.freqs)
+        stages.close()
         elapsed = time.perf_counter() - started
         metrics.update(visibilities_processed=n_vis, vram_usage=dev.peak_memory_bytes(device),
                        visibilities_per_s=n_vis / max(elapsed, 1e-9), elapsed_s=elapsed)

@@ -76,14 +76,19 @@ class ImageReconstructionAgent(Agent):
         started = time.perf_counter()
         source = _input_visibilities(job)
         job.report(progress=0.0, stage="reading", device=dev.device_description(device))
+        stages = job.stages()  # the trace's spans: read, grid, clean, write
+        stages.enter("read")
         vs = read_visibilities(source)
         n_vis = vs.n_visibilities
 
         def progress(frac: float) -> None:
+            # make_images grids the dirty image and the PSF up to 0.6 of its progress, then CLEANs
+            stages.enter("grid" if frac < 0.6 else "clean")
             job.report(progress=0.05 + 0.85 * frac, stage="imaging",
                        visibilities_processed=int(n_vis * min(1.0, frac / 0.8)),
                        vram_usage=dev.peak_memory_bytes(device))
 
+        stages.enter("grid")
         result = make_images(vs, device, npix=int(p.get("npix", 512)),
                              cell_arcsec=p.get("cell_arcsec"), weighting=p.get("weighting", "natural"),
                              robust=float(p.get("robust", 0.0)), epsilon=float(p.get("epsilon", 1e-5)),
@@ -96,6 +101,7 @@ class ImageReconstructionAgent(Agent):
         dev.synchronize(device)
         out = job.outputs
         files = ["dirty.fits", "psf.fits"]
+        stages.enter("write")
         write_fits(out / "dirty.fits", result.dirty, result)
         write_fits(out / "psf.fits", result.psf, result)
         final = result.dirty
@@ -105,6 +111,7 @@ class ImageReconstructionAgent(Agent):
             write_fits(out / "restored.fits", result.restored, result)
             files += ["model.fits", "residual.fits", "restored.fits"]
             final = result.restored
+        stages.close()
         iy, ix = np.unravel_index(int(np.argmax(final)), final.shape)
         from cosmic_horizons_lab.science.imaging import image_wcs
 

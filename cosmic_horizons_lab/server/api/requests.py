@@ -136,6 +136,13 @@ EVENTS_QUERY: dict[str, dict[str, Any]] = {
     "limit": {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 1000},
 }
 
+#: GET jobs/{id}/resources: the job's resource samples with an id above ``after``.
+RESOURCES_QUERY: dict[str, dict[str, Any]] = {
+    "after": {"type": "integer", "minimum": 0, "maximum": MAX_SAFE_INTEGER, "default": 0,
+              "description": "samples with a greater id (the previous answer's next_after)"},
+    "limit": {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 2000},
+}
+
 #: GET jobs/{id}/logs: a slice of the job's log, ``limit`` bytes from ``offset``.
 LOGS_QUERY: dict[str, dict[str, Any]] = {
     "offset": {"type": "integer", "minimum": 0, "maximum": MAX_LOG_OFFSET, "default": 0,

@@ -8,6 +8,7 @@ import inspect
 import json
 import re
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from jupyter_core.utils import ensure_async
 from jupyter_server.auth.identity import (
@@ -17,6 +18,9 @@ from jupyter_server.auth.identity import (
 )
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from tornado import web
 
 from cosmic_horizons_lab.server.api import requests
@@ -114,6 +118,7 @@ class APIBase(JSONErrors, ExtensionHandlerMixin, APIHandler):
     async def prepare(self) -> None:  # type: ignore[override]
         cid = self.request.headers.get("X-Correlation-ID")
         self.correlation_id = cid if cid and _CORRELATION.match(cid) else None
+        self._start_span()
         if self.correlation_id:
             self.set_header("X-Correlation-ID", self.correlation_id)
         await ensure_async(super().prepare())
@@ -125,6 +130,35 @@ class APIBase(JSONErrors, ExtensionHandlerMixin, APIHandler):
             requests.path_param(name, value)
         await self.app.ensure_started()
 
+    def _start_span(self) -> None:
+        """The request's span (a child of its ``traceparent``), current for the rest of the request.
+
+        Not detached at the end: Tornado runs each request in a task of its own, whose context
+        ends with it.
+        """
+        attributes = {"http.request.method": self.request.method or "", "url.path": self.request.path}
+        if self.correlation_id:
+            attributes["cosmic.correlation_id"] = self.correlation_id
+        if "job_id" in self.path_kwargs:
+            attributes["cosmic.job_id"] = self.path_kwargs["job_id"]
+        route = _route(self.request.path, self.path_kwargs)
+        attributes["http.route"] = route
+        self._span = self.app.tracing.start_request_span(self.request.method or "", route, self.request.headers, attributes)
+        otel_context.attach(trace.set_span_in_context(self._span))
+
+    def on_finish(self) -> None:
+        span = getattr(self, "_span", None)
+        if span is not None:
+            status = self.get_status()
+            span.set_attribute("http.response.status_code", status)
+            cid = self._headers.get("X-Correlation-ID")
+            if cid:
+                span.set_attribute("cosmic.correlation_id", cid)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+        super().on_finish()
+
     def json_body(self) -> Any:
         if len(self.request.body) > self.app.max_body_bytes:
             raise PayloadTooLarge(
@@ -134,6 +168,8 @@ class APIBase(JSONErrors, ExtensionHandlerMixin, APIHandler):
         return parse_json_body(self.request.body)
 
     def reply(self, data: Any, status: int = 200) -> None:
+        if isinstance(data, dict) and isinstance(data.get("id"), str) and "agent" in data and hasattr(self, "_span"):
+            self._span.set_attribute("cosmic.job_id", data["id"])  # a job: the one submitted or read
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps(data, default=str))
@@ -157,6 +193,13 @@ def _takes(cls: type, method: str, arguments: frozenset[str]) -> bool:
     except TypeError:
         return False
     return True
+
+
+def _route(path: str, arguments: dict[str, str]) -> str:
+    """The route a request took, its arguments named (``…/jobs/{job_id}``): the span's name
+    groups requests by route, not by id."""
+    names = {value: name for name, value in arguments.items()}
+    return "/".join(f"{{{names[unquote(seg)]}}}" if unquote(seg) in names else seg for seg in path.split("/"))
 
 
 def _http_code(status: int) -> str:

@@ -63,7 +63,8 @@ class GpusHandler(APIBase):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.reply(self.app.telemetry.inventory())
+        # The nodes jobs sampled themselves on in the last few minutes, beside this host's GPUs.
+        self.reply(self.app.telemetry.inventory(await self.app.job_samples.latest_by_node(self.owner, 300.0)))
 
 
 class GpuHistoryHandler(APIBase):

@@ -11,7 +11,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from cosmic_horizons_lab.protocol import jobdir
-from cosmic_horizons_lab.server.api.requests import EVENTS_QUERY, LOGS_QUERY
+from cosmic_horizons_lab.server.api.requests import EVENTS_QUERY, LOGS_QUERY, RESOURCES_QUERY
 from cosmic_horizons_lab.server.api.responses import job_to_json, status_to_json
 from cosmic_horizons_lab.server.errors import NotFound
 
@@ -101,6 +101,19 @@ class JobEventsHandler(APIBase):
         limit = self.int_arg("limit", EVENTS_QUERY)
         events = await self.app.store.events_after(self.owner, after, job_id=job.id, limit=limit)
         self.reply({"job_id": job.id, "events": events})
+
+
+class JobResourcesHandler(APIBase):
+    """The resource samples the job took of itself (``server/jobs/samples.py``), after a cursor."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        job = await self.orchestrator.get_job(self.owner, job_id)
+        after = self.int_arg("after", RESOURCES_QUERY)
+        limit = self.int_arg("limit", RESOURCES_QUERY)
+        samples, next_after = await self.app.job_samples.series(job.id, after, limit)
+        self.reply({"job_id": job.id, "status": job.status, "samples": samples, "next_after": next_after})
 
 
 class JobLogsHandler(APIBase):

@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from opentelemetry.trace import SpanKind
 
 from cosmic_horizons_lab.backends.base import Backend, BackendUnavailable, LaunchSpec
 from cosmic_horizons_lab.protocol import jobdir
 from cosmic_horizons_lab.protocol.clock import utcnow
 from cosmic_horizons_lab.protocol.states import ACTIVE, Status
+from cosmic_horizons_lab.protocol.tracecontext import TRACEPARENT_ENV
 from cosmic_horizons_lab.server.datasets import DatasetRegistry
 from cosmic_horizons_lab.server.jobs.lifecycle import Lifecycle
 from cosmic_horizons_lab.server.store.database import Store
@@ -103,6 +105,8 @@ def launch_spec(job: JobRecord, work_dir: Path, after_ok: list[str] | None = Non
         name=f"ch-{job.agent}-{job.id[:8]}",
         after_ok=list(after_ok or []),
         launch_token=job.launch_token or "",
+        # the job's trace, for what the job process starts (W3C's environment carrier)
+        env={TRACEPARENT_ENV: job.traceparent} if job.traceparent else {},
     )
 
 
@@ -161,10 +165,13 @@ class Dispatcher:
         server_root: Path,
         server_id: str,
         resolve_dataset: Callable[[str, Any], dict[str, Any]] | None = None,
+        sample_interval: float = 1.0,
     ) -> None:
         self.store = store
         self.backend = backend
         self.datasets = datasets
+        #: Seconds between the job's own resource samples, written into its job.json.
+        self.sample_interval = sample_interval
         self.lifecycle = lifecycle
         self.health = health
         self.work_dir = Path(work_dir)
@@ -315,10 +322,16 @@ class Dispatcher:
                     unsent.extend(job.id for job, _, _ in launch.items)
                     return
                 try:
-                    if launch.array:
-                        ids = await self.backend.submit_array(specs, launch.parallel_limit)
-                    else:
-                        ids = [await self.backend.submit(specs[0])]
+                    with self.lifecycle.tracing.job_spans(
+                        "backend.submit", [job for job, _, _ in launch.items], kind=SpanKind.CLIENT,
+                        attributes={"cosmic.backend": self.backend.name, "cosmic.array_size": len(specs)},
+                    ) as spans:
+                        if launch.array:
+                            ids = await self.backend.submit_array(specs, launch.parallel_limit)
+                        else:
+                            ids = [await self.backend.submit(specs[0])]
+                        for span, backend_id in zip(spans, ids):
+                            span.set_attribute("cosmic.backend_job_id", backend_id)
                 except BackendUnavailable as exc:
                     # It may have started all the same (a timed-out sbatch): the intent stays,
                     # and reconciliation asks the backend once it answers.
@@ -399,6 +412,8 @@ class Dispatcher:
                 "user": job.user,
                 "server_root": str(self.server_root),
                 "attempt": job.attempts + 1,
+                jobdir.TRACEPARENT_KEY: job.traceparent,
+                "sample_interval": self.sample_interval,
             },
         )
         return spec

@@ -22,6 +22,7 @@ from cosmic_horizons_lab.server.api.submission import Submission, SubmissionVali
 from cosmic_horizons_lab.server.errors import BadRequest, LabError
 from cosmic_horizons_lab.server.store.database import Store, Tx
 from cosmic_horizons_lab.server.store.orm import BatchRecord, JobRecord
+from cosmic_horizons_lab.server.tracing import traceparent_of
 
 #: ``async check(tx, user, submission)``, run inside the submission's transaction before the job
 #: is added; raising a LabError refuses that submission (quotas hook in here).
@@ -51,7 +52,7 @@ class Intake:
         self.server_id = server_id
         #: tells the loop there is something to dispatch, once the jobs are committed
         self.wake = wake
-        self._pending: list[tuple[str, Submission, str | None, str | None, asyncio.Future]] = []
+        self._pending: list[tuple[str, Submission, str | None, str | None, asyncio.Future, str | None]] = []
         self._writer: asyncio.Task | None = None
 
     async def submit(
@@ -70,7 +71,8 @@ class Intake:
         key = requests.idempotency_key(idempotency_key)
         sub = self.validator.validate(body)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._pending.append((user, sub, key, correlation_id, fut))
+        # the request's span, taken here: the group's writer task runs in the first caller's context
+        self._pending.append((user, sub, key, correlation_id, fut, traceparent_of()))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_submissions())
         return await fut
@@ -81,14 +83,14 @@ class Intake:
             outcomes: list[tuple[asyncio.Future, Any, bool]] = []
             try:
                 async with self.store.write() as tx:
-                    keys = {(u, k) for u, _, k, _, _ in group if k}
+                    keys = {(u, k) for u, _, k, *_ in group if k}
                     known: dict[tuple[str, str], JobRecord] = {}
                     if keys:
                         rows = await tx.session.scalars(
                             sa.select(JobRecord).where(JobRecord.idempotency_key.in_({k for _, k in keys}))
                         )
                         known = {(j.user, j.idempotency_key): j for j in rows if (j.user, j.idempotency_key) in keys}
-                    for user, sub, key, cid, fut in group:
+                    for user, sub, key, cid, fut, traceparent in group:
                         if key and (user, key) in known:
                             outcomes.append((fut, known[(user, key)], False))
                             continue
@@ -100,12 +102,13 @@ class Intake:
                             # one refused submission must not sink the others written with it
                             outcomes.append((fut, exc, False))
                             continue
-                        job = self._add_job(tx, user, sub, correlation_id=cid, idempotency_key=key)
+                        job = self._add_job(tx, user, sub, correlation_id=cid, idempotency_key=key,
+                                            traceparent=traceparent or "")
                         if key:
                             known[(user, key)] = job
                         outcomes.append((fut, job, True))
             except Exception as exc:
-                for *_, fut in group:
+                for *_, fut, _ in group:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
@@ -187,6 +190,7 @@ class Intake:
         idempotency_key: str | None = None,
         batch: BatchRecord | None = None,
         job_id: str | None = None,
+        traceparent: str | None = None,
     ) -> JobRecord:
         now = utcnow()
         job = JobRecord(
@@ -203,6 +207,8 @@ class Intake:
             webhook_url=sub.webhook_url,
             idempotency_key=idempotency_key,
             correlation_id=correlation_id or uuid.uuid4().hex,
+            # the job's trace: the submitting request's span (a batch's: its caller's, current here)
+            traceparent=(traceparent if traceparent is not None else traceparent_of()) or None,
             batch_id=batch.id if batch else None,
             depends_on=sub.depends_on,
             backend=self.backend_name,

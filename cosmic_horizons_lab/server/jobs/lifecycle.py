@@ -16,6 +16,7 @@ from cosmic_horizons_lab.protocol.clock import utcnow
 from cosmic_horizons_lab.protocol.states import EVENT_FOR, TERMINAL, Status, can_transition
 from cosmic_horizons_lab.server.store.database import Tx
 from cosmic_horizons_lab.server.store.orm import JobRecord
+from cosmic_horizons_lab.server.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,11 @@ TransitionHook = Callable[[Tx, JobRecord, str], None]
 
 
 class Lifecycle:
-    def __init__(self, hooks: list[TransitionHook]) -> None:
+    def __init__(self, hooks: list[TransitionHook], tracing: Tracing | None = None) -> None:
         #: the list the server appends its hooks to (shared, not copied)
         self.hooks = hooks
+        #: each transition is a span ``job.<status>`` in the job's trace
+        self.tracing = tracing or Tracing.disabled()
 
     def transition(
         self,
@@ -68,4 +71,10 @@ class Lifecycle:
         tx.emit(EVENT_FOR[status], user=job.user, job=job, payload=body)
         for hook in self.hooks:
             hook(tx, job, previous)
+        attributes = {"cosmic.job.status": job.status, "cosmic.job.previous_status": previous}
+        if reason:
+            attributes["cosmic.job.reason"] = reason
+        if error:
+            attributes["cosmic.job.error"] = job.error
+        self.tracing.start_job_span(EVENT_FOR[status], job, attributes=attributes).end()
         return True

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from opentelemetry.trace import SpanKind
 
 from cosmic_horizons_lab.backends.base import Backend, BackendUnavailable
 from cosmic_horizons_lab.protocol.clock import utcnow
@@ -32,6 +33,7 @@ from cosmic_horizons_lab.server.jobs.lifecycle import Lifecycle, TransitionHook
 from cosmic_horizons_lab.server.jobs.reconcile import Reconciler
 from cosmic_horizons_lab.server.store.database import Store
 from cosmic_horizons_lab.server.store.orm import JobRecord
+from cosmic_horizons_lab.server.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +70,23 @@ class Orchestrator:
         submit_checks: Sequence[SubmitCheck] = (),
         transition_hooks: Sequence[TransitionHook] = (),
         resolve_dataset: Callable[[str, Any], dict[str, Any]] | None = None,
+        sample_interval: float = 1.0,
+        tracing: Tracing | None = None,
     ) -> None:
         """``submit_checks``: ``async check(tx, user, submission)`` run inside a submission's
         transaction before its job is added; raising a LabError refuses it (quotas, budgets).
         ``transition_hooks``: ``hook(tx, job, previous_status)`` run inside the transaction of
         every transition, in order (cost charging, then the webhook outbox, so both commit with
         the change). ``resolve_dataset``: ``resolve(user, dataset) -> job.json dataset ref``
-        (staging points a job at a fresh staged copy; without it jobs read the archive)."""
+        (staging points a job at a fresh staged copy; without it jobs read the archive).
+        ``sample_interval``: seconds between a job's own resource samples (its job.json)."""
         self.store = store
         self.backend = backend
         self.poll_interval = poll_interval
         self.health = BackendHealth(poll_interval)
-        self.lifecycle = lifecycle = Lifecycle(list(transition_hooks))
+        #: the job spans (server/tracing.py); dispatch and reconciliation reach it through the lifecycle
+        self.tracing = tracing or Tracing.disabled()
+        self.lifecycle = lifecycle = Lifecycle(list(transition_hooks), self.tracing)
         self.intake = Intake(
             store=store, validator=validator, checks=list(submit_checks), backend_name=backend.name,
             server_id=server_id, wake=self.wake,
@@ -87,7 +94,7 @@ class Orchestrator:
         self.dispatcher = Dispatcher(
             store=store, backend=backend, datasets=datasets, lifecycle=lifecycle, health=self.health,
             work_dir=work_dir, server_root=server_root, server_id=server_id,
-            resolve_dataset=resolve_dataset,
+            resolve_dataset=resolve_dataset, sample_interval=sample_interval,
         )
         self.reconciler = Reconciler(
             store=store, backend=backend, lifecycle=lifecycle, health=self.health, work_dir=work_dir,
@@ -231,7 +238,9 @@ class Orchestrator:
         fut = asyncio.get_running_loop().create_future()
         self._terminal_waiters.setdefault(job_id, []).append(fut)
         try:
-            await self.backend.cancel(job.backend_job_id)
+            with self.tracing.job_span("backend.cancel", job, kind=SpanKind.CLIENT, attributes={
+                    "cosmic.backend": self.backend.name, "cosmic.backend_job_id": job.backend_job_id or ""}):
+                await self.backend.cancel(job.backend_job_id)
         except BackendUnavailable as exc:
             raise BackendError(f"the backend cannot cancel now: {exc}") from None
         self.reconciler.cancel_requested_by[job_id] = user

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from opentelemetry.trace import SpanKind
 
 from cosmic_horizons_lab.backends.base import Backend, BackendJobState, BackendUnavailable
 from cosmic_horizons_lab.protocol import jobdir
 from cosmic_horizons_lab.protocol.clock import parse_iso, utcnow
-from cosmic_horizons_lab.protocol.states import ACTIVE, Status
+from cosmic_horizons_lab.protocol.states import ACTIVE, TERMINAL, Status
 from cosmic_horizons_lab.server.jobs.dispatch import BackendHealth, launch_spec, record_launched
 from cosmic_horizons_lab.server.jobs.lifecycle import Lifecycle
+from cosmic_horizons_lab.server.jobs.samples import JobSamples
 from cosmic_horizons_lab.server.store.database import Store, Tx
 from cosmic_horizons_lab.server.store.orm import JobRecord, Run
 
@@ -48,6 +51,8 @@ class Reconciler:
         self.health = health
         self.work_dir = Path(work_dir)
         self.server_id = server_id
+        #: the jobs' own resource samples (resources.jsonl → job_samples)
+        self.samples = JobSamples(store, work_dir)
         #: job id -> who asked to cancel it, for its CANCELLED event (the backend may not know)
         self.cancel_requested_by: dict[str, str] = {}
 
@@ -124,6 +129,7 @@ class Reconciler:
             ).all()
         if not rows:
             return
+        poll_started = time.time_ns()
         try:
             states = await self.backend.poll([run.backend_job_id for _, run in rows if run.backend_job_id])
             self.health.up()
@@ -131,6 +137,12 @@ class Reconciler:
         except BackendUnavailable as exc:
             self.health.down(str(exc))
             states, reachable = {}, False
+        polled = (poll_started, time.time_ns())  # when the poll ran, for each moved job's span
+        try:
+            # After the poll and before any job is ended below: an ended job's samples are all in.
+            await self.samples.ingest(rows)
+        except Exception:
+            log.exception("could not ingest the jobs' resource samples")
 
         def read_all() -> list[tuple[list[dict[str, Any]], int]]:
             # After the poll: a job that just ended has written all its records.
@@ -147,10 +159,15 @@ class Reconciler:
             moved = state is not None and state.status != job.status and (
                 state.status != Status.QUEUING or _requeued(job, state)
             )
+            if moved:  # one poll serves every job: its span goes into the trace of each it moved
+                self.lifecycle.tracing.record_job_span("backend.poll", job, *polled, kind=SpanKind.CLIENT, attributes={
+                    "cosmic.backend": self.backend.name, "cosmic.backend.state": state.status,
+                    "cosmic.backend.jobs_polled": len(rows)})
             if records or moved:
                 changes.append((job.id, run.id, records, offset, state))
         if not changes:
             return  # most ticks: every job as it was; no transaction at all
+        ended: list[JobRecord] = []
         async with self.store.write() as tx:
             for job_id, run_id, records, offset, state in changes:
                 job = await tx.session.get(JobRecord, job_id)
@@ -161,6 +178,18 @@ class Reconciler:
                     self._apply_records(tx, job, run, records, offset)
                 if state is not None:
                     self._apply_state(tx, job, run, state)
+                if job.status in TERMINAL and job.traceparent:
+                    ended.append(job)
+        if ended and self.lifecycle.tracing.recording:  # the job's last span is written: its stages join its trace
+            await asyncio.to_thread(self._ingest_spans, ended)
+
+    def _ingest_spans(self, jobs: list[JobRecord]) -> None:
+        for job in jobs:
+            try:
+                self.lifecycle.tracing.ingest(job, jobdir.read_records(
+                    jobdir.job_dir(self.work_dir, job.user, job.id), 0, jobdir.SPANS_FILE)[0])
+            except Exception:  # telemetry: never the job's bookkeeping
+                log.exception("could not read the spans of job %s", job.id)
 
     def _apply_records(self, tx: Tx, job: JobRecord, run: Run, records: list[dict[str, Any]], offset: int) -> None:
         run.events_offset = offset

@@ -37,6 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, Status, StatusCode
 
 from cosmic_horizons_lab.protocol.checksums import sha256_file, sha256_hasher
 from cosmic_horizons_lab.protocol.clock import utcnow
@@ -71,6 +74,7 @@ from cosmic_horizons_lab.server.staging.requests import (
 from cosmic_horizons_lab.server.staging.targets import Target
 from cosmic_horizons_lab.server.store.database import Store
 from cosmic_horizons_lab.server.store.orm import Transfer
+from cosmic_horizons_lab.server.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +101,11 @@ class StagingService:
         progress_interval: float = 0.5,
         default_throughput: float = DEFAULT_THROUGHPUT,
         on_bytes: Callable[[str, int], None] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.store = store
+        #: each transfer is a span ``staging.transfer`` (server/tracing.py)
+        self.tracing = tracing or Tracing.disabled()
         self.datasets = datasets
         self.targets = targets
         self.server_id = server_id
@@ -327,7 +334,7 @@ class StagingService:
                     )
                 ).all()
             for tid in ids:
-                task = asyncio.get_running_loop().create_task(self._run(tid))
+                task = asyncio.get_running_loop().create_task(self._traced_run(tid))
                 self._tasks[tid] = task
                 task.add_done_callback(lambda _t, tid=tid: self._finished(tid))
 
@@ -336,6 +343,16 @@ class StagingService:
         self._live.pop(tid, None)
         if not self._stopping:
             asyncio.get_running_loop().create_task(self._pump())
+
+    async def _traced_run(self, tid: str) -> None:
+        """One transfer as a trace of its own (it outlives the request that queued it, which a
+        link names), its outcome set by :meth:`_end` or :meth:`_fail` on the current span."""
+        current = trace.get_current_span().get_span_context()
+        with self.tracing.tracer.start_as_current_span(
+            "staging.transfer", context=otel_context.Context(), attributes={"cosmic.staging.transfer_id": tid},
+            links=[Link(current)] if current.is_valid else [],
+        ):
+            await self._run(tid)
 
     async def _run(self, tid: str) -> None:
         async with self.store.read() as session:
@@ -489,12 +506,24 @@ class StagingService:
             if error:
                 payload["error"] = error
             tx.emit(event, user=row.user, payload=payload)
+            _annotate(row)
             if status == "completed":
                 self._staged[(row.user, row.dataset_id)] = (Path(row.dest_path), row.target, row.convert)
 
     def _fail(self, tx: Any, row: Transfer, error: str) -> None:
         row.status, row.completed_at, row.error = "failed", utcnow(), error
         tx.emit("staging.failed", user=row.user, payload={**transfer_payload(row), "error": error})
+        _annotate(row)
 
     def _to_json(self, row: Transfer) -> dict[str, Any]:
         return transfer_json(row, self._live.get(row.id), self.targets.get(row.target))
+
+
+def _annotate(row: Transfer) -> None:
+    """The transfer's outcome on its span (the current one, :meth:`StagingService._traced_run`'s)."""
+    span = trace.get_current_span()
+    span.set_attributes({"cosmic.staging.dataset_id": row.dataset_id, "cosmic.staging.target": row.target,
+                         "cosmic.staging.status": row.status, "cosmic.staging.bytes": row.total_bytes or 0,
+                         "cosmic.staging.resumed_from": row.resumed_from or 0, "enduser.id": row.user})
+    if row.status == "failed":
+        span.set_status(Status(StatusCode.ERROR, (row.error or "")[:500]))
