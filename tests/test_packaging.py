@@ -116,15 +116,16 @@ def test_every_import_of_the_core_layers_is_a_core_dependency():
 
 def test_extras():
     extras = PYPROJECT["project"]["optional-dependencies"]
-    assert {"science", "notebook", "lab", "postgres", "all", "test"} <= set(extras)
+    assert {"science", "notebook", "lab", "postgres", "bus", "otlp", "all", "test"} <= set(extras)
     assert "asyncpg" not in _core() and _extra("postgres") == {"asyncpg"}
     assert {"torch", "numpy", "scipy", "astropy", "pyuvdata", "python-casacore"} <= _extra("science")
     assert {"anywidget", "ipywidgets", "ipykernel", "numpy", "matplotlib", "astropy", "websockets"} <= _extra("notebook")
     assert _extra("lab") == {"jupyterlab"}
     (everything,) = extras["all"]
     assert re.fullmatch(r"cosmic-horizons-lab\[(.*)\]", everything).group(1).split(",") == sorted(
-        ["lab", "notebook", "postgres", "science"]
+        ["lab", "notebook", "postgres", "science", "bus", "otlp"]
     )
+    assert _extra("bus") == {"nats-py"} and _extra("otlp") == {"opentelemetry-exporter-otlp-proto-http"}
     assert "numpy" not in _core() and "torch" not in _core()
 
 
