@@ -76,6 +76,15 @@ class GpuHeatmap(LiveWidget):
         if poll:
             threading.Thread(target=self._poll, name="cosmic-horizons-gpus", daemon=True).start()
 
+    def summary(self) -> list[str]:
+        """Which GPUs the map shows, or why there is none."""
+        if not self.loaded:
+            return ["GPU heatmap (not read yet)"]
+        if not self.available:
+            return [f"GPU heatmap: no GPU on this server ({self.reason})"]
+        names = ", ".join(f"GPU {g.get('index')} {g.get('name', '')}".rstrip() for g in self.gpus)
+        return [f"GPU heatmap: {len(self.gpus)} GPUs, last {self.window:.0f} s", names]
+
     def update_from(self, body: dict[str, Any]) -> None:
         gpus, times, util, mem = history_arrays(body)
         available = bool(body.get("available", bool(gpus))) and bool(gpus)

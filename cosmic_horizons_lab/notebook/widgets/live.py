@@ -33,6 +33,7 @@ import traitlets
 
 # The job state machine lives in notebook/state.py (no anywidget needed); re-exported here.
 from cosmic_horizons_lab.notebook.state import TERMINAL, Event, apply_event, merge_snapshot
+from cosmic_horizons_lab.notebook.widgets.summary import panel_bundle
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +213,38 @@ class LiveWidget(anywidget.AnyWidget):
             with self.hold_sync():
                 for name, value in values.items():
                     setattr(self, name, value)
+                self._refresh_summary()
 
     _closed_once = False
+
+    panel_summary = traitlets.List(
+        traitlets.Unicode(), help="The panel in words (summary()), kept current: the renderer saves it in the output."
+    ).tag(sync=True)
+
+    def summary(self) -> list[str]:
+        """The panel's state in a few lines of text, the first one its title: what a reopened
+        notebook shows in place of the panel once its kernel is gone. Subclasses say more."""
+        return [repr(self)]
+
+    def _refresh_summary(self) -> None:
+        try:
+            lines = [str(line) for line in self.summary()]
+        except Exception:  # a summary must never break the live updates
+            log.exception("widget summary failed")
+            return
+        if lines != self.panel_summary:
+            self.panel_summary = lines
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        """The widget view, with the panel's static form (``summary.panel_bundle``) beside it."""
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if bundle is None:
+            return None
+        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
+        with self._apply_lock:  # not beside the pump's own refresh
+            self._refresh_summary()
+        return panel_bundle(data, model_id=self.model_id, kind=type(self).__name__,
+                            lines=list(self.panel_summary)), metadata
 
     def close(self) -> None:
         self._closed_once = True

@@ -24,6 +24,7 @@ import traitlets
 
 from cosmic_horizons_lab.notebook.widgets.live import LiveWidget
 from cosmic_horizons_lab.notebook.widgets.static import CSS, view
+from cosmic_horizons_lab.notebook.widgets.summary import job_line
 
 if TYPE_CHECKING:
     from cosmic_horizons_lab.notebook.jobs import Job
@@ -95,6 +96,16 @@ class JobProgress(LiveWidget):
 
     def __repr__(self) -> str:
         return f"<JobProgress of {self._job!r}>"
+
+    def summary(self) -> list[str]:
+        """The job's title line, then its error or the reason it has no quick-look."""
+        record = self._job.record
+        lines = [job_line(record)]
+        if record.get("error"):
+            lines.append(f"error: {str(record['error']).splitlines()[0][:300]}")
+        if self.preview_error:
+            lines.append(self.preview_error)
+        return lines
 
     @property
     def job_id(self) -> str:

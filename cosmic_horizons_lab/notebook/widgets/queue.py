@@ -17,6 +17,7 @@ import traitlets
 
 from cosmic_horizons_lab.notebook.widgets.live import LiveWidget
 from cosmic_horizons_lab.notebook.widgets.static import CSS, view
+from cosmic_horizons_lab.notebook.widgets.summary import job_line
 
 if TYPE_CHECKING:
     from cosmic_horizons_lab.notebook.jobs import Job
@@ -56,6 +57,23 @@ class JobQueue(LiveWidget):
             counts[job.status] = counts.get(job.status, 0) + 1
         states = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         return f"<JobQueue of {len(jobs)} jobs{': ' + states if states else ''}>"
+
+    #: How many jobs the static form lists (the counts cover all of them).
+    SUMMARY_ROWS = 10
+
+    def summary(self) -> list[str]:
+        """The counts per state, then the newest jobs as the table shows them."""
+        rows = list(self.jobs)
+        counts: dict[str, int] = {}
+        for row in rows:
+            status = str(row.get("status") or "QUEUED")
+            counts[status] = counts.get(status, 0) + 1
+        states = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        lines = [f"Job queue: {len(rows)} job{'' if len(rows) == 1 else 's'}{' — ' + states if states else ''}"]
+        lines += [job_line(row) for row in rows[: self.SUMMARY_ROWS]]
+        if len(rows) > self.SUMMARY_ROWS:
+            lines.append(f"… and {len(rows) - self.SUMMARY_ROWS} more")
+        return lines
 
     def refresh(self) -> None:
         """Reload the list from the API (events keep it current afterwards)."""

@@ -120,6 +120,14 @@ class Sky(LiveWidget):
             pass
         self._load_all()
 
+    def summary(self) -> list[str]:
+        """What the map holds, counted, and where it looks."""
+        v = self.view or {}
+        centre = (f", centred on RA {v['ra']:.4f}°, Dec {v['dec']:.4f}°, {v.get('fov', 0):.3g}° across"
+                  if isinstance(v.get("ra"), (int, float)) and isinstance(v.get("dec"), (int, float)) else "")
+        return [f"Sky map of {len(self._jobs) if not self._all else 'all your'} jobs",
+                f"{len(self.images)} images, {len(self.sources)} sources, {len(self.footprints)} footprints{centre}"]
+
     # -- what the map shows ------------------------------------------------------------
     @property
     def jobs(self) -> list[Job]:

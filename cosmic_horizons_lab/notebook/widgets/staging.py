@@ -15,6 +15,7 @@ import traitlets
 
 from cosmic_horizons_lab.notebook.widgets.live import Event, LiveWidget
 from cosmic_horizons_lab.notebook.widgets.static import CSS, view
+from cosmic_horizons_lab.notebook.widgets.summary import percent
 
 if TYPE_CHECKING:
     from cosmic_horizons_lab.notebook.lab import Lab
@@ -80,6 +81,15 @@ class Staging(LiveWidget):
                 self._doc["progress"] = 1.0
             snapshot = dict(self._doc)
         self.stage(transfer=snapshot)
+
+    def summary(self) -> list[str]:
+        """The transfer in one line (dataset, where to, state, progress), and its error if any."""
+        t = self.transfer
+        where = f" → {t['target_resource']}" if t.get("target_resource") else ""
+        lines = [f"Staging {t.get('dataset_id')}{where} — {t.get('status')}, {percent(t.get('progress'))}"]
+        if t.get("error"):
+            lines.append(f"error: {t['error']}")
+        return lines
 
     @property
     def done(self) -> bool:

@@ -94,6 +94,16 @@ class Timeline(LiveWidget):
     def __repr__(self) -> str:
         return f"<Timeline of {len(self._jobs)} jobs>"
 
+    def summary(self) -> list[str]:
+        """The counts per state, then one line per bar: its label and state."""
+        bars = list(self.jobs)
+        counts: dict[str, int] = {}
+        for b in bars:
+            counts[b["status"]] = counts.get(b["status"], 0) + 1
+        states = ", ".join(f"{n} {status}" for status, n in counts.items())
+        return [f"Timeline of {len(bars)} jobs{' — ' + states if states else ''}",
+                *(f"{b['label']} — {b['status']}" for b in bars)]
+
     def _load(self) -> None:
         for job in self._jobs:
             try:
