@@ -111,18 +111,24 @@ def test_form_estimate_field_error_and_submit(page, lab_server) -> None:
         pass
 
 
-def test_run_as_job_from_the_file_browser(page, lab_server) -> None:
-    (lab_server.root / "runme.py").write_text("print('ran from the form')\nresult = 42\n")
+def open_run_as_job(page, lab_server, name: str):
+    """Lab opened, ``name`` right-clicked in the file browser, "Run as job…": the form, filled in."""
     open_lab(page, lab_server)
     page.locator("li.lm-TabBar-tab[data-id='filebrowser']").click()
-    item = page.locator(".jp-DirListing-item[data-file-type='python']", has_text="runme.py")
+    item = page.locator(".jp-DirListing-item[data-file-type='python']", has_text=name)
     item.wait_for(timeout=20_000)
     item.click(button="right")
     page.locator(".lm-Menu-item:has-text('Run as job…')").click()
     form = page.locator("#cosmic-horizons-form")
     form.wait_for(state="visible", timeout=10_000)
     page.wait_for_function("() => document.querySelector(\"#cosmic-horizons-form .ch-field[data-field='params.path'] input\")"
-                           "?.value === 'runme.py'", timeout=15_000)
+                           f"?.value === '{name}'", timeout=15_000)
+    return form
+
+
+def test_run_as_job_from_the_file_browser(page, lab_server) -> None:
+    (lab_server.root / "runme.py").write_text("print('ran from the form')\nresult = 42\n")
+    form = open_run_as_job(page, lab_server, "runme.py")
     assert field(form, "agent").locator("select").input_value() == "Script"
     screenshot(page, "run-as-job", selector="#cosmic-horizons-form")
     copy_to_docs("run-as-job")

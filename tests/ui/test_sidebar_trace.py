@@ -11,7 +11,7 @@ import pytest
 from cosmic_horizons_lab.protocol.jobdir import JOB_FILE, SPANS_FILE, job_dir
 from cosmic_horizons_lab.protocol.tracecontext import parse_traceparent
 
-from .conftest import open_lab
+from .test_job_form import open_run_as_job
 
 pytestmark = pytest.mark.ui
 
@@ -19,16 +19,7 @@ pytestmark = pytest.mark.ui
 def test_a_submission_from_the_sidebar_carries_a_traceparent_into_the_job(page, lab_server) -> None:
     (lab_server.root / "traced_from_ui.py").write_text("import os\nprint('TRACEPARENT', os.environ['TRACEPARENT'])\n")
     page.set_default_timeout(60_000)
-    open_lab(page, lab_server)
-    page.locator("li.lm-TabBar-tab[data-id='filebrowser']").click()
-    item = page.locator(".jp-DirListing-item[data-file-type='python']", has_text="traced_from_ui.py")
-    item.wait_for(timeout=20_000)
-    item.click(button="right")
-    page.locator(".lm-Menu-item:has-text('Run as job…')").click()
-    form = page.locator("#cosmic-horizons-form")
-    form.wait_for(state="visible", timeout=10_000)
-    page.wait_for_function("() => document.querySelector(\"#cosmic-horizons-form .ch-field[data-field='params.path'] input\")"
-                           "?.value === 'traced_from_ui.py'", timeout=15_000)
+    form = open_run_as_job(page, lab_server, "traced_from_ui.py")
     posted: list = []
     page.on("request", lambda r: posted.append(r) if r.method == "POST" else None)
     form.locator(".ch-submit").click()
