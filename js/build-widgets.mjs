@@ -8,7 +8,7 @@ import { copyFileSync, mkdirSync } from 'node:fs';
 const out = '../cosmic_horizons_lab/static';
 mkdirSync(out, { recursive: true });
 await build({
-  entryPoints: ['progress', 'queue', 'heatmap', 'timeline', 'staging', 'sky'].map(n => `src/widgets/${n}.ts`),
+  entryPoints: ['progress', 'queue', 'heatmap', 'timeline', 'staging', 'sky', 'usage'].map(n => `src/widgets/${n}.ts`),
   bundle: true,
   format: 'esm',
   target: 'es2020',

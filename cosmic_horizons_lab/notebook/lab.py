@@ -236,6 +236,15 @@ class Lab:
 
         return Sky(self, None, **kwargs)
 
+    def usage(self, period: str = "week", *, user: str | None = None, from_date: str | None = None,
+              to_date: str | None = None) -> Any:
+        """Charts of your usage: GPU-hours, jobs and success rate per ``period`` (day, week, month),
+        and each agent's runtime over time; the leaderboard too where the server lets you read it.
+        ``user``: another account (operators only)."""
+        from cosmic_horizons_lab.notebook.widgets.usage import Usage
+
+        return Usage(self, period=period, user=user, from_date=from_date, to_date=to_date)
+
     def _latest_event_id(self) -> int:
         return int(self.client.request("GET", "events/latest")["last_event_id"])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import hashlib
 import importlib
 import os
 import socket
@@ -21,7 +22,8 @@ from typing import Any
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
-from traitlets import Bool, Dict, Float, Int, Unicode, default
+from opentelemetry import trace
+from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 
 from cosmic_horizons_lab._version import __version__
 from cosmic_horizons_lab.backends.base import Backend
@@ -40,8 +42,12 @@ from cosmic_horizons_lab.server.staging.targets import targets_from_settings
 from cosmic_horizons_lab.server.store.database import Store, sqlite_url
 from cosmic_horizons_lab.server.api.submission import SubmissionValidator
 from cosmic_horizons_lab.server.telemetry import GpuTelemetry, probe_gpus
+from cosmic_horizons_lab.server.jobs.samples import JobSamples
 from cosmic_horizons_lab.server.accounting.usage import Usage
 from cosmic_horizons_lab.server.webhooks import Webhooks
+from cosmic_horizons_lab.server.tracing import Tracing, install_log_correlation, untraced_context
+from cosmic_horizons_lab.server.alerts import Alerts, rules_from_settings
+from cosmic_horizons_lab.server.analytics.service import UsageAnalytics
 from cosmic_horizons_lab.protocol.api import API_PREFIX
 from cosmic_horizons_lab.backends.local import LocalBackend
 from cosmic_horizons_lab.backends.slurm import SlurmBackend
@@ -127,6 +133,12 @@ class CosmicHorizons(ExtensionApp):
         1.0, help="Seconds between GPU telemetry samples (clamped to 0.25..60); one sampler serves every viewer."
     ).tag(config=True)
 
+    job_sample_interval = Float(
+        1.0, help="Seconds between the resource samples a job takes of its own GPUs (or, without one, "
+        "its CPU and RSS) on the node it runs on, for GET jobs/{id}/resources, the per-node heatmap and "
+        "the metrics (clamped to 0.1..60; default 1).",
+    ).tag(config=True)
+
     # -- cost and quotas (costs.py; docs/operators.md) ----------------------------------
     gpu_hourly_rate = Float(
         0.35, help="Price of one GPU-hour in US dollars, for job costs, estimates and metrics (default 0.35).",
@@ -210,6 +222,86 @@ class CosmicHorizons(ExtensionApp):
         "id such as 'P/DSS2/color'). Empty (the default): a blank background and no request leaves the page."
     ).tag(config=True)
 
+    # -- traces (server/tracing.py; docs/tracing.md) ----------------------------------------------
+    otlp_endpoint = Unicode(
+        "", help="OTLP/HTTP collector to export traces to, e.g. 'http://localhost:4318' (/v1/traces is "
+        "added when no path is given). Empty (the default): no span leaves the server. Needs the 'otlp' "
+        "extra (opentelemetry-exporter-otlp-proto-http).",
+    ).tag(config=True)
+
+    otlp_headers = Dict(
+        {}, help="HTTP headers sent with each OTLP export, e.g. {'Authorization': 'Bearer …'} for a hosted collector.",
+    ).tag(config=True)
+
+    trace_sampling_ratio = Float(
+        1.0, help="Fraction of new traces recorded (0..1; parent-based: a request whose traceparent says "
+        "sampled, or not, is followed, and a job's spans follow its submission's decision).",
+    ).tag(config=True)
+
+    # -- the event bus (server/bridge/; docs/event-bus.md) --------------------------------------
+    event_bus_url = Unicode(
+        "", help="NATS server(s) to publish every committed event to, through JetStream, e.g. "
+        "'nats://127.0.0.1:4222' (comma-separated for a cluster; credentials in the URL). Empty (the "
+        "default): no bus. Needs nats-py (the 'bus' extra).",
+    ).tag(config=True)
+    event_bus_stream = Unicode(
+        "COSMIC_EVENTS", help="The JetStream stream the bridge publishes to; created at start when missing "
+        "(subjects cosmic.events.> and cosmic.deadletter.>), else the subjects are added to it.",
+    ).tag(config=True)
+    event_bus_batch_size = Int(
+        500, help="Events read from the store and published per pass (pipelined, one per job at a time).",
+    ).tag(config=True)
+    event_bus_retry_max_seconds = Float(
+        2.0, help="Longest back-off between attempts after a failed publish (it starts at 0.1 s and "
+        "doubles). A reconnection to NATS cuts it short.",
+    ).tag(config=True)
+    event_bus_poll_interval = Float(
+        5.0, help="Seconds between looks at the store for events another server committed (this "
+        "server's own commits wake the bridge at once).",
+    ).tag(config=True)
+    event_bus_duplicate_window = Float(
+        600.0, help="Seconds the stream remembers message ids to drop duplicates (set when the bridge "
+        "creates the stream). Events published again after a crash or an outage are dropped within it.",
+    ).tag(config=True)
+    event_bus_msg_id_prefix = Unicode(
+        "", help="Put before each event id in Nats-Msg-Id. Leave empty on one store (a shared database); "
+        "servers with stores of their own that share one stream need distinct prefixes, as their ids overlap.",
+    ).tag(config=True)
+
+    # -- usage analytics (server/analytics/) and alerts (alerts.py) --------------------------------
+    analytics_dir = Unicode(
+        "", help="Folder of the usage analytics' Parquet parts (jobs, runs, job samples; exported "
+        "incrementally). Default: <Jupyter data dir>/cosmic_horizons/analytics/<a hash of the store's URL>.",
+    ).tag(config=True)
+    analytics_freshness = Float(
+        30.0, help="Seconds a usage answer may lag the store: a usage request exports first when the last "
+        "export is older than this (0: export on every request).",
+    ).tag(config=True)
+    operators = List(
+        Unicode(), [], help="Users (as the identity provider names them) who see every account's usage, "
+        "everyone's agent figures and the leaderboard. Others see only their own.",
+    ).tag(config=True)
+    operators_by_authorizer = Bool(
+        False, help="Also count as an operator whoever jupyter-server's authorizer allows action 'admin' on "
+        "resource 'cosmic-horizons-usage' (for a custom Authorizer; the default one allows everyone).",
+    ).tag(config=True)
+    leaderboard_public = Bool(
+        False, help="Let every user read GET usage/leaderboard (by default only operators).",
+    ).tag(config=True)
+    alert_rules = Dict(
+        {}, help="Alert rules, each merged over its default: {'failure_rate': {'window_minutes': 60, "
+        "'threshold': 0.5, 'min_jobs': 5}, 'queue_wait': {'minutes': 30}, 'budget': {'levels': [80, 100]}, "
+        "'gpu_idle': {'minutes': 15, 'utilization': 5.0}}; a rule set to None is off. See server/alerts.py.",
+    ).tag(config=True)
+    alert_interval = Float(
+        60.0, help="Seconds between alert evaluations (job transitions also trigger one, a second later); "
+        "0 turns the alerts off.",
+    ).tag(config=True)
+    alert_webhook_url = Unicode(
+        "", help="URL that each alert, when it fires, is POSTed to (signed like job webhooks, with the "
+        "secret of the user it concerns). Empty: alerts are events only.",
+    ).tag(config=True)
+
     @default("owner")
     def _default_owner(self) -> str:
         return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
@@ -240,6 +332,9 @@ class CosmicHorizons(ExtensionApp):
         self.ready = asyncio.Event()
         self._start_lock = asyncio.Lock()
         self.bus = EventBus()
+        install_log_correlation()
+        self.tracing = Tracing(otlp_endpoint=self.otlp_endpoint, otlp_headers=self.otlp_headers,
+                               sampling_ratio=self.trace_sampling_ratio)
         self.outputs = OutputIndex()
         self.datasets = DatasetRegistry(self.datasets_path, self.work_path / ".simulated")
         self.datasets_path.mkdir(parents=True, exist_ok=True)
@@ -268,13 +363,13 @@ class CosmicHorizons(ExtensionApp):
             server_id=self.server_id, concurrency=self.staging_concurrency, chunk_bytes=self.staging_chunk_bytes,
             verify=self.staging_verify, max_bytes_per_second=self.staging_max_bytes_per_second,
             progress_interval=self.staging_progress_interval, default_throughput=self.staging_default_throughput,
-            on_bytes=self.instruments.staging_bytes,
+            on_bytes=self.instruments.staging_bytes, tracing=self.tracing,
         )
         self.webhooks = Webhooks(
             store=self.store, server_id=self.server_id, api_url=lambda: self.api_url,
             all_transitions=self.webhook_all_transitions, max_attempts=self.webhook_max_attempts,
             backoff_base=self.webhook_backoff_seconds, timeout=self.webhook_timeout,
-            on_attempt=self.instruments.webhook_attempt,
+            on_attempt=self.instruments.webhook_attempt, tracing=self.tracing,
         )
         self.orchestrator = Orchestrator(
             store=self.store,
@@ -289,14 +384,30 @@ class CosmicHorizons(ExtensionApp):
             # charge first, so the webhook's body carries the cost
             transition_hooks=[self.accounting.on_transition, self.webhooks.on_transition],
             resolve_dataset=self.staging.resolve,
+            tracing=self.tracing,
+            sample_interval=min(max(self.job_sample_interval, 0.1), 60.0),
         )
         self.inspector = DatasetInspector(self.store, self.datasets)
         self.sky = Sky(self.store, self.datasets, self.work_path, self.orchestrator.get_job)
-        self.usage = Usage(self.store, self.costs, self.work_path)
+        # an ended job's footprint is read after its commit, in the background (server/sky/coverage.py)
+        self.orchestrator.lifecycle.hooks.append(self.sky.coverage.on_transition)
+        self.job_samples = JobSamples(self.store, self.work_path)
+        self.usage = Usage(self.store, self.costs, self.work_path, samples=self.job_samples)
+        self.analytics = UsageAnalytics(
+            self.store, Path(self.analytics_dir).expanduser() if self.analytics_dir else
+            _state_dir() / "analytics" / hashlib.sha256(url.encode()).hexdigest()[:12],
+            freshness=self.analytics_freshness, leaderboard_public=self.leaderboard_public,
+        )
+        self.alerts = Alerts(
+            store=self.store, server_id=self.server_id, budgets=self.accounting.budgets,
+            rules=rules_from_settings(self.alert_rules), webhook_url=self.alert_webhook_url,
+            interval=self.alert_interval,
+        )
         self.advisor = Advisor(
             store=self.store, validator=self.validator, datasets=self.datasets, inspector=self.inspector,
             costs=self.costs, accounting=self.accounting, usage=self.usage,
         )
+        self.event_bridge = self._make_event_bridge()
         self.log.info(
             "cosmic-horizons-lab %s: backend=%s, store=%s, work_dir=%s, GPUs=%s",
             __version__, self.execution_backend.name, _redact(url), self.work_path, len(self.gpus) or f"none ({why})",
@@ -315,10 +426,28 @@ class CosmicHorizons(ExtensionApp):
             kwargs.update(slots=slots, gpus=self.gpus[:slots], on_exit=lambda: self.orchestrator.wake(reconcile=True))
         return cls(**kwargs)
 
+    def _make_event_bridge(self) -> Any:
+        """The NATS bridge, or None when ``event_bus_url`` is empty (nats-py is imported only then)."""
+        if not self.event_bus_url:
+            return None
+        try:
+            from cosmic_horizons_lab.server.bridge.nats import NatsBridge
+        except ImportError as exc:
+            raise RuntimeError("event_bus_url is set but nats-py is missing: pip install "
+                               "'cosmic-horizons-lab[bus]'") from exc
+        return NatsBridge(
+            self.store, url=self.event_bus_url, stream=self.event_bus_stream, batch_size=self.event_bus_batch_size,
+            retry_max=self.event_bus_retry_max_seconds, poll_interval=self.event_bus_poll_interval,
+            duplicate_window=self.event_bus_duplicate_window, msg_id_prefix=self.event_bus_msg_id_prefix,
+        )
+
     def _publish(self, events: list[dict[str, Any]]) -> None:
         self.bus.publish(events)
+        if self.event_bridge is not None:
+            self.event_bridge.wake()
         self.orchestrator.on_published(events)
         self.instruments.on_published(events)
+        self.alerts.on_published(events)
 
     def initialize_handlers(self) -> None:
         self.handlers.extend((url_path_join(API_PREFIX, pattern), handler) for pattern, handler in routes())
@@ -335,6 +464,9 @@ class CosmicHorizons(ExtensionApp):
         """
         if self.ready.is_set():
             return
+        if trace.get_current_span().get_span_context().is_valid:
+            # started by a request: the loops started here must not run inside its span
+            return await asyncio.get_running_loop().create_task(self.ensure_started(), context=untraced_context())
         async with self._start_lock:
             if self.ready.is_set():
                 return
@@ -348,6 +480,10 @@ class CosmicHorizons(ExtensionApp):
                 web_app.settings["log_function"] = self.instruments.wrap_log_function(web_app.settings["log_function"])
             await self.staging.start()
             await self.webhooks.start()
+            await self.alerts.start()
+            await self.analytics.start()
+            if self.event_bridge is not None:
+                await self.event_bridge.start()
             if self.warm_datasets:
                 self._warming = asyncio.get_running_loop().run_in_executor(None, self._warm_datasets)
             self.ready.set()
@@ -364,9 +500,15 @@ class CosmicHorizons(ExtensionApp):
         await self.orchestrator.stop()
         await self.staging.stop()
         await self.webhooks.stop()
+        await self.alerts.stop()
+        await self.analytics.stop()
+        if self.event_bridge is not None:
+            await self.event_bridge.stop()
+        await self.sky.coverage.stop()
         await self.telemetry.stop()
         await self.execution_backend.stop()
         await self.store.close()
+        await asyncio.to_thread(self.tracing.shutdown)  # flushes the exporter's last spans
 
     async def health(self) -> dict[str, Any]:
         backend = await self.execution_backend.health()
@@ -384,6 +526,7 @@ class CosmicHorizons(ExtensionApp):
             "store": {"dialect": self.store.engine.dialect.name, **store_ok},
             "gpus": {"available": self.telemetry.available, "count": len(self.telemetry.gpus), "reason": self.telemetry.reason},
             "subscribers": self.bus.subscriber_count(),
+            **({"event_bus": await self.event_bridge.status()} if self.event_bridge is not None else {}),
             "last_tick_age_seconds": (
                 round(time.time() - self.orchestrator.last_tick, 3) if self.orchestrator.last_tick else None
             ),

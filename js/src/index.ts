@@ -8,6 +8,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { JobsPanel } from './sidebar/panel';
 import { SkyPanel } from './sidebar/sky';
 import { CMD_NEW_JOB, registerCreateWork } from './create';
+import { restorePlugin } from './panels/restore';
 
 export { JobsPanel } from './sidebar/panel';
 export { EventStream } from './api/events';
@@ -63,4 +64,4 @@ const plugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default plugin;
+export default [plugin, restorePlugin];

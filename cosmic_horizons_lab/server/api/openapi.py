@@ -27,6 +27,7 @@ from cosmic_horizons_lab.server.api.submission import (
 )
 from cosmic_horizons_lab.server.api.slurm_queue import SLURM_QUEUE_SCHEMAS, slurm_queue_paths
 from cosmic_horizons_lab.server.sky.openapi import SKY_SCHEMAS, sky_paths
+from cosmic_horizons_lab.server.analytics.openapi import USAGE_SCHEMAS, usage_paths
 from cosmic_horizons_lab.server.staging.requests import ESTIMATE_BODY, STAGE_BODY, STAGING_QUERY
 
 #: GET jobs/metrics (``accounting/usage.py`` parses it; ``period`` is its ``PERIODS``).
@@ -117,6 +118,10 @@ def _paths() -> dict[str, Any]:
         "/jobs/{job_id}/events": {"get": {"summary": "Replay a job's events", "parameters": [
             JOB_ID, *_query(requests.EVENTS_QUERY)],
             "responses": {"200": _json("Events", "Events after `after`"), **_errors(400, 404)}}},
+        "/jobs/{job_id}/resources": {"get": {
+            "summary": "The job's resource samples: per GPU (uuid, host, utilisation, memory, power) or its CPU and RSS",
+            "parameters": [JOB_ID, *_query(requests.RESOURCES_QUERY)],
+            "responses": {"200": _json("JobResources", "Samples after `after`"), **_errors(400, 404)}}},
         "/jobs/{job_id}/logs": {"get": {"summary": "Tail the job's log", "parameters": [
             JOB_ID, *_query(requests.LOGS_QUERY)],
             "responses": {"200": _json("Logs", "A slice of stdout.log"), **_errors(400, 404)}}},
@@ -217,9 +222,10 @@ def openapi_document(api_url: str = "/" + API_PREFIX, backend: str | None = None
         },
         "servers": [{"url": api_url.rstrip("/")}],
         "security": [{"token": []}],
-        "paths": _with_common_errors({**_paths(), **sky_paths(), **slurm_queue_paths()}),
+        "paths": _with_common_errors({**_paths(), **sky_paths(), **slurm_queue_paths(), **usage_paths()}),
         "components": {
-            "schemas": {**SCHEMAS, **request_schemas(backend), **SKY_SCHEMAS, **SLURM_QUEUE_SCHEMAS},
+            "schemas": {**SCHEMAS, **request_schemas(backend), **SKY_SCHEMAS, **SLURM_QUEUE_SCHEMAS,
+                        **USAGE_SCHEMAS},
             "securitySchemes": {"token": {"type": "apiKey", "in": "header", "name": "Authorization"}},
         },
     })

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cosmic_horizons_lab.protocol.events import ENVELOPE_SCHEMA
 from cosmic_horizons_lab.protocol.states import Status
 
 STATUS = [s.value for s in Status]
@@ -23,6 +24,22 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 TIME = {"type": "string", "format": "date-time", "pattern": r"(\+00:00|Z)$"}
+
+#: One resource sample a job took of itself (``server/jobs/samples.py``): a GPU or, without one, the CPU.
+_RESOURCE_READING: dict[str, Any] = {
+    "id": {"type": "integer", "description": "The sample's id: the cursor of `after`"},
+    "ts": TIME,
+    "host": {"type": "string", "description": "The node (Slurm's node name, else the hostname)"},
+    "kind": {"enum": ["gpu", "cpu"]},
+    "uuid": {"type": ["string", "null"], "description": "The GPU's UUID (null for the CPU)"},
+    "index": {"type": ["integer", "null"], "description": "The GPU's NVML index on its node"},
+    "utilization": {"type": "number", "minimum": 0,
+                    "description": "Percent: of the GPU; or of one CPU core (a process tree may exceed 100)"},
+    "memory_bytes": {"type": "integer", "minimum": 0, "description": "GPU memory used, or the job's RSS"},
+    "memory_total_bytes": {"type": ["integer", "null"]},
+    "power_watts": {"type": ["number", "null"]},
+    "temperature_c": {"type": ["number", "null"]},
+}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -89,19 +106,8 @@ SCHEMAS: dict[str, Any] = {
             "updated_at": TIME,
         },
     },
-    "Event": {
-        "type": "object",
-        "required": ["id", "type", "job_id", "user", "ts", "correlation_id", "payload"],
-        "properties": {
-            "id": {"type": "integer"},
-            "type": {"type": "string", "examples": ["job.submitted", "job.progress", "job.completed"]},
-            "job_id": {"type": ["string", "null"]},
-            "user": {"type": "string"},
-            "ts": TIME,
-            "correlation_id": {"type": ["string", "null"]},
-            "payload": {"type": "object"},
-        },
-    },
+    # the event envelope's one home is protocol/events.py (the event bus validates against it too)
+    "Event": {k: v for k, v in ENVELOPE_SCHEMA.items() if k not in ("$schema", "$id")},
     "JobPage": {
         "type": "object",
         "required": ["items", "total", "page", "page_size"],
@@ -214,11 +220,53 @@ SCHEMAS: dict[str, Any] = {
     },
     "Gpus": {
         "type": "object",
-        "required": ["available", "gpus"],
+        "required": ["available", "gpus", "nodes"],
         "properties": {
             "available": {"type": "boolean"},
             "reason": {"type": ["string", "null"]},
             "gpus": {"type": "array", "items": {"type": "object"}},
+            "nodes": {
+                "type": "array",
+                "description": "GPUs per node: the server's host (its own NVML sampler) and every node a job "
+                "sampled itself on recently, each reading with the job holding it (its id for the caller's jobs)",
+                "items": {
+                    "type": "object",
+                    "required": ["host", "source", "gpus"],
+                    "properties": {
+                        "host": {"type": "string"},
+                        "source": {"enum": ["server", "jobs"]},
+                        "gpus": {"type": "array", "items": {
+                            "type": "object",
+                            "required": ["kind", "uuid", "index", "utilization", "job_id", "held"],
+                            "properties": {
+                                **{k: v for k, v in _RESOURCE_READING.items() if k not in ("id",)},
+                                "name": {"type": ["string", "null"]},
+                                "ts": _nullable(TIME),
+                                "job_id": {"type": ["string", "null"],
+                                           "description": "The caller's job last sampled on it (null: none, or "
+                                           "another user's)"},
+                                "job_status": {"type": ["string", "null"]},
+                                "held": {"type": "boolean", "description": "Whether an active job (anyone's) holds it"},
+                            },
+                        }},
+                    },
+                },
+            },
+        },
+    },
+    "JobResourceSample": {
+        "type": "object",
+        "required": list(_RESOURCE_READING),
+        "properties": _RESOURCE_READING,
+    },
+    "JobResources": {
+        "type": "object",
+        "required": ["job_id", "samples", "next_after"],
+        "properties": {
+            "job_id": {"type": "string"},
+            "status": {"enum": STATUS},
+            "samples": {"type": "array", "items": _ref("JobResourceSample")},
+            "next_after": {"type": "integer", "minimum": 0, "description": "Pass as `after` for the next samples"},
         },
     },
     "GpuHistory": {
@@ -272,6 +320,13 @@ SCHEMAS: dict[str, Any] = {
             "store": {"type": "object", "required": ["ok"]},
             "gpus": {"type": "object"},
             "subscribers": {"type": "integer"},
+            "event_bus": {"type": "object", "description": "Only with event_bus_url: the NATS bridge.",
+                          "required": ["stream", "connected", "cursor", "lag"],
+                          "properties": {"stream": {"type": "string"}, "connected": {"type": "boolean"},
+                                         "cursor": {"type": "integer", "description": "Last event id in the stream."},
+                                         "lag": {"type": "integer", "description": "Committed events not yet in it."},
+                                         "published": {"type": "integer"}, "dead_letters": {"type": "integer"},
+                                         "last_error": {"type": ["string", "null"]}}},
             "last_tick_age_seconds": {"type": ["number", "null"]},
         },
     },
@@ -288,8 +343,11 @@ _SUMMARY = {
         "cancelled": {"type": "integer"}, "active": {"type": "integer"},
         "success_rate": {**_NUM, "description": "completed / (completed + failed); null with neither"},
         "average_runtime_minutes": _NUM, "gpu_hours": {"type": "number"},
-        "gpu_utilization": {**_NUM, "description": "Mean % of telemetry samples during the jobs' runs; null if none"},
+        "gpu_utilization": {**_NUM, "description": "Mean % of the GPU samples the jobs took of themselves "
+                            "(else the server host's telemetry during their runs); null if none"},
         "gpu_utilization_samples": {"type": "integer"},
+        "measured_jobs": {"type": "integer", "description": "Ended jobs whose GPU-hours, cost and SUs come from "
+                          "their own GPU samples (sampled GPUs × wall time) rather than gpu_count × wall time"},
         "cost_usd": {"type": "number"}, "su_charged": {"type": "number"},
     },
 }

@@ -37,6 +37,7 @@ from cosmic_horizons_lab.server.handlers.jobs import (
     JobLogsHandler,
     JobOutputFileHandler,
     JobOutputsHandler,
+    JobResourcesHandler,
     JobStatusHandler,
     PipelineHandler,
     SubmitBatchHandler,
@@ -53,6 +54,11 @@ from cosmic_horizons_lab.server.handlers.sky import (
     SkySettingsHandler,
 )
 from cosmic_horizons_lab.server.handlers.queue import SlurmQueueHandler
+from cosmic_horizons_lab.server.handlers.usage import (
+    UsageAccountHandler,
+    UsageAgentsHandler,
+    UsageLeaderboardHandler,
+)
 from cosmic_horizons_lab.server.handlers.stream import EventStreamHandler, LatestEventHandler
 
 JOB = r"(?P<job_id>[^/]+)"
@@ -80,6 +86,7 @@ def routes() -> list[tuple[str, type]]:
         (rf"jobs/{JOB}/status", JobStatusHandler),
         (rf"jobs/{JOB}/events", JobEventsHandler),
         (rf"jobs/{JOB}/logs", JobLogsHandler),
+        (rf"jobs/{JOB}/resources", JobResourcesHandler),
         (rf"jobs/{JOB}/outputs", JobOutputsHandler),
         (rf"jobs/{JOB}/outputs/(?P<relative>.+)", JobOutputFileHandler),
         (rf"jobs/{JOB}", JobHandler),
@@ -101,4 +108,7 @@ def routes() -> list[tuple[str, type]]:
         (r"sky/snapshots", SnapshotsHandler),
         (r"sky/snapshots/(?P<snapshot_id>[^/]+)/png", SnapshotPngHandler),
         (r"sky/snapshots/(?P<snapshot_id>[^/]+)", SnapshotHandler),
+        (r"usage/accounts/(?P<user>[^/]+)", UsageAccountHandler),
+        (r"usage/leaderboard", UsageLeaderboardHandler),
+        (r"usage/agents", UsageAgentsHandler),
     ]

@@ -64,6 +64,7 @@ class JobRecord(Base):
         sa.UniqueConstraint("user", "idempotency_key", name="uq_jobs_user_idempotency_key"),
         sa.Index("ix_jobs_user_created", "user", "created_at"),
         sa.Index("ix_jobs_server_status", "server_id", "status", "priority", "created_at"),
+        sa.Index("ix_jobs_updated", "updated_at", "id"),  # the analytics export's watermark (0008)
     )
 
     id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
@@ -82,6 +83,9 @@ class JobRecord(Base):
     webhook_url: Mapped[str | None] = mapped_column(sa.Text)
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
     correlation_id: Mapped[str] = mapped_column(sa.String(128))
+    #: The W3C traceparent of the request that submitted the job: the job's trace, into which
+    #: its transitions, backend calls and the executor's stages go (server/tracing.py).
+    traceparent: Mapped[str | None] = mapped_column(sa.String(64))
     batch_id: Mapped[str | None] = mapped_column(sa.ForeignKey("batches.id"), index=True)
     depends_on: Mapped[list[str]] = mapped_column(JSONType, default=list)
     backend: Mapped[str] = mapped_column(sa.String(32))

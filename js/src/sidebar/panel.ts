@@ -32,7 +32,8 @@ import { drawHeatmap, IHeatmapData } from '../model/heatmap';
 import { applyEvent, IEvent, IJob, mergeSnapshot } from '../model/jobs';
 import { describeMetrics, metricsLine } from '../model/metrics';
 import { isTerminal, Status } from '../model/states';
-import { heatmapFromHistory } from './heatmap';
+import { heatmapFromHistory, showNodes } from './heatmap';
+import { UsageSection } from './usage';
 
 export interface IPanelOptions {
   /** Open a path (relative to the server root) in Lab. */
@@ -66,6 +67,7 @@ export class JobsPanel extends Widget {
   private gpuTimer: number | undefined;
   private gpuData: IHeatmapData | null = null;
   private fetching = new Set<string>();
+  readonly usage = new UsageSection();
 
   constructor(private readonly options: IPanelOptions = {}) {
     super();
@@ -89,6 +91,7 @@ export class JobsPanel extends Widget {
     this.stateEl = this.node.querySelector('.ch-conn')!;
     this.gpuEl = this.node.querySelector('.ch-gpus')!;
     this.canvas = this.node.querySelector('.ch-heatmap')!;
+    this.node.append(this.usage.node);
     this.node
       .querySelector('.ch-refresh')!
       .addEventListener('click', () => void this.reload());
@@ -371,6 +374,7 @@ export class JobsPanel extends Widget {
     const nogpu = this.gpuEl.querySelector('.ch-nogpu') as HTMLElement;
     try {
       const inventory = await requestAPI<any>(GPUS);
+      showNodes(this.gpuEl, inventory); // GPUs per node, the compute nodes' too
       const gpus: any[] = Array.isArray(inventory) ? inventory : inventory?.gpus ?? [];
       if (!gpus.length) {
         this.gpuEl.dataset.state = 'none';
@@ -407,6 +411,7 @@ export class JobsPanel extends Widget {
 
   dispose(): void {
     this.stream.dispose();
+    this.usage.dispose();
     window.clearInterval(this.gpuTimer);
     for (const row of this.rows.values()) {
       window.clearInterval(row.logTimer);

@@ -31,7 +31,11 @@ def upgrade() -> None:
     )
     op.create_index("ix_alerts_rule_key", "alerts", ["rule", "key", "resolved_at"])
     op.create_index("ix_alerts_user_fired", "alerts", ["user", "fired_at"])
+    # The analytics export reads the jobs changed since its watermark: without this index each
+    # export would scan the whole table, and its cost would grow with the history, not the news.
+    op.create_index("ix_jobs_updated", "jobs", ["updated_at", "id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_jobs_updated", table_name="jobs")
     op.drop_table("alerts")
