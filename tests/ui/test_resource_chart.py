@@ -16,7 +16,7 @@ pytestmark = pytest.mark.ui
 BURN = """
 import time
 t0 = time.time()
-while time.time() - t0 < 5.0:
+while time.time() - t0 < 12.0:
     pass
 """
 
@@ -41,7 +41,7 @@ def test_the_progress_panel_charts_the_jobs_own_series_live(page, lab_server) ->
     chart = page.locator(".chw-progress .chw-resources").first
     job_id = page.locator(".chw-progress").first.get_attribute("data-job-id")
     # after the end the kernel reads the series once more: the chart then holds every sample served
-    # (how many depends on the machine's load: a 5 s burn sampled about once a second)
+    # (how many depends on the machine's load: a 12 s burn sampled about once a second)
     deadline = time.monotonic() + 30
     while True:
         served = lab_server.request("GET", f"jobs/{job_id}/resources?limit=10000")["samples"]
