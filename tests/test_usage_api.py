@@ -327,6 +327,11 @@ def test_the_usage_widget_charts_what_a_real_server_answers(tmp_path):
         widget._on_msg(widget, {"action": "period", "period": "month"}, [])
         assert widget.period == "month" and widget.account["period"] == "month"
         assert "2 jobs" in repr(widget)
+        # a reopened notebook shows the charts in words where the kernel is gone (panels/restore.ts)
+        data, _ = widget._repr_mimebundle_()
+        panel = data["application/vnd.cosmic-horizons.panel+json"]
+        assert panel["model_id"] == widget.model_id and "2 jobs" in panel["lines"][0]
+        assert "50 % succeeded" in panel["lines"][0] and "2 jobs" in data["text/html"]
     finally:
         server.stop()
         kill_job_groups(root / "jobs")

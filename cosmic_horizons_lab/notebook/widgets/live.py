@@ -33,7 +33,7 @@ import traitlets
 
 # The job state machine lives in notebook/state.py (no anywidget needed); re-exported here.
 from cosmic_horizons_lab.notebook.state import TERMINAL, Event, apply_event, merge_snapshot
-from cosmic_horizons_lab.notebook.widgets.summary import panel_bundle
+from cosmic_horizons_lab.notebook.widgets.summary import with_panel
 
 log = logging.getLogger(__name__)
 
@@ -236,15 +236,11 @@ class LiveWidget(anywidget.AnyWidget):
             self.panel_summary = lines
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        """The widget view, with the panel's static form (``summary.panel_bundle``) beside it."""
+        """The widget view, with the panel's static form (``summary.with_panel``) beside it."""
         bundle = super()._repr_mimebundle_(**kwargs)
-        if bundle is None:
-            return None
-        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
         with self._apply_lock:  # not beside the pump's own refresh
             self._refresh_summary()
-        return panel_bundle(data, model_id=self.model_id, kind=type(self).__name__,
-                            lines=list(self.panel_summary)), metadata
+        return with_panel(self, bundle, list(self.panel_summary))
 
     def close(self) -> None:
         self._closed_once = True

@@ -59,3 +59,11 @@ def panel_bundle(data: dict[str, Any], *, model_id: str, kind: str, lines: list[
         PANEL_MIME: {"model_id": model_id, "kind": kind, "lines": list(lines), "hint": HINT},
         "text/html": panel_html(kind, lines),
     }
+
+
+def with_panel(widget: Any, bundle: Any, lines: list[str]) -> Any:
+    """A widget's ``_repr_mimebundle_`` answer (data, or (data, metadata)) with its static form."""
+    if bundle is None:
+        return None
+    data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
+    return panel_bundle(data, model_id=widget.model_id, kind=type(widget).__name__, lines=lines), metadata

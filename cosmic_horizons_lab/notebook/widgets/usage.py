@@ -16,6 +16,7 @@ import traitlets
 
 from cosmic_horizons_lab.notebook.client import ApiError
 from cosmic_horizons_lab.notebook.widgets.static import CSS, view
+from cosmic_horizons_lab.notebook.widgets.summary import with_panel
 
 if TYPE_CHECKING:
     from cosmic_horizons_lab.notebook.lab import Lab
@@ -44,6 +45,22 @@ class Usage(anywidget.AnyWidget):
         totals = (self.account or {}).get("totals") or {}
         return (f"<Usage of {self.account.get('user', '?')}: {totals.get('jobs', 0)} jobs, "
                 f"{totals.get('gpu_hours', 0):.2f} GPU-hours, {totals.get('su', 0):.2f} SU>")
+
+    def summary(self) -> list[str]:
+        """The charts in words, for a reopened notebook whose kernel is gone (``panels/restore.ts``)."""
+        if self.error:
+            return [f"Usage: {self.error}"]
+        totals = (self.account or {}).get("totals") or {}
+        rate = totals.get("success_rate")
+        lines = [f"Usage of {self.account.get('user', '?')} by {self.period}: {totals.get('jobs', 0)} jobs, "
+                 f"{totals.get('gpu_hours', 0):.2f} GPU-hours, {totals.get('su', 0):.2f} SU"
+                 + (f", {100 * rate:.0f} % succeeded" if rate is not None else "")]
+        for row in (self.account or {}).get("by_period", [])[-6:]:
+            lines.append(f"{row.get('period')}: {row.get('jobs', 0)} jobs, {row.get('gpu_hours', 0):.2f} GPU-hours")
+        return lines
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return with_panel(self, super()._repr_mimebundle_(**kwargs), self.summary())
 
     def _on_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
         if isinstance(content, dict) and content.get("action") == "period" and content.get("period"):
