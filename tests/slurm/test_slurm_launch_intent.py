@@ -86,7 +86,14 @@ def test_a_server_killed_after_sbatch_adopts_the_job_instead_of_submitting_it_ag
         assert len(queuing) == 1 and queuing[0]["payload"].get("adopted") is True
     finally:
         second.stop()
-    slurm_jobs = subprocess.run(["squeue", "--noheader", "--states=all", f"--name={name}", "--format=%i"],
-                                capture_output=True, text=True).stdout.split()
+    # squeue forgets ended jobs after MinJobAge (10 s here): ask the accounting, which keeps them
+    deadline = time.monotonic() + 30
+    while True:
+        slurm_jobs = subprocess.run(["sacct", "-X", "--noheader", "--parsable2", "--allusers", f"--name={name}",
+                                     "--starttime=now-2hours", "--format=JobID"],
+                                    capture_output=True, text=True).stdout.split()
+        if listed[0] in slurm_jobs or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert slurm_jobs == listed  # one sbatch, not two
     assert len(ran.read_text().split()) == 1
