@@ -16,18 +16,11 @@ import pytest
 
 from cosmic_horizons_lab.server.webhooks import sign
 
+from ..test_alerts import receiver  # noqa: F401  (the fixture: a real webhook receiver)
 from ..test_event_stream import _read_events
-from ..test_webhooks import Receiver
 from .conftest import sh, wait_for_accounting
 
 OFF = {"queue_wait": None, "budget": None, "gpu_idle": None}
-
-
-@pytest.fixture
-def receiver():
-    r = Receiver().start()
-    yield r
-    r.stop()
 
 
 @pytest.fixture
