@@ -31,23 +31,32 @@ ascension, as FITS images are displayed (``CDELT1 < 0``), and pixel
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from cosmic_horizons_lab.science import gridding_loops as loops
 from cosmic_horizons_lab.science.device import chunk_size, host_threads
 
-SIGMA = 2.0  # grid oversampling
-#: Choices of the w kernel, as (support beyond the uv kernel's ``W``, oversampling
-#: ``σ_w`` of the plane spacing ``dw = 1 / (2 σ_w max|n - 1 - nshift|)``). Centring puts
-#: the largest ``|n - 1 - nshift|`` at the phase centre, where the bright sources
-#: are, so the w kernel needs more margin than the uv kernel; each choice keeps the
-#: error at the uncentred ``(W, σ = 2)`` level (checked against ducc0). Wider support
+SIGMA = 2.0  # oversampling of the grid that uniform and Briggs weighting count on
+#: Oversampling factors ``σ`` of the uv grid to choose from. A smaller grid means
+#: cheaper FFTs but a wider kernel for the same accuracy (Barnett et al. 2019:
+#: ``W ≈ ln(1/ε) / (π sqrt(1 - 1/σ))``), so more gridding work per visibility:
+#: few visibilities on a large image favour 1.5, many on a small one 2. (1.25 missed
+#: the accuracy at ε = 1e-6 by 3× in the tests with this kernel, and 1.75, where
+#: W rounds up by only 0.5, ε = 1e-4 by 2× against ducc0 at ε = 1e-9.)
+UV_SIGMA_CHOICES = (1.5, 2.0)
+#: Oversampling ``σ_w`` of the w planes' spacing ``dw = 1 / (2 σ_w max|n - 1 - nshift|)``
+#: to choose from. Centring puts the largest ``|n - 1 - nshift|`` at the phase centre,
+#: where the bright sources are, so the w kernel takes one unit of support more than
+#: the accuracy formula asks (checked against ducc0 and the direct sum). Wider support
 #: means more gridding work per visibility, wider spacing fewer planes, each an FFT:
-#: :func:`_choose_w_kernel` takes the cheapest for the data at hand, as ducc0 does.
-W_KERNEL_CHOICES = ((0, 3.0), (1, 2.0), (2, 1.5))
+#: :func:`_choose_kernels` takes the cheapest for the data at hand, as ducc0 does.
+W_KERNEL_CHOICES = (3.0, 2.0, 1.5)
 #: Cost model of that choice, seconds on the 2-core CPU it was measured on: one
 #: visibility's contribution to one grid cell of one plane, and one plane's FFT,
 #: copies and sum per cell of the oversampled grid. Only their ratio matters.
@@ -64,14 +73,16 @@ class Kernel:
     beta: float
 
     @classmethod
-    def for_accuracy(cls, epsilon: float) -> "Kernel":
-        """Support and shape for a target relative accuracy at 2× oversampling.
+    def for_accuracy(cls, epsilon: float, sigma: float = SIGMA) -> "Kernel":
+        """Support and shape for a target relative accuracy at oversampling ``sigma``.
 
-        ``β = 2.3 W`` is the choice of Barnett et al. (2019) for σ = 2; the
-        error falls roughly tenfold per extra unit of support.
+        ``W = ⌈ln(1/ε) / (π sqrt(1 - 1/σ))⌉`` and ``β = 0.98 π W (1 - 1/(2σ))``
+        (Barnett et al. 2019; FINUFFT's rule): at σ = 2 that is ``β ≈ 2.3 W``, with
+        the error falling roughly tenfold per extra unit of support.
         """
-        w = int(min(16, max(4, math.ceil(-math.log10(epsilon)) + 1)))
-        return cls(support=w, beta=2.3 * w)
+        w = math.ceil(math.log(1 / epsilon) / (math.pi * math.sqrt(1 - 1 / sigma)))
+        w = int(min(16, max(4, w)))
+        return cls(support=w, beta=0.98 * math.pi * (1 - 0.5 / sigma) * w)
 
     def values(self, offset: torch.Tensor) -> torch.Tensor:
         """Kernel at ``offset`` grid cells from the visibility (zero beyond ±W/2)."""
@@ -80,6 +91,16 @@ class Kernel:
         x2 = torch.where(inside, x * x, torch.zeros_like(x))
         return torch.where(inside, torch.exp(self.beta * (torch.sqrt(1 - x2) - 1)),
                            torch.zeros_like(x))
+
+    def pieces(self) -> np.ndarray:
+        """The kernel as ``support`` polynomials, one per cell it covers: ``c[k, a]``
+        multiplies ``(2t - 1)^k`` on ``[a - W/2, a + 1 - W/2]``, ``t`` ∈ [0, 1] across it.
+
+        Chebyshev interpolation of degree ``W + 3``; its error is that of the kernel's
+        own truncation (the jump of ``e^{-β}`` at ``±W/2``), so the accuracy budget
+        does not change. Cached per kernel.
+        """
+        return _kernel_pieces(self.support, self.beta)
 
     def fourier(self, xi: np.ndarray) -> np.ndarray:
         """Fourier transform of the kernel at ``xi`` cycles per grid cell (float64).
@@ -100,6 +121,20 @@ class Kernel:
         return (self.support / 2) * (np.cos(arg) * (weights * phi)).sum(axis=-1)
 
 
+@functools.lru_cache(maxsize=64)
+def _kernel_pieces(support: int, beta: float) -> np.ndarray:
+    from numpy.polynomial import chebyshev
+
+    kernel = Kernel(support, beta)
+    coef = np.zeros((support + 4, support))
+    for a in range(support):
+        def piece(t: np.ndarray, a: int = a) -> np.ndarray:
+            return kernel.values(torch.from_numpy(t + a - support / 2)).numpy()
+        series = chebyshev.Chebyshev.interpolate(piece, support + 3, domain=[0, 1])
+        coef[:, a] = chebyshev.cheb2poly(series.coef)  # powers of the window's 2t - 1
+    return coef
+
+
 @dataclass(frozen=True)
 class ImageGeometry:
     npix_x: int
@@ -109,8 +144,13 @@ class ImageGeometry:
 
     @property
     def grid_shape(self) -> tuple[int, int]:
-        """Oversampled grid, even and FFT-friendly (a product of 2, 3 and 5)."""
-        return (_good_size(int(SIGMA * self.npix_y)), _good_size(int(SIGMA * self.npix_x)))
+        """The 2× oversampled grid (what weighting counts samples on)."""
+        return self.oversampled(SIGMA)
+
+    def oversampled(self, sigma: float) -> tuple[int, int]:
+        """Grid ``(nv, nu)`` oversampled ``sigma`` times, even and FFT-friendly (a product
+        of 2, 3 and 5)."""
+        return (_good_size(math.ceil(sigma * self.npix_y)), _good_size(math.ceil(sigma * self.npix_x)))
 
     def nm1(self) -> np.ndarray:
         """``n - 1`` at every pixel (float64, [y, x])."""
@@ -126,28 +166,36 @@ class ImageGeometry:
         return np.broadcast_to((jy * self.cell_y)[:, None], (self.npix_y, self.npix_x))
 
 
-def _w_kernel(support: int, sigma_w: float) -> Kernel:
-    """ES kernel of ``support`` with β for oversampling ``sigma_w`` (Barnett et al. 2019:
-    ``β ≈ 0.98 π W (1 - 1/(2σ))``, which is the 2.3 W of :class:`Kernel` at σ = 2)."""
-    return Kernel(support=support, beta=0.98 * math.pi * (1 - 0.5 / sigma_w) * support)
+def _w_kernel(epsilon: float, sigma_w: float) -> Kernel:
+    """The w kernel for spacing oversampled ``sigma_w`` times: one unit of support more
+    than :meth:`Kernel.for_accuracy` (see :data:`W_KERNEL_CHOICES`)."""
+    base = Kernel.for_accuracy(epsilon, sigma_w)
+    return Kernel(support=base.support + 1, beta=base.beta * (base.support + 1) / base.support)
 
 
-def _choose_w_kernel(kernel: Kernel, n_vis: int, w_span: float, x_range: float,
-                     grid_cells: int) -> tuple[Kernel, float]:
-    """The w kernel and ``σ_w`` of :data:`W_KERNEL_CHOICES` with the least modelled cost.
+def _choose_kernels(epsilon: float, geom: "ImageGeometry", n_vis: int, w_span: float | None,
+                    x_range: float) -> tuple[Kernel, tuple[int, int], Kernel | None, float]:
+    """The uv kernel, its grid, the w kernel and ``σ_w`` with the least modelled cost.
 
-    ``w_span`` is the range of |w| in wavelengths, ``x_range`` the largest
-    ``|n - 1 - nshift|``, ``grid_cells`` the size of the oversampled grid.
+    ``w_span`` is the range of |w| in wavelengths (None without w stacking),
+    ``x_range`` the largest ``|n - 1 - nshift|``.
     """
-    def cost(choice: tuple[int, float]) -> float:
-        extra, sigma_w = choice
-        support = kernel.support + extra
-        planes = w_span * 2 * sigma_w * x_range + support + 1
-        return (n_vis * kernel.support**2 * support * COST_PER_CELL_ADD
-                + planes * grid_cells * COST_PER_PLANE_CELL)
-
-    extra, sigma_w = min(W_KERNEL_CHOICES, key=cost)
-    return _w_kernel(kernel.support + extra, sigma_w), sigma_w
+    best = None
+    for sigma in UV_SIGMA_CHOICES:
+        kernel = Kernel.for_accuracy(epsilon, sigma)
+        nv, nu = geom.oversampled(sigma)
+        for sigma_w in (W_KERNEL_CHOICES if w_span is not None else (None,)):
+            if sigma_w is None:
+                wkernel, planes, w_support = None, 1, 1
+            else:
+                wkernel = _w_kernel(epsilon, sigma_w)
+                w_support = wkernel.support
+                planes = w_span * 2 * sigma_w * x_range + w_support + 1
+            cost = (n_vis * kernel.support**2 * w_support * COST_PER_CELL_ADD
+                    + planes * nv * nu * COST_PER_PLANE_CELL)
+            if best is None or cost < best[0]:
+                best = (cost, kernel, (nv, nu), wkernel, sigma_w or 0.0)
+    return best[1:]
 
 
 def _good_size(n: int) -> int:
@@ -173,14 +221,15 @@ def ifft2_unnormalised(grid: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifft2(grid, norm="forward")
 
 
-def _ifft_rows_unnormalised(x: torch.Tensor, out: torch.Tensor, workers: int = 1) -> torch.Tensor:
-    """``Σ_k x_k exp(+2πi k j / N)`` along the rows (last axis) of a 2-D complex64 tensor,
-    into ``out`` or (on the CPU) in place in ``x``, which is then overwritten.
+def _ifft_rows_unnormalised(x: torch.Tensor, out: torch.Tensor | None,
+                            workers: int = 1) -> torch.Tensor:
+    """``Σ_k x_k exp(+2πi k j / N)`` along the rows (last axis) of a 2-D complex64 tensor.
 
-    On the CPU this goes through ``scipy.fft`` (pocketfft, multithreaded and in
-    single precision), measured 2-3x faster than torch's CPU FFT on the batched
-    row transforms of a w plane; on a GPU it is cuFFT through ``torch.fft``. Both
-    are spelled with ``norm="forward"``, see :func:`ifft2_unnormalised`.
+    On the CPU this runs in place in ``x`` (when its rows are contiguous in memory),
+    through ``scipy.fft`` (pocketfft, multithreaded and in single precision), measured
+    2-3x faster than torch's CPU FFT on the batched row transforms of a w plane; on a
+    GPU it is cuFFT through ``torch.fft``, into ``out`` when given. Both are spelled
+    with ``norm="forward"``, see :func:`ifft2_unnormalised`.
     """
     if x.device.type == "cpu":
         try:
@@ -189,7 +238,10 @@ def _ifft_rows_unnormalised(x: torch.Tensor, out: torch.Tensor, workers: int = 1
             pass
         else:
             # in place: a fresh output of this size would cost page faults every plane
-            scipy.fft.ifft(x.numpy(), axis=1, norm="forward", workers=workers, overwrite_x=True)
+            res = scipy.fft.ifft(x.numpy(), axis=1, norm="forward", workers=workers,
+                                 overwrite_x=True)
+            if not np.shares_memory(res, x.numpy()):
+                x.copy_(torch.from_numpy(res))
             return x
     return torch.fft.ifft(x, dim=1, norm="forward", out=out)
 
@@ -209,55 +261,67 @@ def _wrapped_segments(lo: int, count: int, n: int) -> list[tuple[int, int, int]]
 class _PlaneTransform:
     """Image pixels of the unnormalised inverse FFT of one w plane, held on a compact grid.
 
-    The plane is zero except on the block of cells the data touch (``nrow ×
-    ncol`` from ``(vlo, ulo)``, wrapped onto the periodic ``nv × nu`` grid).
+    The plane is zero except on the block of cells the data touch, ``nrow`` rows
+    from ``vlo`` and ``ncol`` columns from ``ulo`` of the periodic ``nv × nu``
+    grid. The plane buffer holds that block from its corner, each row ``stride``
+    cells long (``max(ncol, nu)``): a shift of the input by ``(vlo, ulo)`` cells
+    is a phase ``exp(2πi (ulo jx / nu + vlo jy / nv))`` on the output, the same for
+    every plane, which :func:`dirty_image` applies once at the end (:meth:`phase`)
+    instead of wrapping every plane onto the grid.
+
     Instead of one full 2-D FFT of the oversampled grid followed by a roll and a
-    crop, the FFT runs along u only on the rows that hold data (about half of
-    them: the uv coverage fills the inner half of a 2× oversampled grid), then
-    along v only for the image's columns (half of them): half the work, no roll.
-    The wrapping and the crop are slice copies into buffers reused from plane to
-    plane (fresh multi-megabyte buffers cost page faults on the host).
+    crop, the FFT runs along u, in place, only on the rows that hold data (about
+    half of them), then along v only for the image's columns (half of them, from
+    a transposed buffer whose rows past ``nrow`` stay zero). Data beyond the grid's
+    band (``ncol > nu`` or ``nrow > nv``) are folded back first (aliasing).
     """
 
     def __init__(self, nrow: int, ncol: int, vlo: int, ulo: int, nv: int, nu: int,
                  geom: "ImageGeometry", device: torch.device) -> None:
-        self.rows = _wrapped_segments(vlo, nrow, nv)
-        self.cols = _wrapped_segments(ulo, ncol, nu)
-        # aliasing (data beyond the grid's band) sums cells, so buffers are cleared each time
-        self.alias_rows, self.alias_cols = nrow > nv, ncol > nu
+        self.nrow, self.ncol, self.nv, self.nu = nrow, ncol, nv, nu
+        self.vlo, self.ulo = vlo, ulo
+        self.stride = max(ncol, nu)
+        self.rows_in = min(nrow, nv)  # rows of the v transform's input that can hold data
         oy, ox = geom.npix_y // 2, geom.npix_x // 2
         # image row i <- FFT row (i - oy) mod nv, and likewise for columns
         self.out_rows = _wrapped_segments(-oy, geom.npix_y, nv)
         self.out_cols = _wrapped_segments(-ox, geom.npix_x, nu)
-        self.shape = (nrow, ncol)
+        self.geom = geom
         self.workers = torch.get_num_threads()  # FFT threads on the CPU (coarse-grained)
-        c64 = torch.complex64
-        self.wide = torch.zeros((nrow, nu), dtype=c64, device=device)
-        self.wide_f = torch.empty((nrow, nu), dtype=c64, device=device)
         # the v transform runs on a transposed (x, v) buffer: along its contiguous rows,
         # a batched FFT is several times faster than along strided columns on the CPU
-        self.tall = torch.zeros((geom.npix_x, nv), dtype=c64, device=device)
-        self.tall_f = torch.empty((geom.npix_x, nv), dtype=c64, device=device)
+        self.tall = torch.zeros((geom.npix_x, nv), dtype=torch.complex64, device=device)
+        self.tall_f = torch.empty((geom.npix_x, nv), dtype=torch.complex64, device=device)
+
+    @property
+    def cells(self) -> int:
+        """Size of one plane buffer."""
+        return self.nrow * self.stride
 
     def __call__(self, grid: torch.Tensor) -> torch.Tensor:
         """The (npix_x, nv) transform, transposed: image pixel (i, j) is element
-        ``(j, (i - oy) mod nv)`` of it (see ``out_rows``)."""
-        grid = grid.view(self.shape)
-        if self.alias_cols or self.wide.device.type == "cpu":  # (the CPU FFT works in place)
-            self.wide.zero_()
-        for src, dst, length in self.cols:
-            target = self.wide.narrow(1, dst, length)
-            piece = grid.narrow(1, src, length)
-            target.add_(piece) if self.alias_cols else target.copy_(piece)
-        wide_f = _ifft_rows_unnormalised(self.wide, self.wide_f, self.workers)
-        if self.alias_rows or self.tall.device.type == "cpu":
-            self.tall.zero_()
-        for src, dst, length in self.rows:
-            for csrc, cdst, clen in self.out_cols:
-                target = self.tall[csrc:csrc + clen, dst:dst + length]
-                piece = wide_f[src:src + length, cdst:cdst + clen].T
-                target.add_(piece) if self.alias_rows else target.copy_(piece)
+        ``(j, (i - oy) mod nv)`` of it (see ``out_rows``), times :meth:`phase`'s conjugate.
+        ``grid`` is overwritten."""
+        g = grid.view(self.nrow, self.stride)
+        for start in range(self.nu, self.ncol, self.nu):  # columns beyond the band alias
+            length = min(self.nu, self.ncol - start)
+            g[:, :length] += g[:, start:start + length]
+        wide = _ifft_rows_unnormalised(g[:, :self.nu], None, self.workers)
+        n = self.rows_in
+        if self.tall.device.type == "cpu":  # the CPU FFT below works in place
+            self.tall[:, n:].zero_()
+        for csrc, cdst, clen in self.out_cols:
+            target = self.tall[csrc:csrc + clen, :n]
+            target.copy_(wide[:n, cdst:cdst + clen].T)
+            for start in range(self.nv, self.nrow, self.nv):  # rows beyond the band alias
+                length = min(self.nv, self.nrow - start)
+                self.tall[csrc:csrc + clen, :length] += wide[start:start + length,
+                                                             cdst:cdst + clen].T
         return _ifft_rows_unnormalised(self.tall, self.tall_f, self.workers)
+
+    def phase_turns(self) -> tuple[float, float]:
+        """``(ulo / nu, vlo / nv)``: the output's phase is ``2π (that · (jx, jy))`` turns."""
+        return self.ulo / self.nu, self.vlo / self.nv
 
 
 def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
@@ -276,7 +340,7 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
       ``nshift + (n - 1 - nshift)`` with ``nshift`` the middle of its range over
       the image; ``exp(2πi w nshift)`` is applied to the visibilities exactly, so
       the planes need fewer of them (the w kernel's support and spacing are
-      then chosen by :func:`_choose_w_kernel`).
+      then chosen by :func:`_choose_kernels`, with the uv grid's oversampling).
     * Visibilities are taken in chunks in w order, a quarter plane wide; each
       chunk's ``V × kv ⊗ ku`` (the separable uv kernel, ``W²`` cells) and grid
       indices are computed once, then for each plane the chunk reaches they are
@@ -291,52 +355,68 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
       ``exp(2πi dw (n - 1 - nshift))``, one multiply-add per plane, instead of an
       ``exp`` per pixel and plane.
     """
-    # Preparation runs in torch on the host (multithreaded gathers and sort; numpy's are
-    # single-threaded and took seconds at 1e7 visibilities); the chunks then go to the device.
-    wt = torch.as_tensor(np.asarray(weight))
-    keep = torch.nonzero(wt != 0).squeeze(1)
-    uvw = torch.as_tensor(np.asarray(uvw_lambda, np.float64)).index_select(0, keep)
-    vals = torch.as_tensor(np.asarray(vis)).index_select(0, keep).to(torch.complex64)
-    vals *= wt.index_select(0, keep).to(torch.float32)
-    # Re V exp(-iφ) = Re conj(V) exp(+iφ): conjugate once, then grid with the + sign. For
-    # w < 0 use the Hermitian conjugate (-uvw, V) instead, which leaves the real image unchanged.
-    sign = 1.0 - 2.0 * (uvw[:, 2] < 0).to(torch.float64)
-    torch.view_as_real(vals)[:, 1] *= -sign.to(torch.float32)
-    w = uvw[:, 2] * sign
-    kernel = Kernel.for_accuracy(epsilon)
-    support = kernel.support
-    half = support / 2
-    nv, nu = geom.grid_shape
-    # pixel units: u' = -u because x runs toward decreasing l (see module docstring)
-    u_pix = uvw[:, 0] * sign * (-geom.cell_x * nu)
-    v_pix = uvw[:, 1] * sign * (geom.cell_y * nv)
-    del uvw, sign
+    compiled = _compiled_spreading(device)
+    weight = np.asarray(weight)
+    if compiled:
+        uvw_np = np.ascontiguousarray(uvw_lambda, np.float64)
+        keep = np.flatnonzero(weight)
+        w_lo, w_hi = loops.abs_w_range(uvw_np, keep) if len(keep) else (0.0, 0.0)
+    else:
+        # Preparation runs in torch (multithreaded gathers and sort; numpy's are
+        # single-threaded and took seconds at 1e7 visibilities); chunks then go to the device.
+        wt = torch.as_tensor(weight)
+        keep = torch.nonzero(wt != 0).squeeze(1)
+        uvw = torch.as_tensor(np.asarray(uvw_lambda, np.float64)).index_select(0, keep)
+        vals = torch.as_tensor(np.asarray(vis)).index_select(0, keep).to(torch.complex64)
+        vals *= wt.index_select(0, keep).to(torch.float32)
+        # Re V exp(-iφ) = Re conj(V) exp(+iφ): conjugate once, then grid with the + sign. For
+        # w < 0 use the Hermitian conjugate (-uvw, V), which leaves the real image unchanged.
+        sign = 1.0 - 2.0 * (uvw[:, 2] < 0).to(torch.float64)
+        torch.view_as_real(vals)[:, 1] *= -sign.to(torch.float32)
+        w = uvw[:, 2] * sign
+        w_lo, w_hi = (float(w.min()), float(w.max())) if len(w) else (0.0, 0.0)
+    n_vis = len(keep)
     nm1 = geom.nm1()
     nm1_max = float(np.abs(nm1).max())
-    use_w = bool(do_w and nm1_max > 0 and len(w) and float(w.max() - w.min()) * nm1_max > 1e-9)
+    use_w = bool(do_w and nm1_max > 0 and n_vis and (w_hi - w_lo) * nm1_max > 1e-9)
+    nshift = 0.5 * (float(nm1.min()) + float(nm1.max())) if use_w else 0.0
+    x_range = 0.5 * (float(nm1.max()) - float(nm1.min()))
+    kernel, (nv, nu), wkernel, sigma_w = _choose_kernels(
+        epsilon, geom, n_vis, (w_hi - w_lo) if use_w else None, x_range)
+    support = kernel.support
+    half = support / 2
+    # pixel units: u' = -u because x runs toward decreasing l (see module docstring)
+    scale_u, scale_v = -geom.cell_x * nu, geom.cell_y * nv
     if use_w:
-        nshift = 0.5 * (float(nm1.min()) + float(nm1.max()))
-        x_range = 0.5 * (float(nm1.max()) - float(nm1.min()))
-        wkernel, sigma_w = _choose_w_kernel(kernel, len(w), float(w.max() - w.min()), x_range,
-                                            nv * nu)
         whalf = wkernel.support / 2
         dw = 1.0 / (2 * sigma_w * x_range)
-        w0 = float(w.min()) - dw * whalf
-        w_pix, order = torch.sort((w - w0) / dw)
-        n_planes = int(math.ceil(float(w_pix[-1]) + whalf)) + 1
-        u_pix, v_pix, w, vals = u_pix[order], v_pix[order], w[order], vals[order]
-        # exp(2πi w nshift), the phase taken out of the planes; turns reduced in float64
-        turns = (torch.remainder(w * nshift, 1.0) * (2 * np.pi)).to(torch.float32)
-        vals *= torch.polar(torch.ones_like(turns), turns)
-        del order, turns
+        w0 = w_lo - dw * whalf
+        n_planes = int(math.ceil((w_hi - w0) / dw + whalf)) + 1
     else:
-        nshift, dw, w0, n_planes, w_pix = 0.0, 1.0, 0.0, 1, torch.zeros(len(w), dtype=torch.float64)
-        wkernel, whalf = kernel, half
-    u_pix, v_pix, w_pix, vals = u_pix.numpy(), v_pix.numpy(), w_pix.numpy(), vals.numpy()
-    # first covered cell per visibility (float64: positions of long baselines need it)
-    u_first = np.floor(u_pix - half) + 1
-    v_first = np.floor(v_pix - half) + 1
-    if len(w):
+        dw, w0, n_planes = 1.0, 0.0, 1
+    if compiled:
+        with loops.dynamic_chunks(4096):
+            u_pix, v_pix, w_pix, vals, u_first, v_first = loops.prepare(
+                uvw_np, np.asarray(vis), weight, keep, scale_u, scale_v, half, w0,
+                1.0 / dw if use_w else 0.0, nshift)
+    else:
+        u_pix, v_pix = uvw[:, 0] * sign * scale_u, uvw[:, 1] * sign * scale_v
+        del uvw, sign
+        if use_w:
+            w_pix, order = torch.sort((w - w0) / dw)
+            u_pix, v_pix, w, vals = u_pix[order], v_pix[order], w[order], vals[order]
+            del order
+            # exp(2πi w nshift), the phase taken out of the planes; turns reduced in float64
+            turns = (torch.remainder(w * nshift, 1.0) * (2 * np.pi)).to(torch.float32)
+            vals *= torch.polar(torch.ones_like(turns), turns)
+            del turns
+        else:
+            w_pix = torch.zeros(n_vis, dtype=torch.float64)
+        u_pix, v_pix, w_pix, vals = u_pix.numpy(), v_pix.numpy(), w_pix.numpy(), vals.numpy()
+        # first covered cell per visibility (float64: positions of long baselines need it)
+        u_first = np.floor(u_pix - half) + 1
+        v_first = np.floor(v_pix - half) + 1
+    if n_vis:
         ulo, vlo = int(u_first.min()), int(v_first.min())
         ncol, nrow = int(u_first.max()) - ulo + support, int(v_first.max()) - vlo + support
     else:
@@ -344,36 +424,158 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
         ncol = nrow = 1
     transform = _PlaneTransform(nrow, ncol, vlo, ulo, nv, nu, geom, device)
     oy, ox = geom.npix_y // 2, geom.npix_x // 2
-    k = torch.arange(support, device=device)
-    # int32 indices halve the index traffic of the scatter where the compact grid allows
-    index_dtype = torch.int32 if nrow * ncol < 2**31 else torch.int64
-    cell_offsets = (k[:, None] * ncol + k[None, :]).reshape(1, -1).to(index_dtype)  # row-major W×W
 
     # Accumulator precision follows the accuracy asked for; the grid itself is complex64.
     acc_dtype = torch.complex128 if epsilon < 1e-5 else torch.complex64
-    x_img = torch.from_numpy(np.ascontiguousarray((nm1 - nshift).T)).to(device)  # [x, y], as acc
-    step_back = torch.exp(-2j * math.pi * dw * x_img).to(acc_dtype) if use_w else None
+    x_img = np.ascontiguousarray((nm1 - nshift).T)  # [x, y], as acc
+    step_back = torch.from_numpy(loops.phasor(x_img, -dw)).to(device, acc_dtype) if use_w else None
     acc = torch.zeros((geom.npix_x, geom.npix_y), dtype=acc_dtype, device=device)  # transposed
     ref_plane = None
 
-    free: list[torch.Tensor] = []  # plane buffers to reuse
-
     def add_plane(p: int, grid: torch.Tensor) -> None:
-        """acc ← acc · exp(-2πi (p - ref) dw x) + image of plane p (Horner's rule), in place."""
+        """acc ← acc · exp(-2πi (p - ref) dw x) + image of plane p (Horner's rule), in
+        place; ``grid`` is cleared for reuse."""
         nonlocal ref_plane
         columns = transform(grid)
         grid.zero_()
-        free.append(grid)
         if ref_plane is not None and use_w:
             gap = p - ref_plane
             acc.mul_(step_back if gap == 1 else
-                     torch.exp(-2j * math.pi * gap * dw * x_img).to(acc_dtype))
+                     torch.from_numpy(loops.phasor(x_img, -gap * dw)).to(device, acc_dtype))
         for src, dst, length in transform.out_rows:
             acc.narrow(1, src, length).add_(columns.narrow(1, dst, length))
         ref_plane = p
         if progress is not None:
             progress(p + 1, n_planes)
 
+    work = _PlaneWork(u_pix, v_pix, w_pix, vals, u_first, v_first, kernel, wkernel,
+                      n_planes, nrow, ncol, vlo, ulo, transform.stride)
+    if compiled:
+        # the planes' copies and sums are memory-bound: one torch thread is as fast and
+        # never waits at a barrier for a thread another job holds; the FFTs keep workers
+        with host_threads(device, 1):
+            _spread_compiled(work, add_plane)
+    else:
+        _spread_torch(work, add_plane, device)
+    if progress is not None and ref_plane != n_planes - 1:  # trailing planes held no data
+        progress(n_planes, n_planes)
+    jx = (np.arange(geom.npix_x) - ox) / nu
+    jy = (np.arange(geom.npix_y) - oy) / nv
+    if use_w:
+        # ψ̂_w sampled finely enough for linear interpolation to err by < ε / 10
+        top = float(np.abs(x_img).max()) * dw or 1.0
+        samples = int(min(1 << 15, max(1024, 4 / math.sqrt(epsilon))))
+        table = wkernel.fourier(np.linspace(0.0, top, samples))
+        step = top / (samples - 1)
+    else:
+        table, step = np.zeros(0), 1.0
+    turns = (w0 + ref_plane * dw) if (use_w and ref_plane is not None) else 0.0
+    image = np.empty((geom.npix_y, geom.npix_x))
+    with loops.dynamic_chunks(16):
+        loops.finish(acc.cpu().numpy(), x_img, turns, *transform.phase_turns(), ox, oy,
+                     kernel.fourier(jx), kernel.fourier(jy), table, step, dw, image)
+    return image
+
+
+@dataclass
+class _PlaneWork:
+    """Visibilities ready to spread (grid units, w order or not) and the planes they go to.
+
+    ``wkernel`` is None without w stacking (one plane, weight 1).
+    """
+
+    u_pix: np.ndarray
+    v_pix: np.ndarray
+    w_pix: np.ndarray  # in plane spacings from the first plane
+    vals: np.ndarray  # complex64, weights and phases applied
+    u_first: np.ndarray  # first covered cell (float64)
+    v_first: np.ndarray
+    kernel: Kernel
+    wkernel: Kernel | None
+    n_planes: int
+    nrow: int
+    ncol: int
+    vlo: int
+    ulo: int
+    stride: int  # cells per row of a plane buffer (see _PlaneTransform)
+
+
+def _compiled_spreading(device: torch.device) -> bool:
+    """The compiled loops of :mod:`.gridding_loops` on the CPU; torch's scatter on a GPU.
+    ``COSMIC_HORIZONS_SPREADING=torch`` forces the torch path on the CPU too, so that the
+    CPU tests cover the code a GPU runs."""
+    return device.type == "cpu" and os.environ.get("COSMIC_HORIZONS_SPREADING") != "torch"
+
+
+def _spread_compiled(work: _PlaneWork, add_plane) -> None:
+    """Spread every visibility onto its planes with :mod:`.gridding_loops`, handing each plane
+    to ``add_plane`` in increasing order as soon as no later visibility reaches it."""
+    support, n = work.kernel.support, len(work.vals)
+    whalf = work.wkernel.support / 2 if work.wkernel is not None else 0.0
+    tile = max(loops.TILE, support)
+    ntu, ntv = -(-work.ncol // tile), -(-work.nrow // tile)
+    # w blocks a quarter plane wide: a block's visibilities reach nearly the same planes
+    block = CHUNK_W_SPAN if work.wkernel is not None else 1.0
+    n_blocks = int(float(work.w_pix.max()) / block) + 1 if (n and work.wkernel is not None) else 1
+    order, starts = loops.order_by_block_and_tile(
+        work.w_pix, work.u_first, work.v_first, block, work.ulo, work.vlo, tile, ntu, ntv,
+        n_blocks)
+    u_pix, v_pix, w_pix, vals, u_first, v_first = (
+        loops.take(a, order) for a in (work.u_pix, work.v_pix, work.w_pix, work.vals,
+                                           work.u_first, work.v_first))
+    del order
+    ring_size = int(math.ceil(block + 2 * whalf)) + 2
+    ring = np.zeros((ring_size, work.nrow * work.stride), np.complex64)
+    biggest = max(int(np.diff(starts[::ntv]).max(initial=0)), 1)  # visibilities in a block
+    ku = np.empty((biggest, support), np.float32)
+    kv = np.empty((biggest, support), np.float32)
+    coef = work.kernel.pieces()
+    wcoef = work.wkernel.pieces() if work.wkernel is not None else np.zeros((1, 0))
+    wsupport = wcoef.shape[1]
+    held: set[int] = set()
+    for b in range(n_blocks):
+        rows = starts[b * ntv:(b + 1) * ntv + 1]
+        s, e = int(rows[0]), int(rows[-1])
+        if e > s:
+            if wsupport:
+                first = max(int(math.floor(b * block - whalf)) + 1, 0)
+                last = min(int(math.ceil((b + 1) * block + whalf)) - 1, work.n_planes - 1)
+            else:
+                first = last = 0
+            planes = np.arange(first, last + 1, dtype=np.int64)
+            with loops.dynamic_chunks(1024):
+                loops.kernel_weights(u_pix, v_pix, u_first, v_first, s, e, coef, ku, kv)
+            with loops.dynamic_chunks(2):
+                loops.spread_block(ring, planes, planes % ring_size, rows, s, w_pix, vals,
+                                       u_first, v_first, ku, kv, support, wcoef,
+                                       work.ulo, work.vlo, work.stride)
+            held.update(int(p) for p in planes)
+        # planes no later (larger-w) visibility can reach are complete
+        done_below = (int(math.floor((b + 1) * block - whalf)) + 1
+                      if (wsupport and b + 1 < n_blocks) else work.n_planes)
+        for p in sorted(q for q in held if q < done_below):
+            add_plane(p, torch.from_numpy(ring[p % ring_size]))
+            held.discard(p)
+
+
+def _spread_torch(work: _PlaneWork, add_plane, device: torch.device) -> None:
+    """The same with torch's ``index_add_`` scatter: the path on a GPU.
+
+    Visibilities must be in w order. Chunks a quarter plane wide in w: each chunk's
+    ``V × kv ⊗ ku`` and grid indices are computed once, then scaled by each plane's w
+    weight (zero for those out of its reach) and scattered.
+    """
+    u_pix, v_pix, w_pix, vals = work.u_pix, work.v_pix, work.w_pix, work.vals
+    u_first, v_first = work.u_first, work.v_first
+    kernel, support = work.kernel, work.kernel.support
+    use_w, wkernel = work.wkernel is not None, work.wkernel
+    whalf = wkernel.support / 2 if use_w else 0.0
+    n_planes, nrow, ncol, vlo, ulo = work.n_planes, work.nrow, work.stride, work.vlo, work.ulo
+    k = torch.arange(support, device=device)
+    # int32 indices halve the index traffic of the scatter where the compact grid allows
+    index_dtype = torch.int32 if nrow * ncol < 2**31 else torch.int64
+    cell_offsets = (k[:, None] * ncol + k[None, :]).reshape(1, -1).to(index_dtype)  # row-major W×W
+    free: list[torch.Tensor] = []  # plane buffers to reuse
     # kernel weights, indices and contributions per visibility: ~ 16 W² bytes with temporaries
     # The loop is many small operators: one intra-op thread (see host_threads); the
     # FFTs keep their workers.
@@ -423,22 +625,12 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
             # planes no later (larger-w) visibility can reach are complete
             done_below = int(math.floor(w_pix[e] - whalf)) + 1 if (use_w and e < n) else n_planes
             for p in sorted(q for q in planes if q < done_below):
-                add_plane(p, planes.pop(p))
+                add_plane(p, grid := planes.pop(p))
+                free.append(grid)
             s = e
         for p in sorted(planes):
-            add_plane(p, planes.pop(p))
-        if progress is not None and ref_plane != n_planes - 1:  # trailing planes held no data
-            progress(n_planes, n_planes)
-    image = acc.to(torch.complex128)
-    if use_w and ref_plane is not None:
-        image = image * torch.exp(2j * math.pi * (w0 + ref_plane * dw) * x_img)
-    image = image.T
-    jx = (np.arange(geom.npix_x) - ox) / nu
-    jy = (np.arange(geom.npix_y) - oy) / nv
-    corr = np.outer(kernel.fourier(jy), kernel.fourier(jx))
-    if use_w:
-        corr = corr * wkernel.fourier((nm1 - nshift) * dw)
-    return image.real.cpu().numpy() / corr
+            add_plane(p, grid := planes.pop(p))
+            free.append(grid)
 
 
 def direct_dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,

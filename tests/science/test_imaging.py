@@ -49,12 +49,20 @@ def test_dirty_image_with_uv_beyond_the_grid_band_matches_direct_transform(small
     assert _rel_rms(flat, direct_dirty_image(uvw, vis, weight, flat_geom)) < 1e-4
 
 
-@pytest.mark.parametrize("choice", [(0, 3.0), (1, 2.0), (2, 1.5)])
-def test_every_w_kernel_choice_meets_the_accuracy(small_rows, monkeypatch, choice):
-    """The cost model picks one w kernel per problem; each must be accurate on its own."""
+@pytest.mark.parametrize("spreading", ["compiled", "torch"])
+@pytest.mark.parametrize("sigma", [1.5, 2.0])
+@pytest.mark.parametrize("sigma_w", [3.0, 2.0, 1.5])
+def test_every_kernel_choice_meets_the_accuracy(small_rows, monkeypatch, sigma, sigma_w,
+                                                spreading):
+    """The cost model picks one grid oversampling and one w kernel per problem; each must
+    be accurate on its own, on the CPU's compiled loops and on torch's scatter (the GPU's
+    path)."""
     from cosmic_horizons_lab.science import gridding
 
-    monkeypatch.setattr(gridding, "W_KERNEL_CHOICES", (choice,))
+    monkeypatch.setattr(gridding, "UV_SIGMA_CHOICES", (sigma,))
+    monkeypatch.setattr(gridding, "W_KERNEL_CHOICES", (sigma_w,))
+    if spreading == "torch":
+        monkeypatch.setenv("COSMIC_HORIZONS_SPREADING", "torch")
     uvw, vis, weight = small_rows
     cell = 1.0 / (1.0 * np.abs(uvw[:, :2]).max())  # wide field: the w term matters
     geom = ImageGeometry(64, 48, cell, cell)
