@@ -308,7 +308,14 @@ class _PlaneTransform:
             g[:, :length] += g[:, start:start + length]
         wide = _ifft_rows_unnormalised(g[:, :self.nu], None, self.workers)
         n = self.rows_in
-        if self.tall.device.type == "cpu":  # the CPU FFT below works in place
+        if self.tall.device.type == "cpu" and self.nrow <= self.nv:
+            # one pass, every core (the CPU FFT below works in place, so the rows past
+            # n are cleared each time)
+            with loops.dynamic_chunks(4):
+                loops.gather_columns(wide.numpy(), -(self.geom.npix_x // 2), n,
+                                     self.tall.numpy())
+            return _ifft_rows_unnormalised(self.tall, self.tall_f, self.workers)
+        if self.tall.device.type == "cpu":
             self.tall[:, n:].zero_()
         for csrc, cdst, clen in self.out_cols:
             target = self.tall[csrc:csrc + clen, :n]
@@ -438,12 +445,18 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
         nonlocal ref_plane
         columns = transform(grid)
         grid.zero_()
-        if ref_plane is not None and use_w:
-            gap = p - ref_plane
-            acc.mul_(step_back if gap == 1 else
-                     torch.from_numpy(loops.phasor(x_img, -gap * dw)).to(device, acc_dtype))
-        for src, dst, length in transform.out_rows:
-            acc.narrow(1, src, length).add_(columns.narrow(1, dst, length))
+        gap = p - ref_plane if (ref_plane is not None and use_w) else 0
+        step = step_back if gap <= 1 else \
+            torch.from_numpy(loops.phasor(x_img, -gap * dw)).to(device, acc_dtype)
+        if device.type == "cpu":
+            with loops.dynamic_chunks(8):
+                loops.horner_step(acc.numpy(), step.numpy() if gap else acc.numpy(),
+                                  columns.numpy(), -(geom.npix_y // 2), gap > 0)
+        else:
+            if gap:
+                acc.mul_(step)
+            for src, dst, length in transform.out_rows:
+                acc.narrow(1, src, length).add_(columns.narrow(1, dst, length))
         ref_plane = p
         if progress is not None:
             progress(p + 1, n_planes)

@@ -264,3 +264,50 @@ def finish(acc: np.ndarray, x: np.ndarray, turns: float, turns_u: float, turns_v
                 frac = f - j
                 corr *= table[j] + frac * (table[j + 1] - table[j])
             out[iy, ix] = val / corr
+
+
+@numba.njit(cache=True, parallel=True)
+def gather_columns(wide: np.ndarray, first_col: int, n_rows: int, tall: np.ndarray) -> None:
+    """``tall[x, r] = wide[r, (x + first_col) mod nu]`` for ``r < n_rows``, and zero past
+    them: the image's columns of a u-transformed plane, transposed for the v transform.
+
+    Works in blocks of 16 columns so that every read of ``wide`` uses whole cache lines.
+    """
+    nx = tall.shape[0]
+    nu = wide.shape[1]
+    n_blocks = (nx + 15) // 16
+    for bx in numba.prange(n_blocks):
+        x0 = bx * 16
+        x1 = min(nx, x0 + 16)
+        cols = np.empty(16, np.int64)
+        for x in range(x0, x1):
+            cols[x - x0] = (x + first_col) % nu
+        for r in range(n_rows):
+            row = wide[r]
+            for x in range(x0, x1):
+                tall[x, r] = row[cols[x - x0]]
+        for x in range(x0, x1):
+            tall[x, n_rows:] = 0
+
+
+@numba.njit(cache=True, parallel=True, fastmath=True)
+def horner_step(acc: np.ndarray, step: np.ndarray, columns: np.ndarray, first_row: int,
+                use_step: bool) -> None:
+    """``acc[x, y] = acc[x, y] · step[x, y] + columns[x, (y + first_row) mod nv]``, in one
+    pass over memory (Horner's rule over the w planes)."""
+    nx, ny = acc.shape
+    nv = columns.shape[1]
+    start = first_row % nv
+    split = min(ny, nv - start)  # columns[x, start:] first, then from its start (wrapped)
+    for x in numba.prange(nx):
+        a, st, col = acc[x], step[x], columns[x]
+        if use_step:
+            for y in range(split):
+                a[y] = a[y] * st[y] + col[start + y]
+            for y in range(split, ny):
+                a[y] = a[y] * st[y] + col[y - split]
+        else:
+            for y in range(split):
+                a[y] += col[start + y]
+            for y in range(split, ny):
+                a[y] += col[y - split]
