@@ -527,15 +527,15 @@ def _spread_compiled(work: _PlaneWork, add_plane) -> None:
     whalf = work.wkernel.support / 2 if work.wkernel is not None else 0.0
     tile = max(loops.TILE, support)
     ntu, ntv = -(-work.ncol // tile), -(-work.nrow // tile)
-    # w blocks a quarter plane wide: a block's visibilities reach nearly the same planes
-    block = CHUNK_W_SPAN if work.wkernel is not None else 1.0
+    # w blocks a plane wide: few enough that each parallel loop's start-up is repaid, and
+    # one plane more held than for a quarter plane
+    block = 1.0
     n_blocks = int(float(work.w_pix.max()) / block) + 1 if (n and work.wkernel is not None) else 1
     order, starts = loops.order_by_block_and_tile(
         work.w_pix, work.u_first, work.v_first, block, work.ulo, work.vlo, tile, ntu, ntv,
         n_blocks)
-    u_pix, v_pix, w_pix, vals, u_first, v_first = (
-        loops.take(a, order) for a in (work.u_pix, work.v_pix, work.w_pix, work.vals,
-                                           work.u_first, work.v_first))
+    u_pix, v_pix, w_pix, vals, u_first, v_first = loops.take(
+        order, work.u_pix, work.v_pix, work.w_pix, work.vals, work.u_first, work.v_first)
     del order
     ring_size = int(math.ceil(block + 2 * whalf)) + 2
     ring = np.zeros((ring_size, work.nrow * work.stride), np.complex64)
@@ -556,10 +556,13 @@ def _spread_compiled(work: _PlaneWork, add_plane) -> None:
             else:
                 first = last = 0
             planes = np.arange(first, last + 1, dtype=np.int64)
+            parallel = (e - s) * len(planes) * support**2 >= loops.PARALLEL_MIN_WORK
+            weights = loops.kernel_weights if parallel else loops.kernel_weights_serial
+            spread = loops.spread_block if parallel else loops.spread_block_serial
             with loops.dynamic_chunks(1024):
-                loops.kernel_weights(u_pix, v_pix, u_first, v_first, s, e, coef, ku, kv)
+                weights(u_pix, v_pix, u_first, v_first, s, e, coef, ku, kv)
             with loops.dynamic_chunks(2):
-                loops.spread_block(ring, planes, planes % ring_size, rows, s, w_pix, vals,
+                spread(ring, planes, planes % ring_size, rows, s, w_pix, vals,
                                        u_first, v_first, ku, kv, support, wcoef,
                                        work.ulo, work.vlo, work.stride)
             held.update(int(p) for p in planes)
@@ -644,6 +647,19 @@ def _spread_torch(work: _PlaneWork, add_plane, device: torch.device) -> None:
         for p in sorted(planes):
             add_plane(p, grid := planes.pop(p))
             free.append(grid)
+
+
+def warm_up() -> None:
+    """Compile and cache the CPU loops (what the first call otherwise waits for), on a tiny
+    problem that takes every branch: w stacking and without."""
+    rng = np.random.default_rng(0)
+    uvw = rng.normal(size=(256, 3)) * 500.0
+    vis = rng.normal(size=256) + 1j * rng.normal(size=256)
+    weight = np.ones(256)
+    geom = ImageGeometry(32, 32, 1e-3, 1e-3)
+    for v, w in ((vis.astype(np.complex64), weight.astype(np.float32)), (vis, weight)):
+        for do_w in (True, False):
+            dirty_image(uvw, v, w, geom, torch.device("cpu"), epsilon=1e-4, do_w=do_w)
 
 
 def direct_dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,

@@ -97,8 +97,7 @@ def _piece(coef: np.ndarray, a: int, t: float) -> float:
     return acc
 
 
-@numba.njit(cache=True, parallel=True, fastmath=True)
-def kernel_weights(u_pix: np.ndarray, v_pix: np.ndarray, u_first: np.ndarray,
+def _kernel_weights(u_pix: np.ndarray, v_pix: np.ndarray, u_first: np.ndarray,
                    v_first: np.ndarray, s: int, e: int, coef: np.ndarray,
                    ku: np.ndarray, kv: np.ndarray) -> None:
     """The uv kernel's weights along u and along v for visibilities ``s:e`` (into rows
@@ -121,8 +120,7 @@ def kernel_weights(u_pix: np.ndarray, v_pix: np.ndarray, u_first: np.ndarray,
             kv[i, a] = av
 
 
-@numba.njit(cache=True, parallel=True, fastmath=True)
-def spread_block(grids: np.ndarray, planes: np.ndarray, slots: np.ndarray, starts: np.ndarray, s: int,
+def _spread_block(grids: np.ndarray, planes: np.ndarray, slots: np.ndarray, starts: np.ndarray, s: int,
                  w_pix: np.ndarray, vals: np.ndarray, u_first: np.ndarray,
                  v_first: np.ndarray, ku: np.ndarray, kv: np.ndarray, support: int,
                  wcoef: np.ndarray, ulo: int, vlo: int, ncol: int) -> None:
@@ -162,12 +160,20 @@ def spread_block(grids: np.ndarray, planes: np.ndarray, slots: np.ndarray, start
 
 
 @numba.njit(cache=True, parallel=True)
-def take(src: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """``src[order]`` on every core (numpy's fancy indexing runs on one)."""
-    out = np.empty(len(order), src.dtype)
-    for i in numba.prange(len(order)):
-        out[i] = src[order[i]]
-    return out
+def take(order: np.ndarray, u_pix: np.ndarray, v_pix: np.ndarray, w_pix: np.ndarray,
+         vals: np.ndarray, u_first: np.ndarray, v_first: np.ndarray
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The six per-visibility arrays in ``order``, on every core and in one parallel loop
+    (numpy's fancy indexing runs on one)."""
+    n = len(order)
+    ou, ov, ow = np.empty(n), np.empty(n), np.empty(n)
+    oval = np.empty(n, vals.dtype)
+    ouf, ovf = np.empty(n), np.empty(n)
+    for i in numba.prange(n):
+        j = order[i]
+        ou[i], ov[i], ow[i], oval[i] = u_pix[j], v_pix[j], w_pix[j], vals[j]
+        ouf[i], ovf[i] = u_first[j], v_first[j]
+    return ou, ov, ow, oval, ouf, ovf
 
 
 @numba.njit(cache=True, parallel=True)
@@ -311,3 +317,14 @@ def horner_step(acc: np.ndarray, step: np.ndarray, columns: np.ndarray, first_ro
                 a[y] += col[start + y]
             for y in range(split, ny):
                 a[y] += col[y - split]
+
+
+# Each parallel loop costs a wake-up of the other threads, which on a loaded host can take a
+# scheduler time slice (measured: 15-35 ms per call at load 5 on 2 cores); blocks too small to
+# repay it run on the calling thread. Same source, compiled twice.
+kernel_weights = numba.njit(cache=True, parallel=True, fastmath=True)(_kernel_weights)
+kernel_weights_serial = numba.njit(cache=True, fastmath=True)(_kernel_weights)
+spread_block = numba.njit(cache=True, parallel=True, fastmath=True)(_spread_block)
+spread_block_serial = numba.njit(cache=True, fastmath=True)(_spread_block)
+#: Cell updates (visibilities × planes × W²) below which a block runs on one thread.
+PARALLEL_MIN_WORK = 2_000_000
