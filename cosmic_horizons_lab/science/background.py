@@ -54,15 +54,20 @@ def clipped_stats(values: np.ndarray, clip: float = 3.0, iterations: int = 5) ->
     The MAD, not the standard deviation, because a box that holds part of a bright source
     would otherwise report the source as noise.
     """
-    vals = values[np.isfinite(values)]
+    vals = values[np.isfinite(values)]  # a copy: the medians below may reorder it
     if vals.size == 0:
         return 0.0, 0.0
-    med, sigma = float(np.median(vals)), 0.0
+    if iterations <= 0:
+        return float(np.median(vals)), 0.0
+    med, sigma = 0.0, 0.0
     for _ in range(iterations):
-        med = float(np.median(vals))
-        sigma = MAD_TO_SIGMA * float(np.median(np.abs(vals - med)))
+        # in place (partitioning reorders, never changes, the values): no copy per median
+        med = float(np.median(vals, overwrite_input=True))
+        dev = np.abs(vals - med)
+        sigma = MAD_TO_SIGMA * float(np.median(dev, overwrite_input=True))
         if sigma == 0:
             break
+        # dev was reordered by its median: recompute which values to keep
         kept = vals[np.abs(vals - med) < clip * sigma]
         if kept.size == vals.size or kept.size < 16:
             break

@@ -29,6 +29,14 @@ polarisations are flagged together as AOFlagger's default strategies do):
 5. dilate with the scale-invariant rank operator (Offringa et al. 2012, A&A
    539, A95) so the faint edges of flagged regions go too (``high_sensitivity``).
 
+On the CPU the steps that are not matrix products run as compiled loops
+(:mod:`~cosmic_horizons_lab.science.flagging_host`: SumThreshold, the median and
+MAD, the residual power, the masked-mean filling, the planes from the visibilities),
+one pass each over a chunk where torch took several operators and temporaries; the
+flags are the same sample for sample (``tests/science/test_flagging_host.py``), and
+the flagger 2.3× faster on one thread (1e6 visibilities: 0.30 → 0.13 s of CPU). The
+GPU runs the torch operators.
+
 All baselines of a chunk are processed at once as one tensor; chunks are sized
 to the device's free memory, and on the CPU kept to a few MiB
 (:data:`CPU_CHUNK_BYTES`) so a pass's temporaries stay in cache. Per pass the
@@ -69,6 +77,9 @@ import torch
 import torch.nn.functional as F
 
 from cosmic_horizons_lab.science.device import chunk_size, host_threads
+from cosmic_horizons_lab.science.flagging_host import (fill_masked, planes_from_vis, residual_power,
+                                                      robust_centre_scale, sum_threshold_host,
+                                                      weighted_planes)
 
 
 @dataclass(frozen=True)
@@ -97,7 +108,10 @@ CPU_CHUNK_BYTES = 16 << 20
 
 
 #: Longest axis fitted by one dense matrix; longer axes go in blocks of this many samples.
-_FIT_BLOCK = 256
+#: 64, not 256: the 228 integrations of a 1e7-visibility observation then take blocks of
+#: 32 rows × 56 columns instead of a 228² product, 4× fewer flops (0.64 → 0.55 s of CPU
+#: per 40 baselines); 32 measured the same as 64.
+_FIT_BLOCK = 64
 
 
 def _local_fit_rows(n: int, sigma: float, degree: int) -> np.ndarray:
@@ -174,6 +188,11 @@ def _robust_score(stat: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
     the unflagged samples of each baseline, so RFI does not inflate the scale.
     """
     b = stat.shape[0]
+    if stat.device.type == "cpu":
+        # a selection per baseline instead of nanmedian's sort (flagging_host.py)
+        med, sigma = (torch.from_numpy(a) for a in
+                      robust_centre_scale(stat.reshape(b, -1).numpy(), flags.reshape(b, -1).numpy()))
+        return (stat - med.view(b, 1, 1)) / sigma.view(b, 1, 1)
     masked = stat.masked_fill(flags, float("nan")).reshape(b, -1)
     med = torch.nanmedian(masked, dim=1, keepdim=True).values
     mad = torch.nanmedian((masked - med).abs_(), dim=1).values
@@ -218,7 +237,14 @@ def _sum_threshold_1d(x: torch.Tensor, flags: torch.Tensor, m: int, chi: float,
 
 def sum_threshold(x: torch.Tensor, flags: torch.Tensor, chi1: float,
                   windows: tuple[int, ...], rho: float) -> torch.Tensor:
-    """SumThreshold along time (axis 1) and frequency (axis 2) of a (B, T, F) plane."""
+    """SumThreshold along time (axis 1) and frequency (axis 2) of a (B, T, F) plane.
+
+    On the CPU the compiled loops of :mod:`~cosmic_horizons_lab.science.flagging_host`
+    (one pass per window and axis instead of about eight operators).
+    """
+    if x.device.type == "cpu":
+        return torch.from_numpy(sum_threshold_host(x.contiguous().numpy(), flags.numpy(),
+                                                   chi1, windows, rho))
     for m in windows:
         chi = chi1 / rho ** math.log2(m)
         if m == 1:  # the same test along either axis: once is enough
@@ -280,10 +306,20 @@ def flag_planes(x: torch.Tensor, flags: torch.Tensor, strategy: FlagStrategy) ->
             # Refit with the samples flagged so far filled from their unflagged neighbours
             # (a masked mean: exact for any mask in one step, where filling them from the
             # last fit, itself pulled by the RFI, converges only over many fits).
-            fill = _masked_mean(planes, masked, k, strategy.fill_sigma)
-            model = fit(torch.where(_per_plane(masked, k), fill, planes))
-        power = (planes - model).square_().view(b, k, nt, nf).mean(dim=1)
-        score = _robust_score(power.pow_(1.0 / 3.0), masked)
+            if planes.device.type == "cpu":  # the same in two compiled passes (flagging_host.py)
+                both = _fit_surface(torch.from_numpy(weighted_planes(planes.numpy(), masked.numpy(), k)),
+                                    strategy.fill_sigma, 0)
+                filled = torch.from_numpy(fill_masked(planes.numpy(), both.numpy(), masked.numpy(), k))
+            else:
+                fill = _masked_mean(planes, masked, k, strategy.fill_sigma)
+                filled = torch.where(_per_plane(masked, k), fill, planes)
+            model = fit(filled)
+        if planes.device.type == "cpu":  # one compiled pass (flagging_host.py)
+            # (the cube root stays torch's: vectorised, where a compiled loop calls powf)
+            stat = torch.from_numpy(residual_power(planes.numpy(), model.numpy(), k)).pow_(1.0 / 3.0)
+        else:
+            stat = (planes - model).square_().view(b, k, nt, nf).mean(dim=1).pow_(1.0 / 3.0)
+        score = _robust_score(stat, masked)
         factor = strategy.threshold_step ** (strategy.passes - 1 - p)
         # each pass decides afresh on its better fit: what an early fit, still pulled by
         # RFI, made of the neighbours of strong RFI is not kept
@@ -344,13 +380,16 @@ def flag_visibilities(vis: np.ndarray, flags: np.ndarray, strategy: str | FlagSt
 
     def flag_chunk(start: int) -> int:
         stop = min(nb, start + step)
-        v = torch.from_numpy(np.ascontiguousarray(vis[start:stop])).to(device)
-        fl = torch.from_numpy(np.ascontiguousarray(flags[start:stop])).to(device)
-        x = torch.view_as_real(v).permute(0, 3, 4, 1, 2).reshape(v.shape[0], 2 * npol, nt, nf)
-        del v
-        finite = torch.isfinite(x)
-        initial = fl.any(dim=-1) | ~finite.all(dim=1) | (x == 0).all(dim=1)
-        x = torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        if device.type == "cpu":  # one compiled pass (flagging_host.py)
+            x, initial = (torch.from_numpy(a) for a in planes_from_vis(vis[start:stop], flags[start:stop]))
+        else:
+            v = torch.from_numpy(np.ascontiguousarray(vis[start:stop])).to(device)
+            fl = torch.from_numpy(np.ascontiguousarray(flags[start:stop])).to(device)
+            x = torch.view_as_real(v).permute(0, 3, 4, 1, 2).reshape(v.shape[0], 2 * npol, nt, nf)
+            del v
+            finite = torch.isfinite(x)
+            initial = fl.any(dim=-1) | ~finite.all(dim=1) | (x == 0).all(dim=1)
+            x = torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
         result = flag_planes(x, initial, strat)
         out[start:stop] = result.cpu().numpy()[..., None] | flags[start:stop]
         return stop

@@ -108,6 +108,7 @@ def make_images(vs: VisibilitySet, device: torch.device, *, npix: int = 512,
     thermal image noise ``expected_image_noise_jy_beam`` and ``image_rms_jy_beam``,
     the robust σ measured in the residual (the dirty image without CLEAN).
     """
+    _import_in_background("astropy.io.fits", "astropy.wcs")  # for write_fits, after the imaging
     uvw, vis, stat_weight = visibility_rows(vs)
     usable = stat_weight > 0
     geom = choose_geometry(uvw, usable, npix, cell_arcsec)
@@ -118,8 +119,11 @@ def make_images(vs: VisibilitySet, device: torch.device, *, npix: int = 512,
     report = (lambda frac: progress(frac)) if progress else (lambda frac: None)
     dirty = dirty_image(uvw, vis, wgt, geom, device, epsilon=epsilon, do_w=do_w,
                         progress=lambda d, t: report(0.3 * d / t)) / wsum
-    # The PSF at twice the image's size: CLEAN subtracts a whole PSF from any pixel.
-    big = ImageGeometry(2 * geom.npix_x, 2 * geom.npix_y, geom.cell_x, geom.cell_y)
+    # The PSF at twice the image's size: CLEAN subtracts a whole PSF from any pixel. Without
+    # CLEAN only the image's own size is wanted: the same pixels (the sum is evaluated at
+    # each pixel's l, m whatever the image's size), for a quarter of the grid and FFT.
+    big = ImageGeometry(2 * geom.npix_x, 2 * geom.npix_y, geom.cell_x, geom.cell_y) if niter > 0 \
+        else geom
     psf_full = dirty_image(uvw, np.ones_like(vis), wgt, big, device, epsilon=epsilon, do_w=do_w,
                            progress=lambda d, t: report(0.3 + 0.3 * d / t)) / wsum
     oy, ox = big.npix_y // 2 - geom.npix_y // 2, big.npix_x // 2 - geom.npix_x // 2
@@ -146,6 +150,21 @@ def make_images(vs: VisibilitySet, device: torch.device, *, npix: int = 512,
                          extras={"thermal_noise_jy": noise.sigma, "noise_method": noise.method,
                                  "expected_image_noise_jy_beam": expected,
                                  "image_rms_jy_beam": image_rms})
+
+
+def _import_in_background(*modules: str) -> None:
+    """Import ``modules`` on a daemon thread, so their import overlaps the gridding instead
+    of following it: astropy's FITS and WCS modules took ~1-2 s of a 2048² job's FITS
+    writing in a fresh process. Python's import lock makes a later import wait for, and
+    then reuse, this one."""
+    import importlib
+    import sys
+    import threading
+
+    missing = [m for m in modules if m not in sys.modules]
+    if missing:
+        threading.Thread(target=lambda: [importlib.import_module(m) for m in missing],
+                         name="import-prefetch", daemon=True).start()
 
 
 def image_wcs(geom: ImageGeometry, phase_centre: tuple[float, float], freq: float,

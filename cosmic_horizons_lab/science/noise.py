@@ -31,7 +31,9 @@ sample of weight ``w`` has σ / sqrt(w).
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,10 +54,13 @@ class NoiseEstimate:
 
 
 def _mad_sigma(values: np.ndarray) -> float:
+    """1.4826 × the median absolute deviation; ``values`` is scratch (reordered, overwritten):
+    in place, the two medians of 5e6 samples copy nothing."""
     if values.size == 0:
         return float("nan")
-    med = np.median(values)
-    return float(MAD_TO_SIGMA * np.median(np.abs(values - med)))
+    med = np.median(values, overwrite_input=True)
+    np.abs(np.subtract(values, med, out=values), out=values)
+    return float(MAD_TO_SIGMA * np.median(values, overwrite_input=True))
 
 
 def _pair(vs: VisibilitySet, a: str, b: str) -> tuple[np.ndarray, np.ndarray, np.ndarray,
@@ -89,7 +94,8 @@ def stokes_v_sigma(vs: VisibilitySet) -> float | None:
         return None
     if not ok.any():
         return None
-    z = (v * np.sqrt(_half_combination_weight(wa, wb)))[ok]
+    # only the usable samples, in single precision as the data are
+    z = v[ok] * np.sqrt(_half_combination_weight(wa[ok], wb[ok])).astype(np.float32)
     return _mad_sigma(np.concatenate([z.real, z.imag]))
 
 
@@ -107,25 +113,33 @@ def time_difference_sigma(vs: VisibilitySet, max_order: int = 4) -> float | None
     with np.errstate(divide="ignore", invalid="ignore"):
         inv_w = np.where(ok, 1.0 / weight, 0.0)
     nt = vis.shape[1]
-    best: float | None = None
-    for order in range(1, max_order + 1):
-        if nt <= order:
-            break
-        coeffs = np.array([(-1) ** (order - j) * math.comb(order, j) for j in range(order + 1)], float)
-        span = nt - order
-        both = np.ones(ok[:, :span].shape, bool)
-        comb = np.zeros(vis[:, :span].shape, np.complex128)
-        var = np.zeros(comb.shape)
-        for j, c in enumerate(coeffs):
-            both &= ok[:, j:j + span]
-            comb += c * vis[:, j:j + span]
-            var += c * c * inv_w[:, j:j + span]
-        if not both.any():
-            continue
-        z = (comb[both] / np.sqrt(var[both]))
-        sigma = _mad_sigma(np.concatenate([z.real, z.imag]))
-        best = sigma if best is None else min(best, sigma)
-    return best
+    orders = [k for k in range(1, max_order + 1) if nt > k]
+    # The orders are independent, and numpy releases the GIL in the work of each: side by
+    # side on the host's cores (at 2.6e6 samples, 2.4 s of CPU on one core).
+    with concurrent.futures.ThreadPoolExecutor(min(len(orders), os.cpu_count() or 1) or 1) as pool:
+        found = [s for s in pool.map(lambda k: _difference_sigma(vis, ok, inv_w, k), orders)
+                 if s is not None]
+    return min(found) if found else None
+
+
+def _difference_sigma(vis: np.ndarray, ok: np.ndarray, inv_w: np.ndarray, order: int) -> float | None:
+    """σ from the differences of one ``order`` (:func:`time_difference_sigma`)."""
+    coeffs = np.array([(-1) ** (order - j) * math.comb(order, j) for j in range(order + 1)], float)
+    span = vis.shape[1] - order
+    # single precision, as the data are: the σ moves in its 6th digit, for half the memory
+    # traffic of complex128 (and each product stays in place)
+    both = ok[:, :span].copy()
+    comb = vis[:, :span] * np.float32(coeffs[0])
+    var = inv_w[:, :span] * np.float32(coeffs[0] ** 2)
+    for j, c in enumerate(coeffs[1:], start=1):
+        both &= ok[:, j:j + span]
+        comb += np.float32(c) * vis[:, j:j + span]
+        var += np.float32(c * c) * inv_w[:, j:j + span]
+    if not both.any():
+        return None
+    z = comb[both]
+    z /= np.sqrt(var[both])
+    return _mad_sigma(np.concatenate([z.real, z.imag]))
 
 
 def visibility_noise(vs: VisibilitySet) -> NoiseEstimate:

@@ -78,7 +78,7 @@ class ImageReconstructionAgent(Agent):
         job.report(progress=0.0, stage="reading", device=dev.device_description(device))
         stages = job.stages()  # the trace's spans: read, grid, clean, write
         stages.enter("read")
-        vs = read_visibilities(source)
+        vs = read_visibilities(source, writable=False)  # imaging never writes them back
         n_vis = vs.n_visibilities
 
         def progress(frac: float) -> None:

@@ -1,0 +1,188 @@
+"""A whole dirty image, as a user gets it, against WSClean: Measurement Set in, FITS out.
+
+    python benchmarks/bench_whole_image.py                 # 512² and 2048², best of 3
+    python benchmarks/bench_whole_image.py --sizes 512 --repeat 2
+
+The data: a VLA observation (the 19 antennas of the demo, 171 baselines, 4 linear
+polarisations, ``--times`` integrations of 30 s through transit, ``--channels`` channels
+in L band) laid out by pyuvdata and written by it as a Measurement Set; the visibilities
+are a few point sources plus noise, computed here with numpy (the speed of imaging does
+not depend on what the sky is). Both sides image the same MS to the same grid (size,
+cell), natural weighting, Stokes I, ``niter 0``, a dirty image and its PSF as FITS:
+
+* ours: a fresh ``python`` process doing what the ImageReconstruction agent does with
+  ``niter 0`` (``read_visibilities(writable=False)`` → ``make_images`` → ``write_fits`` of ``dirty.fits``
+  and ``psf.fits``), imports included;
+* WSClean: ``wsclean -niter 0 -make-psf -size N N -scale … -weight natural -pol I -j
+  <CPUs>`` on the same MS.
+
+Each is timed from the start of its process to its end, alternately (ours, WSClean,
+ours, WSClean …), best of ``--repeat``, with the load average next to each. Ours also
+prints where its time went (the trace of its own stages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+C = 299_792_458.0
+
+
+def load() -> str:
+    return "%.2f" % os.getloadavg()[0]
+
+
+def make_ms(path: Path, n_times: int, n_channels: int, seed: int = 3) -> tuple[Path, int, float]:
+    """The observation as a Measurement Set; returns it, its Stokes I sample count and the
+    cell (arcsec) that samples its longest baseline's fringe 4×, as ours chooses by default."""
+    from tests.science import external as ext
+
+    freqs = 1.3e9 + 1e6 * np.arange(n_channels)
+    band = ext.Band("L", tuple(float(f) for f in freqs), cell_arcsec=8.0, npix=512)
+    uv = ext.empty_observation(band, n_times=n_times, integration_s=30.0)
+    rng = np.random.default_rng(seed)
+    lam = C / freqs
+    u = uv.uvw_array[:, None, 0] / lam[None, :]
+    v = uv.uvw_array[:, None, 1] / lam[None, :]
+    arcmin = np.pi / 180 / 60
+    vis = np.zeros((uv.Nblts, n_channels), np.complex128)
+    for l_am, m_am, flux in ((0.0, 0.0, 1.0), (8.0, -5.0, 0.5), (-12.0, 9.0, 0.3)):
+        vis += flux * np.exp(-2j * np.pi * (u * l_am * arcmin + v * m_am * arcmin))
+    shape = uv.data_array.shape  # (Nblts, Nfreqs, Npols)
+    data = np.zeros(shape, np.complex64)
+    noise = 0.5 * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
+    # linear feeds: XX = YY = I, so I = (XX + YY) / 2 as ours and WSClean take it
+    data[..., 0] = vis
+    data[..., 1] = vis
+    uv.data_array = (data + noise).astype(np.complex64)
+    uv.flag_array[:] = False
+    uv.nsample_array[:] = 1.0
+    ext.write(uv, path)
+    uvmax = float(np.abs(uv.uvw_array[:, :2]).max() / lam.min())
+    return path, uv.Nblts * n_channels, float(np.degrees(1.0 / (4.0 * uvmax)) * 3600)
+
+
+OURS = r"""
+import sys, time, json
+t0 = time.perf_counter()
+from pathlib import Path
+import torch
+from cosmic_horizons_lab.science.imaging import make_images, write_fits
+from cosmic_horizons_lab.science.visibilities import read_visibilities
+t1 = time.perf_counter()
+ms, out, npix, cell = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+try:
+    vs = read_visibilities(ms, writable=False)
+except TypeError:  # a checkout from before the direct MS reader (--package-root)
+    vs = read_visibilities(ms)
+t2 = time.perf_counter()
+result = make_images(vs, torch.device("cpu"), npix=npix, cell_arcsec=cell, niter=0)
+t3 = time.perf_counter()
+write_fits(out / "dirty.fits", result.dirty, result)
+write_fits(out / "psf.fits", result.psf, result)
+t4 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "read": t2 - t1, "image": t3 - t2, "write": t4 - t3}), flush=True)
+if len(sys.argv) > 5:
+    # --freeze-at-exit: skip the interpreter's final garbage collections over every object
+    # torch and numba made (2-10 s of teardown on this shared machine, measured with gdb in
+    # Py_FinalizeEx -> finalize_modules -> gc_collect_main), as the executor could on exit
+    import gc
+    gc.freeze()
+"""
+
+
+def run_ours(ms: Path, out: Path, npix: int, cell: float, root: Path = ROOT, freeze: bool = False
+             ) -> tuple[float, dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", OURS, str(ms), str(out), str(npix), str(cell),
+                           *(["freeze"] if freeze else [])],
+                          check=True, capture_output=True, text=True, cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    wall = time.perf_counter() - t
+    return wall, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_wsclean(ms: Path, out: Path, npix: int, cell: float) -> float:
+    out.mkdir(parents=True, exist_ok=True)
+    exe = shutil.which("wsclean")
+    if exe is None:
+        raise RuntimeError("wsclean is not installed (Debian package 'wsclean')")
+    cmd = [exe, "-quiet", "-size", str(npix), str(npix), "-scale", f"{cell}asec", "-weight", "natural",
+           "-pol", "I", "-j", str(os.cpu_count() or 1), "-niter", "0", "-make-psf",
+           "-name", str(out / "ws"), str(ms)]
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
+    return time.perf_counter() - t
+
+
+def compare(ours_dir: Path, ws_dir: Path) -> float:
+    """Relative rms difference of our dirty image from WSClean's (a check that both imaged
+    the same thing, not an accuracy figure: tests/science/test_references.py holds those)."""
+    from astropy.io import fits
+
+    a = np.squeeze(fits.getdata(ours_dir / "dirty.fits")).astype(np.float64)
+    b = np.squeeze(fits.getdata(ws_dir / "ws-dirty.fits")).astype(np.float64)
+    return float(np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 2048])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--times", type=int, default=240, help="integrations of 30 s")
+    ap.add_argument("--channels", type=int, default=64)
+    ap.add_argument("--freeze-at-exit", action="store_true",
+                    help="ours calls gc.freeze() before exiting (what the executor would need "
+                         "to do to skip the interpreter's teardown collections)")
+    ap.add_argument("--package-root", type=Path, default=ROOT,
+                    help="run ours from this checkout (e.g. `git archive HEAD | tar -x -C DIR` "
+                         "for a before/after comparison)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench_whole_image_") as tmp:
+        root = Path(tmp)
+        t = time.perf_counter()
+        ms, n_vis, cell = make_ms(root / "obs.ms", args.times, args.channels)
+        print(f"{n_vis:.3e} Stokes I visibilities (171 baselines × {args.times} times × "
+              f"{args.channels} channels, 4 pols) as a Measurement Set, made in "
+              f"{time.perf_counter() - t:.1f} s; {os.cpu_count()} CPUs; load {load()}; "
+              f"ours from {args.package_root}{', gc.freeze() at exit' if args.freeze_at_exit else ''}")
+        rows = []
+        for npix in args.sizes:
+            c = cell * 512 / npix if npix > 512 else cell  # 2048² covers the same field 4× finer
+            ours_runs, ws_runs = [], []
+            for i in range(args.repeat):
+                wall, stages = run_ours(ms, root / f"ours{npix}", npix, c, args.package_root,
+                                        args.freeze_at_exit)
+                ours_runs.append((wall, load(), stages))
+                print(f"  {npix}² ours    {wall:6.2f} s (load {ours_runs[-1][1]}) "
+                      + " ".join(f"{k} {v:.2f}" for k, v in stages.items()), flush=True)
+                wall = run_wsclean(ms, root / f"ws{npix}", npix, c)
+                ws_runs.append((wall, load()))
+                print(f"  {npix}² WSClean {wall:6.2f} s (load {ws_runs[-1][1]})", flush=True)
+            best_o, best_w = min(ours_runs, key=lambda r: r[0]), min(ws_runs)
+            rows.append((npix, c, best_o, best_w, compare(root / f"ours{npix}", root / f"ws{npix}")))
+        print(f"\n| grid | cell | ours (s) | load | WSClean (s) | load | ours / WSClean | "
+              f"ours: import / read / image / write (s) | dirty rel. rms vs WSClean |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for npix, c, (o, ol, st), (w, wl), rel in rows:
+            print(f"| {npix}² | {c:.2f}\" | {o:.2f} | {ol} | {w:.2f} | {wl} | **{o / w:.2f}** | "
+                  + " / ".join(f"{st[k]:.2f}" for k in ("import", "read", "image", "write"))
+                  + f" | {rel:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
