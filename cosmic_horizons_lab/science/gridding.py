@@ -57,11 +57,15 @@ UV_SIGMA_CHOICES = (1.5, 2.0)
 #: means more gridding work per visibility, wider spacing fewer planes, each an FFT:
 #: :func:`_choose_kernels` takes the cheapest for the data at hand, as ducc0 does.
 W_KERNEL_CHOICES = (3.0, 2.0, 1.5)
-#: Cost model of that choice, seconds on the 2-core CPU it was measured on: one
-#: visibility's contribution to one grid cell of one plane, and one plane's FFT,
-#: copies and sum per cell of the oversampled grid. Only their ratio matters.
-COST_PER_CELL_ADD = 3e-9
-COST_PER_PLANE_CELL = 4e-9
+#: Cost model of that choice, seconds of one core on the CPU they were measured on: one
+#: visibility's contribution to one grid cell of one plane, and one plane's FFT, copies
+#: and sum per cell of the oversampled grid. Only their ratio matters. For the compiled
+#: CPU loops (1.7 ns per cell update, 8-9 ns per plane cell at 1024²-2048²)…
+COST_PER_CELL_ADD = 1.7e-9
+COST_PER_PLANE_CELL = 8e-9
+#: …and for torch's scatter (the GPU's path, measured on the CPU), whose updates cost more.
+TORCH_COST_PER_CELL_ADD = 3e-9
+TORCH_COST_PER_PLANE_CELL = 4e-9
 #: w extent of one chunk of visibilities, in planes (see :func:`dirty_image`).
 CHUNK_W_SPAN = 0.25
 TABLE_SIZE = 1 << 15  # samples of the kernel's Fourier transform for large images
@@ -174,12 +178,15 @@ def _w_kernel(epsilon: float, sigma_w: float) -> Kernel:
 
 
 def _choose_kernels(epsilon: float, geom: "ImageGeometry", n_vis: int, w_span: float | None,
-                    x_range: float) -> tuple[Kernel, tuple[int, int], Kernel | None, float]:
+                    x_range: float, compiled: bool = True
+                    ) -> tuple[Kernel, tuple[int, int], Kernel | None, float]:
     """The uv kernel, its grid, the w kernel and ``σ_w`` with the least modelled cost.
 
     ``w_span`` is the range of |w| in wavelengths (None without w stacking),
     ``x_range`` the largest ``|n - 1 - nshift|``.
     """
+    per_add, per_cell = ((COST_PER_CELL_ADD, COST_PER_PLANE_CELL) if compiled else
+                         (TORCH_COST_PER_CELL_ADD, TORCH_COST_PER_PLANE_CELL))
     best = None
     for sigma in UV_SIGMA_CHOICES:
         kernel = Kernel.for_accuracy(epsilon, sigma)
@@ -191,8 +198,7 @@ def _choose_kernels(epsilon: float, geom: "ImageGeometry", n_vis: int, w_span: f
                 wkernel = _w_kernel(epsilon, sigma_w)
                 w_support = wkernel.support
                 planes = w_span * 2 * sigma_w * x_range + w_support + 1
-            cost = (n_vis * kernel.support**2 * w_support * COST_PER_CELL_ADD
-                    + planes * nv * nu * COST_PER_PLANE_CELL)
+            cost = n_vis * kernel.support**2 * w_support * per_add + planes * nv * nu * per_cell
             if best is None or cost < best[0]:
                 best = (cost, kernel, (nv, nu), wkernel, sigma_w or 0.0)
     return best[1:]
@@ -389,7 +395,7 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
     nshift = 0.5 * (float(nm1.min()) + float(nm1.max())) if use_w else 0.0
     x_range = 0.5 * (float(nm1.max()) - float(nm1.min()))
     kernel, (nv, nu), wkernel, sigma_w = _choose_kernels(
-        epsilon, geom, n_vis, (w_hi - w_lo) if use_w else None, x_range)
+        epsilon, geom, n_vis, (w_hi - w_lo) if use_w else None, x_range, compiled)
     support = kernel.support
     half = support / 2
     # pixel units: u' = -u because x runs toward decreasing l (see module docstring)

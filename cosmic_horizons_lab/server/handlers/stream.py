@@ -10,10 +10,11 @@ from jupyter_server.auth.decorator import authorized, ws_authenticated
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web, websocket
+from tornado.iostream import StreamClosedError
 
 from cosmic_horizons_lab.server.api.requests import STREAM_QUERY, query_int
 from cosmic_horizons_lab.server.errors import UpgradeRequired
-from cosmic_horizons_lab.server.events import encode, message
+from cosmic_horizons_lab.server.events import Wire, encode, message
 
 if TYPE_CHECKING:
     from cosmic_horizons_lab.server.app import CosmicHorizons
@@ -85,25 +86,52 @@ class EventStreamHandler(JSONErrors, ExtensionHandlerMixin, JupyterHandler, webs
         self.sender = asyncio.get_running_loop().create_task(self._send(app))
 
     async def _send(self, app: "CosmicHorizons") -> None:
-        last = self.after
+        sub = self.subscription
+        sub.last = self.after
         try:
-            while True:  # replay what the store has after `last`, page by page
-                page = await app.store.events_after(self.owner, last, limit=2000)
+            await app.bus.warm(app.store)
+            recent = app.bus.recent.replay(self.owner, sub.last)
+            if recent is not None:  # all it missed is still in memory (a reconnect's usual case)
+                if recent:
+                    sub.last = recent[-1][0]
+                for i in range(0, len(recent), 2000):
+                    await self.write_message(message(recent[i:i + 2000]))
+            while recent is None:  # replay what the store has after `last`, page by page
+                page = await app.store.events_after(self.owner, sub.last, limit=2000)
                 if not page:
                     break
                 await self.write_message(message([encode(ev) for ev in page]))
-                last = page[-1]["id"]
+                sub.last = page[-1]["id"]
+            sub.direct = self._write_now  # caught up: the bus writes to this socket itself
             while True:
-                batch = await self.subscription.next_batch()
-                if self.subscription.overflowed:
+                batch = await sub.next_batch()
+                if sub.overflowed:
                     self.close(1013, "too far behind; reconnect with after=<last id>")
                     return
-                fresh = [item for item in batch if item[0] > last]
+                fresh = [item for item in batch if item[0] > sub.last]
                 if fresh:
+                    sub.last = fresh[-1][0]
                     await self.write_message(message(fresh))
-                    last = fresh[-1][0]
         except (websocket.WebSocketClosedError, asyncio.CancelledError):
             pass
+
+    def _write_now(self, wire: Wire) -> bool:
+        """Send one message at once; False (the caller buffers it) while the socket is busy."""
+        conn = self.ws_connection
+        if conn is None or conn.is_closing():
+            return True  # closing: nothing more is owed to this connection
+        stream = conn.stream
+        if stream.writing():  # a slow reader: its writer sends once the socket drains
+            return False
+        try:
+            if getattr(conn, "_compressor", None) is None:
+                # the frame built once for every connection (Tornado would build it per socket)
+                stream.write(wire.frame).add_done_callback(_retrieve)
+            else:  # permessage-deflate: each connection compresses with its own context
+                self.write_message(wire.data).add_done_callback(_retrieve)
+        except (websocket.WebSocketClosedError, StreamClosedError):
+            pass
+        return True
 
     def on_message(self, message: str | bytes) -> None:
         pass  # the stream is one-way; nothing a client sends means anything
@@ -113,6 +141,12 @@ class EventStreamHandler(JSONErrors, ExtensionHandlerMixin, JupyterHandler, webs
             self.subscription.close()
         if getattr(self, "sender", None) is not None:
             self.sender.cancel()
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    # a write to a connection that closed meanwhile: nothing to do, but not "never retrieved"
+    if not future.cancelled():
+        future.exception()
 
 
 # -- issue 5: staging, validation, tips, metrics, webhooks -------------------------------------

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 SUBMIT_CONCURRENCY = 8
 #: The most queued jobs one dispatch looks at.
 DISPATCH_WINDOW = 200
+#: The fewest queued jobs a slot backend's dispatch loads at once (it loads 4 per free slot).
+SLOT_WINDOW = 8
 #: Test-only: seconds to sleep after a launch's intent commits and again after the backend
 #: started it, before the start is recorded, so a crash drill can kill the server inside the
 #: window exactly-once launching closes (``tests/test_crash_drill.py``). Unset in production.
@@ -192,21 +194,45 @@ class Dispatcher:
         """
         if self.health.backing_off():
             return
-        if self.backend.free_slots(0) == 0:
+        free = self.backend.free_slots(0)
+        if free == 0:
             return  # every slot is busy: nothing can start, so don't even look
+        if free is None:  # the backend queues itself: one window, submitted together
+            await self._dispatch_window(DISPATCH_WINDOW, [])
+            return
+        # A slot backend can start only `free` jobs: loading the whole window of queued jobs
+        # on every wake (each submission's) cost more than the submissions themselves. So look
+        # at a few per free slot, and further only past jobs that could not start (waiting for
+        # parents, held by their batch's limit) while slots are left.
+        seen: list[str] = []
+        while len(seen) < DISPATCH_WINDOW:
+            limit = min(DISPATCH_WINDOW - len(seen), max(4 * free, SLOT_WINDOW))
+            more = await self._dispatch_window(limit, seen)
+            free = self.backend.free_slots(0) or 0
+            if not more or free <= 0:
+                return
+
+    async def _dispatch_window(self, window: int, seen: list[str]) -> bool:
+        """Dispatch from the first ``window`` queued jobs not in ``seen`` (which it extends).
+
+        True when it looked at a full window and started everything it could from it (so the
+        next window may hold jobs that can start); False when the queue or the slots ran out.
+        """
         features = self.backend.supported_features()
         async with self.store.read() as session:
-            queued = (
-                await session.scalars(
-                    sa.select(JobRecord)
-                    .where(JobRecord.server_id == self.server_id, JobRecord.status == Status.QUEUED.value,
-                           JobRecord.launch_token.is_(None))
-                    .order_by(JobRecord.priority.desc(), JobRecord.created_at, JobRecord.id)
-                    .limit(DISPATCH_WINDOW)
-                )
-            ).all()
+            query = (
+                sa.select(JobRecord)
+                .where(JobRecord.server_id == self.server_id, JobRecord.status == Status.QUEUED.value,
+                       JobRecord.launch_token.is_(None))
+                .order_by(JobRecord.priority.desc(), JobRecord.created_at, JobRecord.id)
+                .limit(window)
+            )
+            if seen:
+                query = query.where(JobRecord.id.not_in(seen))
+            queued = (await session.scalars(query)).all()
             if not queued:
-                return
+                return False
+            seen.extend(j.id for j in queued)
             batch_ids = {j.batch_id for j in queued if j.batch_id}
             batches: dict[str, BatchRecord] = {}
             agents_in: dict[str, set[str]] = {}
@@ -226,6 +252,7 @@ class Dispatcher:
                     p.id: p for p in (await session.scalars(sa.select(JobRecord).where(JobRecord.id.in_(parent_ids)))).all()
                 }
         dependency_failed: list[JobRecord] = []
+        exhausted = False
         arrays_sent: set[str] = set()
         unlimited: list[Ready] = []
         for job in queued:
@@ -248,6 +275,7 @@ class Dispatcher:
                     arrays_sent.add(batch.id)
                     group: list[Ready] = [(j, [], []) for j in queued if j.batch_id == batch.id and not j.depends_on]
                     if await self.launch([Launch(group, array=True, parallel_limit=batch.parallel_limit)]) is None:
+                        exhausted = True
                         break
                 continue
             limit = batch.parallel_limit if batch is not None else None
@@ -261,9 +289,11 @@ class Dispatcher:
                     active[batch.id] += 1
                 continue
             if free <= 0:
+                exhausted = True
                 break  # strict priority: a smaller job does not overtake a waiting bigger one
             started = await self.launch([Launch([(job, deps, after_ok)])])
             if started is None:
+                exhausted = True
                 break  # the backend is unreachable: try again after the backoff
             if started and batch is not None:
                 active[batch.id] += 1
@@ -278,6 +308,7 @@ class Dispatcher:
                             tx, job, Status.CANCELLED, reason="dependency_failed",
                             error="a job this one depends on failed or was cancelled",
                         )
+        return not exhausted and len(queued) == window
 
     @staticmethod
     def _pack(ready: list[Ready], features: set[str]) -> list[Launch]:

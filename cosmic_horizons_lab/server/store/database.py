@@ -148,6 +148,19 @@ class Store:
             rows: Sequence[Event] = (await session.scalars(query)).all()
         return [event_to_json(ev) for ev in rows]
 
+    async def events_tail(self, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """The newest ``limit`` events of every user, oldest first, and the newest id.
+
+        Read under the write lock: no commit (and so no publish) falls between this read and
+        what the caller does with it before its next await.
+        """
+        async with self._write_lock:
+            async with self.read() as session:
+                rows: Sequence[Event] = (await session.scalars(
+                    sa.select(Event).order_by(Event.id.desc()).limit(limit))).all()
+            events = [event_to_json(ev) for ev in reversed(rows)]
+            return events, (events[-1]["id"] if events else await self.last_event_id())
+
     async def last_event_id(self, user: str | None = None) -> int:
         query = sa.select(sa.func.max(Event.id))
         if user is not None:
