@@ -36,6 +36,7 @@ import math
 import os
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 
@@ -565,6 +566,8 @@ def _spread_compiled(work: _PlaneWork, add_plane) -> None:
             parallel = (e - s) * len(planes) * support**2 >= loops.PARALLEL_MIN_WORK
             weights = loops.kernel_weights if parallel else loops.kernel_weights_serial
             spread = loops.spread_block if parallel else loops.spread_block_serial
+            if parallel and wsupport and len(planes) >= 2 * numba.get_num_threads():
+                spread = loops.spread_block_by_plane
             with loops.dynamic_chunks(1024):
                 weights(u_pix, v_pix, u_first, v_first, s, e, coef, ku, kv)
             with loops.dynamic_chunks(2):
