@@ -120,6 +120,33 @@ def _kernel_weights(u_pix: np.ndarray, v_pix: np.ndarray, u_first: np.ndarray,
             kv[i, a] = av
 
 
+@numba.njit(cache=True, inline="always", fastmath=True)
+def _spread_range(g: np.ndarray, p: int, lo: int, hi: int, s: int, w_pix: np.ndarray,
+                  vals: np.ndarray, u_first: np.ndarray, v_first: np.ndarray, ku: np.ndarray,
+                  kv: np.ndarray, support: int, wcoef: np.ndarray, ulo: int, vlo: int,
+                  ncol: int) -> None:
+    """Add visibilities ``lo:hi`` to plane ``p``'s grid ``g``, each weighted by the w kernel
+    at its distance from the plane (none without w stacking, ``wcoef`` empty)."""
+    wsupport = wcoef.shape[1]
+    whalf = 0.5 * wsupport
+    for i in range(lo, hi):
+        if wsupport > 0:
+            x = p - w_pix[i] + whalf
+            piece = int(math.floor(x))
+            if piece < 0 or piece >= wsupport:
+                continue
+            t = vals[i] * np.float32(_piece(wcoef, piece, x - piece))
+        else:
+            t = vals[i]
+        row0 = (int(v_first[i]) - vlo) * ncol + int(u_first[i]) - ulo
+        li = i - s
+        for a in range(support):
+            tv = t * kv[li, a]
+            row = row0 + a * ncol
+            for c in range(support):
+                g[row + c] += tv * ku[li, c]
+
+
 def _spread_block(grids: np.ndarray, planes: np.ndarray, slots: np.ndarray, starts: np.ndarray, s: int,
                  w_pix: np.ndarray, vals: np.ndarray, u_first: np.ndarray,
                  v_first: np.ndarray, ku: np.ndarray, kv: np.ndarray, support: int,
@@ -132,31 +159,13 @@ def _spread_block(grids: np.ndarray, planes: np.ndarray, slots: np.ndarray, star
     stacking (weight 1 on the single plane)."""
     n_rows = len(starts) - 1
     n_planes = len(planes)
-    wsupport = wcoef.shape[1]
-    whalf = 0.5 * wsupport
     for colour in range(2):  # even tile rows, then odd: rows of one pass never overlap
         n_rows_colour = (n_rows - colour + 1) // 2
         for item in numba.prange(n_planes * n_rows_colour):
             j = item // n_rows_colour
             r = 2 * (item % n_rows_colour) + colour
-            p = planes[j]
-            g = grids[slots[j]]
-            for i in range(starts[r], starts[r + 1]):
-                if wsupport > 0:
-                    x = p - w_pix[i] + whalf
-                    piece = int(math.floor(x))
-                    if piece < 0 or piece >= wsupport:
-                        continue
-                    t = vals[i] * np.float32(_piece(wcoef, piece, x - piece))
-                else:
-                    t = vals[i]
-                row0 = (int(v_first[i]) - vlo) * ncol + int(u_first[i]) - ulo
-                li = i - s
-                for a in range(support):
-                    tv = t * kv[li, a]
-                    row = row0 + a * ncol
-                    for c in range(support):
-                        g[row + c] += tv * ku[li, c]
+            _spread_range(grids[slots[j]], planes[j], starts[r], starts[r + 1], s, w_pix, vals,
+                          u_first, v_first, ku, kv, support, wcoef, ulo, vlo, ncol)
 
 
 @numba.njit(cache=True, parallel=True)
@@ -326,24 +335,9 @@ def _spread_block_by_plane(grids: np.ndarray, planes: np.ndarray, slots: np.ndar
                            ncol: int) -> None:
     """:func:`_spread_block` with one whole plane per thread (w stacking only): measured to
     use two cores where sharing out tile rows of the same plane did not."""
-    wsupport = wcoef.shape[1]
-    whalf = 0.5 * wsupport
     for j in numba.prange(len(planes)):
-        p = planes[j]
-        g = grids[slots[j]]
-        for i in range(starts[0], starts[-1]):
-            x = p - w_pix[i] + whalf
-            piece = int(math.floor(x))
-            if piece < 0 or piece >= wsupport:
-                continue
-            t = vals[i] * np.float32(_piece(wcoef, piece, x - piece))
-            row0 = (int(v_first[i]) - vlo) * ncol + int(u_first[i]) - ulo
-            li = i - s
-            for a in range(support):
-                tv = t * kv[li, a]
-                row = row0 + a * ncol
-                for c in range(support):
-                    g[row + c] += tv * ku[li, c]
+        _spread_range(grids[slots[j]], planes[j], starts[0], starts[-1], s, w_pix, vals,
+                      u_first, v_first, ku, kv, support, wcoef, ulo, vlo, ncol)
 
 
 # Each parallel loop costs a wake-up of the other threads, which on a loaded host can take a
