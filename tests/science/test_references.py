@@ -85,6 +85,30 @@ def test_dirty_image_matches_wsclean(observed):
     assert rel < 0.01
 
 
+def test_psf_without_clean_matches_wsclean(observed):
+    """The PSF made at the image's own size (``niter 0``, from the Measurement Set read
+    straight through casacore, as the imaging agent reads it) against WSClean's PSF of the
+    same data and grid: both peak at 1 at the centre, and agree over the inner half."""
+    import torch
+
+    from cosmic_horizons_lab.science.imaging import make_images
+    from cosmic_horizons_lab.science.visibilities import read_visibilities
+
+    band = observed["band"]
+    vs = read_visibilities(observed["files"]["ms"], writable=False)
+    ours = make_images(vs, torch.device("cpu"), npix=band.npix, cell_arcsec=band.cell_arcsec,
+                       niter=0).psf
+    theirs, _ = ext.read_plane(Path(str(observed["wsclean"]["dirty"]).replace("-dirty", "-psf")))
+    assert ours.shape == theirs.shape
+    c = band.npix // 2
+    assert ours[c, c] == pytest.approx(1.0, abs=1e-3)
+    assert theirs[c, c] == pytest.approx(1.0, abs=1e-3)
+    n = ours.shape[0]
+    inner = (slice(n // 4, 3 * n // 4),) * 2
+    rel = np.sqrt(np.mean((ours[inner] - theirs[inner]) ** 2) / np.mean(theirs[inner] ** 2))
+    assert rel < 0.01
+
+
 def test_every_file_format_gives_the_same_image(observed, tmp_path):
     """uvfits, UVH5 and a Measurement Set of one observation, as pyuvdata writes them."""
     import torch
