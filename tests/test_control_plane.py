@@ -10,7 +10,6 @@ queued jobs per free slot, still looks past jobs that cannot start yet.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 
 import pytest
@@ -18,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from cosmic_horizons_lab.server.store.orm import Event, JobRecord
+from tests.test_event_stream import _read_events
 
 QUICK = "from cosmic_horizons_lab.executor import report\nreport(progress=1.0)\n"
 WAIT_FOR_FILE = (
@@ -25,20 +25,6 @@ WAIT_FOR_FILE = (
     "while not pathlib.Path({go!r}).exists():\n"
     "    time.sleep(0.05)\n"
 )
-
-
-async def _read_until(ws, until, timeout: float = 30.0) -> list[dict]:
-    got: list[dict] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not until(got):
-        remaining = deadline - loop.time()
-        assert remaining > 0, f"timed out after {len(got)} events"
-        msg = await asyncio.wait_for(ws.read_message(), remaining)
-        assert msg is not None, "the server closed the stream"
-        data = json.loads(msg)
-        got.extend(data if isinstance(data, list) else [data])
-    return got
 
 
 async def _store_event_ids(lab, after: int) -> list[int]:
@@ -99,7 +85,7 @@ async def test_many_clients_each_get_every_event_once_in_order_and_a_reconnect_g
     expected = await _store_event_ids(lab, start)
     assert len(expected) >= 12 * 4
     for ws in clients:
-        got = await _read_until(ws, lambda ev: len(ev) >= len(expected))
+        got = await _read_events(ws, lambda ev: len(ev) >= len(expected), timeout=30.0)
         assert [e["id"] for e in got] == expected, "every event once, in order"
     # the first client goes away; more happens; it comes back with after= its last seen id
     last_seen = expected[-1]
@@ -110,11 +96,11 @@ async def test_many_clients_each_get_every_event_once_in_order_and_a_reconnect_g
         await api.wait_for(job_id)
     missed = await _store_event_ids(lab, last_seen)
     back = await jp_ws_fetch("cosmic-horizons", "api", "events", params={"after": last_seen})
-    replay = await _read_until(back, lambda ev: len(ev) >= len(missed))
+    replay = await _read_events(back, lambda ev: len(ev) >= len(missed), timeout=30.0)
     assert [e["id"] for e in replay] == missed
     # and the others, who stayed, got the same events live
     for ws in clients[1:]:
-        live = await _read_until(ws, lambda ev: len(ev) >= len(missed))
+        live = await _read_events(ws, lambda ev: len(ev) >= len(missed), timeout=30.0)
         assert [e["id"] for e in live] == missed
     for ws in [back, *clients[1:]]:
         ws.close()
@@ -134,9 +120,9 @@ async def test_a_slow_reader_is_buffered_without_holding_back_the_others(jp_ws_f
         async with lab.store.write() as tx:
             tx.emit("test.bulk", user="astro", payload={"n": n, "pad": big})
     expected = await _store_event_ids(lab, start)
-    got_fast = await _read_until(fast, lambda ev: len(ev) >= len(expected))
+    got_fast = await _read_events(fast, lambda ev: len(ev) >= len(expected), timeout=30.0)
     assert [e["id"] for e in got_fast] == expected
-    got_slow = await _read_until(slow, lambda ev: len(ev) >= len(expected))
+    got_slow = await _read_events(slow, lambda ev: len(ev) >= len(expected), timeout=30.0)
     assert [e["id"] for e in got_slow] == expected
     assert [e["payload"]["n"] for e in got_slow] == list(range(150))
     fast.close()

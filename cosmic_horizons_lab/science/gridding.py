@@ -69,7 +69,6 @@ TORCH_COST_PER_CELL_ADD = 3e-9
 TORCH_COST_PER_PLANE_CELL = 4e-9
 #: w extent of one chunk of visibilities, in planes (see :func:`dirty_image`).
 CHUNK_W_SPAN = 0.25
-TABLE_SIZE = 1 << 15  # samples of the kernel's Fourier transform for large images
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ class Kernel:
     beta: float
 
     @classmethod
-    def for_accuracy(cls, epsilon: float, sigma: float = SIGMA) -> "Kernel":
+    def for_accuracy(cls, epsilon: float, sigma: float = SIGMA) -> Kernel:
         """Support and shape for a target relative accuracy at oversampling ``sigma``.
 
         ``W = ⌈ln(1/ε) / (π sqrt(1 - 1/σ))⌉`` and ``β = 0.98 π W (1 - 1/(2σ))``
@@ -114,12 +113,6 @@ class Kernel:
         quadrature, with enough nodes to resolve both the kernel and the cosine.
         """
         xi = np.asarray(xi, float)
-        if xi.size > 4 * TABLE_SIZE:
-            # ψ̂ is smooth: a dense table and linear interpolation are exact to ~1e-8
-            # and save a quadrature per pixel of a large image.
-            top = float(np.abs(xi).max()) or 1.0
-            grid = np.linspace(0.0, top, TABLE_SIZE)
-            return np.interp(np.abs(xi), grid, self.fourier(grid))
         nodes, weights = np.polynomial.legendre.leggauss(max(64, 4 * self.support + 32))
         phi = np.exp(self.beta * (np.sqrt(1 - nodes**2) - 1))
         arg = np.pi * self.support * np.multiply.outer(xi, nodes)
@@ -178,7 +171,7 @@ def _w_kernel(epsilon: float, sigma_w: float) -> Kernel:
     return Kernel(support=base.support + 1, beta=base.beta * (base.support + 1) / base.support)
 
 
-def _choose_kernels(epsilon: float, geom: "ImageGeometry", n_vis: int, w_span: float | None,
+def _choose_kernels(epsilon: float, geom: ImageGeometry, n_vis: int, w_span: float | None,
                     x_range: float, compiled: bool = True
                     ) -> tuple[Kernel, tuple[int, int], Kernel | None, float]:
     """The uv kernel, its grid, the w kernel and ``σ_w`` with the least modelled cost.
@@ -284,7 +277,7 @@ class _PlaneTransform:
     """
 
     def __init__(self, nrow: int, ncol: int, vlo: int, ulo: int, nv: int, nu: int,
-                 geom: "ImageGeometry", device: torch.device) -> None:
+                 geom: ImageGeometry, device: torch.device) -> None:
         self.nrow, self.ncol, self.nv, self.nu = nrow, ncol, nv, nu
         self.vlo, self.ulo = vlo, ulo
         self.stride = max(ncol, nu)
