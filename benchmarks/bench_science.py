@@ -184,6 +184,30 @@ def bench_flagging(sim, device: torch.device, repeat: int = 3, budget: float = 3
     return out
 
 
+def bench_flagging_cpu_time(sim, repeat: int = 5) -> dict:
+    """Process CPU time on one thread, ours and AOFlagger alternately in this process (best
+    of ``repeat`` each): steadier than wall time on a shared host, where the other jobs'
+    load moves the wall-clock ratio by ±30 %."""
+    vs = sim.data
+    cpu = torch.device("cpu")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        flag_visibilities(vs.vis[:4], vs.flags[:4], "medium", cpu)  # warm-up
+        _aoflagger_baselines(vs.vis[:2], range(2))
+        ours, ao = [], []
+        for _ in range(repeat):
+            t0 = time.process_time()
+            flag_visibilities(vs.vis, vs.flags, "medium", cpu)
+            ours.append(time.process_time() - t0)
+            t0 = time.process_time()
+            _aoflagger_baselines(vs.vis, range(vs.vis.shape[0]))
+            ao.append(time.process_time() - t0)
+    finally:
+        torch.set_num_threads(before)
+    return {"ours_cpu_s": min(ours), "ao_cpu_s": min(ao), "load": load()}
+
+
 def bench_gridding(sim, npix: int, device: torch.device, epsilon: float, repeat: int = 3,
                    budget: float = 60.0) -> dict:
     """Ours and ducc0 (on the CPU) timed alternately, ours then ducc0, best of ``repeat``
@@ -271,6 +295,8 @@ def main() -> None:
                     help="threads for each flagger (default: all CPUs)")
     ap.add_argument("--flagging-only", action="store_true", help="skip the gridding figures")
     ap.add_argument("--gridding-only", action="store_true", help="skip the flagging figures")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="also flagging's process CPU time on one thread, ours against AOFlagger")
     args = ap.parse_args()
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     print(f"device: {device}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
@@ -294,6 +320,10 @@ def main() -> None:
                   f"{f['ao_runs']}, {f['ao_load']}) precision/recall "
                   f"{f['ao_pr'][0]:.3f}/{f['ao_pr'][1]:.3f}")
             print(f"           ratio ours/AOFlagger = {f['ours_rate'] / f['ao_rate']:.2f}")
+        if args.cpu_time and device.type == "cpu" and not args.gridding_only:
+            c = bench_flagging_cpu_time(sim, args.repeat)
+            print(f"           one thread, process CPU: ours {c['ours_cpu_s']:.3f} s, AOFlagger "
+                  f"{c['ao_cpu_s']:.3f} s, ratio {c['ao_cpu_s'] / c['ours_cpu_s']:.2f} ({c['load']})")
         for npix in () if args.flagging_only else (1024, 2048):
             g = bench_gridding(sim, npix, device, args.epsilon, args.repeat, args.budget)
             line = (f"grid+FFT {npix}²  ours {g['ours_rate']:.3e} vis/s ({g['ours_s']:.2f} s, "

@@ -12,7 +12,9 @@ cell), natural weighting, Stokes I, ``niter 0``, a dirty image and its PSF as FI
 
 * ours: a fresh ``python`` process doing what the ImageReconstruction agent does with
   ``niter 0`` (``read_visibilities(writable=False)`` → ``make_images`` → ``write_fits`` of ``dirty.fits``
-  and ``psf.fits``), imports included;
+  and ``psf.fits``), imports included, ending as the executor's job process does
+  (``gc.freeze()``, so that the interpreter's teardown does not collect every object
+  torch and numba made);
 * WSClean: ``wsclean -niter 0 -make-psf -size N N -scale … -weight natural -pol I -j
   <CPUs>`` on the same MS.
 
@@ -42,7 +44,7 @@ C = 299_792_458.0
 
 
 def load() -> str:
-    return "%.2f" % os.getloadavg()[0]
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 def make_ms(path: Path, n_times: int, n_channels: int, seed: int = 3) -> tuple[Path, int, float]:
@@ -96,9 +98,9 @@ write_fits(out / "psf.fits", result.psf, result)
 t4 = time.perf_counter()
 print(json.dumps({"import": t1 - t0, "read": t2 - t1, "image": t3 - t2, "write": t4 - t3}), flush=True)
 if len(sys.argv) > 5:
-    # --freeze-at-exit: skip the interpreter's final garbage collections over every object
-    # torch and numba made (2-10 s of teardown on this shared machine, measured with gdb in
-    # Py_FinalizeEx -> finalize_modules -> gc_collect_main), as the executor could on exit
+    # --freeze-at-exit (the default): skip the interpreter's final garbage collections over
+    # every object torch and numba made (2-10 s of teardown on this shared machine, measured
+    # with gdb in Py_FinalizeEx -> finalize_modules -> gc_collect_main), as the executor does
     import gc
     gc.freeze()
 """
@@ -107,13 +109,22 @@ if len(sys.argv) > 5:
 def run_ours(ms: Path, out: Path, npix: int, cell: float, root: Path = ROOT, freeze: bool = False
              ) -> tuple[float, dict]:
     out.mkdir(parents=True, exist_ok=True)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), children_cpu()
     proc = subprocess.run([sys.executable, "-c", OURS, str(ms), str(out), str(npix), str(cell),
                            *(["freeze"] if freeze else [])],
                           check=True, capture_output=True, text=True, cwd=root,
                           env={**os.environ, "PYTHONPATH": str(root)})
     wall = time.perf_counter() - t
-    return wall, json.loads(proc.stdout.strip().splitlines()[-1])
+    return wall, {**json.loads(proc.stdout.strip().splitlines()[-1]), "cpu": children_cpu() - cpu}
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes so far: next to the wall
+    time, a figure the other jobs on a shared 2-core host disturb much less."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_wsclean(ms: Path, out: Path, npix: int, cell: float) -> float:
@@ -124,9 +135,9 @@ def run_wsclean(ms: Path, out: Path, npix: int, cell: float) -> float:
     cmd = [exe, "-quiet", "-size", str(npix), str(npix), "-scale", f"{cell}asec", "-weight", "natural",
            "-pol", "I", "-j", str(os.cpu_count() or 1), "-niter", "0", "-make-psf",
            "-name", str(out / "ws"), str(ms)]
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), children_cpu()
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, children_cpu() - cpu
 
 
 def compare(ours_dir: Path, ws_dir: Path) -> float:
@@ -145,43 +156,75 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--times", type=int, default=240, help="integrations of 30 s")
     ap.add_argument("--channels", type=int, default=64)
-    ap.add_argument("--freeze-at-exit", action="store_true",
-                    help="ours calls gc.freeze() before exiting (what the executor would need "
-                         "to do to skip the interpreter's teardown collections)")
+    ap.add_argument("--freeze-at-exit", action=argparse.BooleanOptionalAction, default=True,
+                    help="ours calls gc.freeze() before exiting, as the executor's job process "
+                         "does (cosmic_horizons_lab/executor/__main__.py) to skip the "
+                         "interpreter's teardown collections; --no-freeze-at-exit times them too")
     ap.add_argument("--package-root", type=Path, default=ROOT,
                     help="run ours from this checkout (e.g. `git archive HEAD | tar -x -C DIR` "
                          "for a before/after comparison)")
+    ap.add_argument("--baseline-root", type=Path, default=None,
+                    help="also run ours from this checkout, in the same alternation (baseline, "
+                         "ours, WSClean, …), for a before/after comparison at the same load")
+    ap.add_argument("--ms", type=Path, default=None,
+                    help="keep the Measurement Set here and reuse it when it is already there "
+                         "(made with the same --times and --channels)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_whole_image_") as tmp:
         root = Path(tmp)
         t = time.perf_counter()
-        ms, n_vis, cell = make_ms(root / "obs.ms", args.times, args.channels)
+        ms_path = args.ms or root / "obs.ms"
+        sidecar = ms_path.with_name(ms_path.name + ".bench.json")  # its sample count and cell
+        if ms_path.exists() and sidecar.exists():
+            ms, (n_vis, cell) = ms_path, json.loads(sidecar.read_text())
+            made = f"reused from {ms_path}"
+        else:
+            ms, n_vis, cell = make_ms(ms_path, args.times, args.channels)
+            sidecar.write_text(json.dumps([n_vis, cell]))
+            made = f"made in {time.perf_counter() - t:.1f} s"
         print(f"{n_vis:.3e} Stokes I visibilities (171 baselines × {args.times} times × "
-              f"{args.channels} channels, 4 pols) as a Measurement Set, made in "
-              f"{time.perf_counter() - t:.1f} s; {os.cpu_count()} CPUs; load {load()}; "
+              f"{args.channels} channels, 4 pols) as a Measurement Set, {made}; "
+              f"{os.cpu_count()} CPUs; load {load()}; "
               f"ours from {args.package_root}{', gc.freeze() at exit' if args.freeze_at_exit else ''}")
         rows = []
+        ours_by_size, base_by_size, ws_by_size = {}, {}, {}
         for npix in args.sizes:
             c = cell * 512 / npix if npix > 512 else cell  # 2048² covers the same field 4× finer
-            ours_runs, ws_runs = [], []
+            ours_runs, ws_runs, base_runs = [], [], []
             for i in range(args.repeat):
+                if args.baseline_root is not None:
+                    wall, stages = run_ours(ms, root / f"base{npix}", npix, c, args.baseline_root,
+                                            args.freeze_at_exit)
+                    base_runs.append((wall, load(), stages))
+                    print(f"  {npix}² base    {wall:6.2f} s (load {base_runs[-1][1]}) "
+                          + " ".join(f"{k} {v:.2f}" for k, v in stages.items()), flush=True)
                 wall, stages = run_ours(ms, root / f"ours{npix}", npix, c, args.package_root,
                                         args.freeze_at_exit)
                 ours_runs.append((wall, load(), stages))
                 print(f"  {npix}² ours    {wall:6.2f} s (load {ours_runs[-1][1]}) "
                       + " ".join(f"{k} {v:.2f}" for k, v in stages.items()), flush=True)
-                wall = run_wsclean(ms, root / f"ws{npix}", npix, c)
-                ws_runs.append((wall, load()))
-                print(f"  {npix}² WSClean {wall:6.2f} s (load {ws_runs[-1][1]})", flush=True)
+                wall, cpu = run_wsclean(ms, root / f"ws{npix}", npix, c)
+                ws_runs.append((wall, load(), cpu))
+                print(f"  {npix}² WSClean {wall:6.2f} s (load {ws_runs[-1][1]}) cpu {cpu:.2f}",
+                      flush=True)
+            ours_by_size[npix], base_by_size[npix], ws_by_size[npix] = ours_runs, base_runs, ws_runs
             best_o, best_w = min(ours_runs, key=lambda r: r[0]), min(ws_runs)
             rows.append((npix, c, best_o, best_w, compare(root / f"ours{npix}", root / f"ws{npix}")))
-        print(f"\n| grid | cell | ours (s) | load | WSClean (s) | load | ours / WSClean | "
-              f"ours: import / read / image / write (s) | dirty rel. rms vs WSClean |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for npix, c, (o, ol, st), (w, wl), rel in rows:
-            print(f"| {npix}² | {c:.2f}\" | {o:.2f} | {ol} | {w:.2f} | {wl} | **{o / w:.2f}** | "
+            if base_runs:
+                best_b = min(base_runs, key=lambda r: r[0])
+                rows.append((npix, c, best_b, best_w, compare(root / f"base{npix}", root / f"ws{npix}"),
+                             "baseline"))
+        print("\n| grid | cell | ours (s) | load | WSClean (s) | load | ours / WSClean | "
+              "ours: import / read / image / write (s) | CPU s, ours / WSClean (best) | "
+              "dirty rel. rms vs WSClean |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for npix, c, (o, ol, st), (w, wl, _), rel, *which in rows:
+            name = f"{npix}² ({which[0]}: {args.baseline_root})" if which else f"{npix}²"
+            runs = base_by_size[npix] if which else ours_by_size[npix]
+            cpu_o, cpu_w = min(r[2]["cpu"] for r in runs), min(r[2] for r in ws_by_size[npix])
+            print(f"| {name} | {c:.2f}\" | {o:.2f} | {ol} | {w:.2f} | {wl} | **{o / w:.2f}** | "
                   + " / ".join(f"{st[k]:.2f}" for k in ("import", "read", "image", "write"))
-                  + f" | {rel:.1e} |")
+                  + f" | {cpu_o:.2f} / {cpu_w:.2f} | {rel:.1e} |")
 
 
 if __name__ == "__main__":

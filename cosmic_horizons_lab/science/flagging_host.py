@@ -49,23 +49,37 @@ def _window_pass(x: np.ndarray, flags: np.ndarray, y: np.ndarray, sums: np.ndarr
             sums[j] += y[i, j]
     limit = m * chi
     for i in range(n):
+        # branch-free selects and stores, so that LLVM vectorises the rows
         if i + m - 1 < n:
+            end = i + m - 1
             for j in range(w):
-                sums[j] += y[i + m - 1, j]
-                if sums[j] > limit:
-                    until[j] = i + m - 1
-                sums[j] -= y[i, j]
+                sj = sums[j] + y[end, j]
+                until[j] = end if sj > limit else until[j]
+                sums[j] = sj - y[i, j]
         for j in range(w):
-            if until[j] >= i:
-                flags[i, j] = True
+            flags[i, j] = flags[i, j] | (until[j] >= i)
+
+
+@numba.njit(cache=True, nogil=True)
+def _transpose_into(src: np.ndarray, dst: np.ndarray) -> None:
+    n, w = src.shape
+    for i in range(n):
+        for j in range(w):
+            dst[j, i] = src[i, j]
 
 
 @numba.njit(cache=True, nogil=True)
 def _sum_threshold_planes(x: np.ndarray, flags: np.ndarray, chi1: float,
                           windows: np.ndarray, rho: float) -> None:
+    # The frequency passes run on transposed copies of the plane and its flags, so both
+    # axes' running sums are vectorised along contiguous rows (on the transposed views the
+    # inner loop strode by a whole row: 1.7 -> 1.1 ms per pass over 43 baselines of 46 x 64).
+    # Each sample's sums are the same additions in the same order either way.
     nb, nt, nf = x.shape
     y_t = np.empty((nt, nf), np.float32)
     y_f = np.empty((nf, nt), np.float32)
+    x_f = np.empty((nf, nt), np.float32)
+    f_f = np.empty((nf, nt), np.bool_)
     s_t = np.empty(nf, np.float64)
     s_f = np.empty(nt, np.float64)
     u_t = np.empty(nf, np.int64)
@@ -73,6 +87,7 @@ def _sum_threshold_planes(x: np.ndarray, flags: np.ndarray, chi1: float,
     for b in range(nb):
         xb = x[b]
         fb = flags[b]
+        _transpose_into(xb, x_f)
         for m in windows:
             chi = chi1 / rho ** math.log2(m)
             if m == 1:  # the same test along either axis: once is enough
@@ -82,7 +97,10 @@ def _sum_threshold_planes(x: np.ndarray, flags: np.ndarray, chi1: float,
                             fb[i, j] = True
                 continue
             _window_pass(xb, fb, y_t, s_t, u_t, m, chi)
-            _window_pass(xb.T, fb.T, y_f, s_f, u_f, m, chi)
+            if m <= nf:
+                _transpose_into(fb, f_f)
+                _window_pass(x_f, f_f, y_f, s_f, u_f, m, chi)
+                _transpose_into(f_f, fb)
 
 
 def sum_threshold_host(x: np.ndarray, flags: np.ndarray, chi1: float,
@@ -110,9 +128,10 @@ def robust_centre_scale(stat: np.ndarray, flags: np.ndarray) -> tuple[np.ndarray
     nb = stat.shape[0]
     med = np.zeros(nb, np.float32)
     sigma = np.ones(nb, np.float32)
+    valid = ~np.isnan(stat)  # one pass over the chunk, not two small ones per row
+    valid &= ~flags
     for b in range(nb):
-        v = stat[b][~flags[b]]
-        v = v[~np.isnan(v)]
+        v = stat[b][valid[b]]
         if v.size == 0:
             continue
         h = (v.size - 1) // 2
@@ -126,15 +145,24 @@ def robust_centre_scale(stat: np.ndarray, flags: np.ndarray) -> tuple[np.ndarray
 
 @numba.njit(cache=True, nogil=True)
 def _residual_power(planes: np.ndarray, model: np.ndarray, k: int, out: np.ndarray) -> None:
+    # plane by plane, rows contiguous (SIMD): each sample still sums its K squares in
+    # order, as the loop over q inside the sample did, 2.5x slower
     nb, nt, nf = out.shape
     for b in range(nb):
+        o = out[b]
+        for q in range(k):
+            p = planes[b * k + q]
+            m = model[b * k + q]
+            for i in range(nt):
+                for j in range(nf):
+                    d = p[i, j] - m[i, j]
+                    if q == 0:
+                        o[i, j] = np.float32(0.0) + d * d
+                    else:
+                        o[i, j] += d * d
         for i in range(nt):
             for j in range(nf):
-                acc = np.float32(0.0)
-                for q in range(k):
-                    d = planes[b * k + q, i, j] - model[b * k + q, i, j]
-                    acc += d * d
-                out[b, i, j] = acc / np.float32(k)
+                o[i, j] = o[i, j] / np.float32(k)
 
 
 def residual_power(planes: np.ndarray, model: np.ndarray, k: int) -> np.ndarray:
@@ -188,12 +216,17 @@ def planes_from_vis(vis: np.ndarray, flags: np.ndarray) -> tuple[np.ndarray, np.
 def _weighted_planes(planes: np.ndarray, flags: np.ndarray, k: int, out: np.ndarray) -> None:
     nb, nt, nf = flags.shape
     for b in range(nb):
+        w = out[nb * k + b]
+        f = flags[b]
         for i in range(nt):
             for j in range(nf):
-                w = np.float32(0.0) if flags[b, i, j] else np.float32(1.0)
-                for q in range(k):
-                    out[b * k + q, i, j] = planes[b * k + q, i, j] * w
-                out[nb * k + b, i, j] = w
+                w[i, j] = np.float32(0.0) if f[i, j] else np.float32(1.0)
+        for q in range(k):  # plane by plane, rows contiguous (SIMD)
+            p = planes[b * k + q]
+            o = out[b * k + q]
+            for i in range(nt):
+                for j in range(nf):
+                    o[i, j] = p[i, j] * w[i, j]
 
 
 def weighted_planes(planes: np.ndarray, flags: np.ndarray, k: int) -> np.ndarray:
@@ -211,18 +244,20 @@ def _fill_masked(planes: np.ndarray, smoothed: np.ndarray, flags: np.ndarray, k:
                  out: np.ndarray) -> None:
     nb, nt, nf = flags.shape
     for b in range(nb):
-        for i in range(nt):
-            for j in range(nf):
-                if not flags[b, i, j]:
-                    for q in range(k):
-                        out[b * k + q, i, j] = planes[b * k + q, i, j]
-                    continue
-                norm = smoothed[nb * k + b, i, j]
-                for q in range(k):
-                    if norm < np.float32(1e-3):
-                        out[b * k + q, i, j] = 0.0
+        f = flags[b]
+        norm = smoothed[nb * k + b]
+        for q in range(k):  # plane by plane, rows contiguous (SIMD)
+            p = planes[b * k + q]
+            s = smoothed[b * k + q]
+            o = out[b * k + q]
+            for i in range(nt):
+                for j in range(nf):
+                    if not f[i, j]:
+                        o[i, j] = p[i, j]
+                    elif norm[i, j] < np.float32(1e-3):
+                        o[i, j] = 0.0
                     else:
-                        out[b * k + q, i, j] = smoothed[b * k + q, i, j] / norm
+                        o[i, j] = s[i, j] / norm[i, j]
 
 
 def fill_masked(planes: np.ndarray, smoothed: np.ndarray, flags: np.ndarray, k: int) -> np.ndarray:

@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from cosmic_horizons_lab.science import gridding_loops as loops
-from cosmic_horizons_lab.science.device import chunk_size, host_threads
+from cosmic_horizons_lab.science import gridding_torch
+from cosmic_horizons_lab.science.device import host_threads
 
 SIGMA = 2.0  # oversampling of the grid that uniform and Briggs weighting count on
 #: Oversampling factors ``σ`` of the uv grid to choose from. A smaller grid means
@@ -67,8 +68,6 @@ COST_PER_PLANE_CELL = 8e-9
 #: …and for torch's scatter (the GPU's path, measured on the CPU), whose updates cost more.
 TORCH_COST_PER_CELL_ADD = 3e-9
 TORCH_COST_PER_PLANE_CELL = 4e-9
-#: w extent of one chunk of visibilities, in planes (see :func:`dirty_image`).
-CHUNK_W_SPAN = 0.25
 
 
 @dataclass(frozen=True)
@@ -348,12 +347,9 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
       the image; ``exp(2πi w nshift)`` is applied to the visibilities exactly, so
       the planes need fewer of them (the w kernel's support and spacing are
       then chosen by :func:`_choose_kernels`, with the uv grid's oversampling).
-    * Visibilities are taken in chunks in w order, a quarter plane wide; each
-      chunk's ``V × kv ⊗ ku`` (the separable uv kernel, ``W²`` cells) and grid
-      indices are computed once, then for each plane the chunk reaches they are
-      scaled by the w kernel (zero for the few out of its reach) and scattered
-      with ``index_add_``: no per-plane kernel evaluation or index arithmetic.
-      Only the planes the current chunk can still reach are held; a plane is
+    * On the CPU, compiled loops (:mod:`.gridding_loops`) spread by w block and uv
+      tile; on a GPU, :mod:`.gridding_torch` stages and sorts the data on the device
+      and spreads each chunk with one scatter into a ring of w planes. A plane is
       transformed as soon as no later visibility can touch it.
     * Planes live on a compact grid covering only the cells the data touch
       (wrapped onto the periodic grid at FFT time), and are transformed with
@@ -369,19 +365,10 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
         keep = np.flatnonzero(weight)
         w_lo, w_hi = loops.abs_w_range(uvw_np, keep) if len(keep) else (0.0, 0.0)
     else:
-        # Preparation runs in torch (multithreaded gathers and sort; numpy's are
-        # single-threaded and took seconds at 1e7 visibilities); chunks then go to the device.
-        wt = torch.as_tensor(weight)
-        keep = torch.nonzero(wt != 0).squeeze(1)
-        uvw = torch.as_tensor(np.asarray(uvw_lambda, np.float64)).index_select(0, keep)
-        vals = torch.as_tensor(np.asarray(vis)).index_select(0, keep).to(torch.complex64)
-        vals *= wt.index_select(0, keep).to(torch.float32)
-        # Re V exp(-iφ) = Re conj(V) exp(+iφ): conjugate once, then grid with the + sign. For
-        # w < 0 use the Hermitian conjugate (-uvw, V), which leaves the real image unchanged.
-        sign = 1.0 - 2.0 * (uvw[:, 2] < 0).to(torch.float64)
-        torch.view_as_real(vals)[:, 1] *= -sign.to(torch.float32)
-        w = uvw[:, 2] * sign
-        w_lo, w_hi = (float(w.min()), float(w.max())) if len(w) else (0.0, 0.0)
+        # torch's path (the GPU's): the inputs go to the device once and stay there
+        staged = gridding_torch.stage(uvw_lambda, vis, weight, device)
+        keep = range(staged.n_vis)  # only its length is read below
+        w_lo, w_hi = staged.w_lo, staged.w_hi
     n_vis = len(keep)
     nm1 = geom.nm1()
     nm1_max = float(np.abs(nm1).max())
@@ -407,22 +394,11 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
                 uvw_np, np.asarray(vis), weight, keep, scale_u, scale_v, half, w0,
                 1.0 / dw if use_w else 0.0, nshift)
     else:
-        u_pix, v_pix = uvw[:, 0] * sign * scale_u, uvw[:, 1] * sign * scale_v
-        del uvw, sign
-        if use_w:
-            w_pix, order = torch.sort((w - w0) / dw)
-            u_pix, v_pix, w, vals = u_pix[order], v_pix[order], w[order], vals[order]
-            del order
-            # exp(2πi w nshift), the phase taken out of the planes; turns reduced in float64
-            turns = (torch.remainder(w * nshift, 1.0) * (2 * np.pi)).to(torch.float32)
-            vals *= torch.polar(torch.ones_like(turns), turns)
-            del turns
-        else:
-            w_pix = torch.zeros(n_vis, dtype=torch.float64)
-        u_pix, v_pix, w_pix, vals = u_pix.numpy(), v_pix.numpy(), w_pix.numpy(), vals.numpy()
-        # first covered cell per visibility (float64: positions of long baselines need it)
-        u_first = np.floor(u_pix - half) + 1
-        v_first = np.floor(v_pix - half) + 1
+        prepared = gridding_torch.prepare(staged, scale_u, scale_v, half, w0, dw, nshift,
+                                          wkernel if use_w else None)
+        del staged
+        # (lowest, highest) first covered cell: all that is read of them below
+        u_first, v_first = prepared.u_first_bounds, prepared.v_first_bounds
     if n_vis:
         ulo, vlo = int(u_first.min()), int(v_first.min())
         ncol, nrow = int(u_first.max()) - ulo + support, int(v_first.max()) - vlo + support
@@ -461,15 +437,16 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
         if progress is not None:
             progress(p + 1, n_planes)
 
-    work = _PlaneWork(u_pix, v_pix, w_pix, vals, u_first, v_first, kernel, wkernel,
-                      n_planes, nrow, ncol, vlo, ulo, transform.stride)
     if compiled:
+        work = _PlaneWork(u_pix, v_pix, w_pix, vals, u_first, v_first, kernel, wkernel,
+                          n_planes, nrow, ncol, vlo, ulo, transform.stride)
         # the planes' copies and sums are memory-bound: one torch thread is as fast and
         # never waits at a barrier for a thread another job holds; the FFTs keep workers
         with host_threads(device, 1):
             _spread_compiled(work, add_plane)
     else:
-        _spread_torch(work, add_plane, device)
+        gridding_torch.spread(prepared, kernel, wkernel if use_w else None, n_planes, nrow,
+                              vlo, ulo, transform.stride, add_plane)
     if progress is not None and ref_plane != n_planes - 1:  # trailing planes held no data
         progress(n_planes, n_planes)
     jx = (np.arange(geom.npix_x) - ox) / nu
@@ -574,81 +551,6 @@ def _spread_compiled(work: _PlaneWork, add_plane) -> None:
         for p in sorted(q for q in held if q < done_below):
             add_plane(p, torch.from_numpy(ring[p % ring_size]))
             held.discard(p)
-
-
-def _spread_torch(work: _PlaneWork, add_plane, device: torch.device) -> None:
-    """The same with torch's ``index_add_`` scatter: the path on a GPU.
-
-    Visibilities must be in w order. Chunks a quarter plane wide in w: each chunk's
-    ``V × kv ⊗ ku`` and grid indices are computed once, then scaled by each plane's w
-    weight (zero for those out of its reach) and scattered.
-    """
-    u_pix, v_pix, w_pix, vals = work.u_pix, work.v_pix, work.w_pix, work.vals
-    u_first, v_first = work.u_first, work.v_first
-    kernel, support = work.kernel, work.kernel.support
-    use_w, wkernel = work.wkernel is not None, work.wkernel
-    whalf = wkernel.support / 2 if use_w else 0.0
-    n_planes, nrow, ncol, vlo, ulo = work.n_planes, work.nrow, work.stride, work.vlo, work.ulo
-    k = torch.arange(support, device=device)
-    # int32 indices halve the index traffic of the scatter where the compact grid allows
-    index_dtype = torch.int32 if nrow * ncol < 2**31 else torch.int64
-    cell_offsets = (k[:, None] * ncol + k[None, :]).reshape(1, -1).to(index_dtype)  # row-major W×W
-    free: list[torch.Tensor] = []  # plane buffers to reuse
-    # kernel weights, indices and contributions per visibility: ~ 16 W² bytes with temporaries
-    # The loop is many small operators: one intra-op thread (see host_threads); the
-    # FFTs keep their workers.
-    with host_threads(device, 1):
-        step = chunk_size(support**2 * 48, device, minimum=1024)
-        planes: dict[int, torch.Tensor] = {}
-        # the contributions of one chunk to one plane
-        scratch = torch.empty(step * support**2, dtype=torch.complex64, device=device)
-        n = len(vals)
-        s = 0
-        while s < n:
-            e = min(n, s + step)
-            if use_w:  # a quarter plane in w: nearly all its visibilities reach each plane
-                span_end = int(np.searchsorted(w_pix, w_pix[s] + CHUNK_W_SPAN, side="right"))
-                e = max(s + 1, min(e, span_end))
-            u = torch.from_numpy(u_pix[s:e]).to(device)
-            v = torch.from_numpy(v_pix[s:e]).to(device)
-            uf = torch.from_numpy(u_first[s:e]).to(device)
-            vf = torch.from_numpy(v_first[s:e]).to(device)
-            base = ((vf - vlo) * ncol + (uf - ulo)).to(index_dtype)
-            val = torch.from_numpy(vals[s:e]).to(device)
-            wp_t = torch.from_numpy(w_pix[s:e]).to(device)
-            ku = kernel.values((uf - u).to(torch.float32)[:, None] + k)  # (n, W)
-            kv = kernel.values((vf - v).to(torch.float32)[:, None] + k)
-            # V kv ⊗ ku per visibility, once per chunk; each plane only scales it by its w weight
-            vkk = (kv[:, :, None] * ku[:, None, :]).reshape(-1, support * support) * val[:, None]
-            idx = (base[:, None] + cell_offsets).reshape(-1)
-            del ku, kv, u, v, uf, vf, base
-            if use_w:
-                first_plane = int(math.floor(w_pix[s] - whalf)) + 1
-                last_plane = int(math.ceil(w_pix[e - 1] + whalf)) - 1
-            else:
-                first_plane = last_plane = 0
-            for p in range(max(first_plane, 0), min(last_plane, n_planes - 1) + 1):
-                if use_w:
-                    # w weight of every visibility of the chunk, zero for those out of reach
-                    wk = wkernel.values((p - wp_t).to(torch.float32))
-                    out = scratch[:(e - s) * support**2].view(e - s, support**2)
-                    contrib = torch.mul(vkk, wk[:, None], out=out)
-                else:
-                    contrib = vkk
-                grid = planes.get(p)
-                if grid is None:
-                    grid = planes[p] = free.pop() if free else torch.zeros(
-                        nrow * ncol, dtype=torch.complex64, device=device)
-                grid.index_add_(0, idx, contrib.reshape(-1))
-            # planes no later (larger-w) visibility can reach are complete
-            done_below = int(math.floor(w_pix[e] - whalf)) + 1 if (use_w and e < n) else n_planes
-            for p in sorted(q for q in planes if q < done_below):
-                add_plane(p, grid := planes.pop(p))
-                free.append(grid)
-            s = e
-        for p in sorted(planes):
-            add_plane(p, grid := planes.pop(p))
-            free.append(grid)
 
 
 def warm_up() -> None:

@@ -36,6 +36,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from cosmic_horizons_lab.science.visibilities import VisibilitySet
@@ -54,13 +55,68 @@ class NoiseEstimate:
 
 
 def _mad_sigma(values: np.ndarray) -> float:
-    """1.4826 × the median absolute deviation; ``values`` is scratch (reordered, overwritten):
-    in place, the two medians of 5e6 samples copy nothing."""
+    """1.4826 × the median absolute deviation; ``values`` is scratch (overwritten)."""
     if values.size == 0:
         return float("nan")
-    med = np.median(values, overwrite_input=True)
+    med = _median(values)
     np.abs(np.subtract(values, med, out=values), out=values)
-    return float(MAD_TO_SIGMA * np.median(values, overwrite_input=True))
+    return float(MAD_TO_SIGMA * _median(values))
+
+
+#: Below this many values :func:`_median` is ``np.median`` itself.
+_BRACKET_MIN = 100_000
+#: Values sampled to bracket the median.
+_BRACKET_SAMPLE = 40_000
+
+
+def _median(values: np.ndarray) -> np.floating:
+    """``np.median(values)``, the same number, ~10× faster on millions of float32 values.
+
+    ``np.median`` partitions the whole array (0.1-0.15 s for 5e6 float32, ten of them per
+    noise estimate; 12 ms here). Here a sorted sample of 4e4 values brackets the median
+    with a margin of 6 standard deviations of the sample's quantile; one compiled pass
+    counts the values below the bracket and gathers the ~3 % inside it, and only those
+    are partitioned. The middle
+    values are order statistics, so the result is the one ``np.median`` gives (its mean of
+    the two middle values for an even count, in the array's dtype); when the bracket
+    misses them (or the data hold NaN) it falls back to ``np.median``.
+    """
+    n = values.size
+    if n < _BRACKET_MIN:
+        return np.median(values)
+    flat = values.reshape(-1)
+    sample = np.sort(flat[::max(1, n // _BRACKET_SAMPLE)])
+    m = sample.size
+    margin = int(3 * math.sqrt(m)) + 2  # ranks: 6 σ of the sample median's rank (σ = √m / 2)
+    lo, hi = sample[max(m // 2 - margin, 0)], sample[min(m // 2 + margin, m - 1)]
+    if flat.dtype == np.float32 and flat.flags.c_contiguous:
+        inside = np.empty_like(flat)  # pages past what the pass writes are never touched
+        below, count, above = _bracket(flat, lo, hi, inside)
+        inside = inside[:count]
+    else:
+        below = int(np.count_nonzero(flat < lo))
+        inside = flat[(flat >= lo) & (flat <= hi)]
+        above = int(np.count_nonzero(flat > hi))
+    k1, k2 = (n - 1) // 2, n // 2  # ranks of the middle values
+    if below + inside.size + above != n or not below <= k1 <= k2 < below + inside.size:
+        return np.median(flat, overwrite_input=True)
+    part = np.partition(inside, (k1 - below, k2 - below))
+    return np.mean(part[[k1 - below, k2 - below]]) if k1 != k2 else part[k1 - below]
+
+
+@numba.njit(cache=True, nogil=True)
+def _bracket(values: np.ndarray, lo: np.float32, hi: np.float32, inside: np.ndarray
+             ) -> tuple[int, int, int]:  # pragma: no cover - compiled
+    """Counts of ``values`` below ``lo`` and above ``hi``; those in between (NaN in neither)
+    copied to ``inside``, how many in the middle: :func:`_median`'s one pass over the data."""
+    below = count = above = 0
+    last = inside.size - 1
+    for x in values:  # without branches: half the values go each way, unpredictably
+        below += x < lo
+        above += x > hi
+        inside[min(count, last)] = x
+        count += (x >= lo) & (x <= hi)
+    return below, count, above
 
 
 def _pair(vs: VisibilitySet, a: str, b: str) -> tuple[np.ndarray, np.ndarray, np.ndarray,
@@ -99,7 +155,9 @@ def stokes_v_sigma(vs: VisibilitySet) -> float | None:
     return _mad_sigma(np.concatenate([z.real, z.imag]))
 
 
-def time_difference_sigma(vs: VisibilitySet, max_order: int = 4) -> float | None:
+def time_difference_sigma(vs: VisibilitySet, max_order: int = 4,
+                          stokes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                          ) -> float | None:
     """σ from differences of adjacent integrations of Stokes I, per baseline and channel.
 
     A difference of order k (``V(t+1) - V(t)``, then ``V(t+1) - 2V(t) + V(t-1)``, …)
@@ -107,15 +165,16 @@ def time_difference_sigma(vs: VisibilitySet, max_order: int = 4) -> float | None
     each order leaves less sky than the one before, while the noise stays: the
     combination ``Σ c_j V_j`` has variance ``σ² Σ c_j² / w_j``, and dividing by its
     square root leaves σ whatever the weights. Orders 1 to ``max_order``; the smallest σ.
+    ``stokes``: ``vs.stokes_i()`` when the caller already has it.
     """
-    vis, flags, weight = vs.stokes_i()
+    vis, flags, weight = stokes if stokes is not None else vs.stokes_i()
     ok = ~flags & vs.present[:, :, None] & (weight > 0) & np.isfinite(vis)
     with np.errstate(divide="ignore", invalid="ignore"):
         inv_w = np.where(ok, 1.0 / weight, 0.0)
     nt = vis.shape[1]
     orders = [k for k in range(1, max_order + 1) if nt > k]
-    # The orders are independent, and numpy releases the GIL in the work of each: side by
-    # side on the host's cores (at 2.6e6 samples, 2.4 s of CPU on one core).
+    # The orders are independent, and their compiled loops release the GIL: side by side
+    # on the host's cores.
     with concurrent.futures.ThreadPoolExecutor(min(len(orders), os.cpu_count() or 1) or 1) as pool:
         found = [s for s in pool.map(lambda k: _difference_sigma(vis, ok, inv_w, k), orders)
                  if s is not None]
@@ -124,29 +183,59 @@ def time_difference_sigma(vs: VisibilitySet, max_order: int = 4) -> float | None
 
 def _difference_sigma(vis: np.ndarray, ok: np.ndarray, inv_w: np.ndarray, order: int) -> float | None:
     """σ from the differences of one ``order`` (:func:`time_difference_sigma`)."""
-    coeffs = np.array([(-1) ** (order - j) * math.comb(order, j) for j in range(order + 1)], float)
-    span = vis.shape[1] - order
-    # single precision, as the data are: the σ moves in its 6th digit, for half the memory
-    # traffic of complex128 (and each product stays in place)
-    both = ok[:, :span].copy()
-    comb = vis[:, :span] * np.float32(coeffs[0])
-    var = inv_w[:, :span] * np.float32(coeffs[0] ** 2)
-    for j, c in enumerate(coeffs[1:], start=1):
-        both &= ok[:, j:j + span]
-        comb += np.float32(c) * vis[:, j:j + span]
-        var += np.float32(c * c) * inv_w[:, j:j + span]
-    if not both.any():
-        return None
-    z = comb[both]
-    z /= np.sqrt(var[both])
-    return _mad_sigma(np.concatenate([z.real, z.imag]))
+    coeffs = np.array([(-1) ** (order - j) * math.comb(order, j) for j in range(order + 1)],
+                      np.float32)
+    out = np.empty(2 * vis.size, np.float32)
+    n = _difference_values(np.ascontiguousarray(vis), np.ascontiguousarray(ok),
+                           np.ascontiguousarray(inv_w, np.float32), coeffs, out)
+    return _mad_sigma(out[:n]) if n else None
 
 
-def visibility_noise(vs: VisibilitySet) -> NoiseEstimate:
+@numba.njit(cache=True, nogil=True)
+def _difference_values(vis: np.ndarray, ok: np.ndarray, inv_w: np.ndarray, coeffs: np.ndarray,
+                       out: np.ndarray) -> int:  # pragma: no cover - compiled
+    """The normalised differences ``Σ c_j V_j / sqrt(Σ c_j² / w_j)`` along time (axis 1) of
+    every run of ``len(coeffs)`` usable samples, real and imaginary parts into ``out``;
+    returns how many values it wrote.
+
+    One pass, no temporaries, without the GIL (numpy's spelling took 0.15 s of CPU per
+    order at 2.6e6 samples). Single precision, as the data are, in numpy's order of
+    operations: the products, their sums from the first term on, and the division as
+    numpy divides a complex64 by a real (times ``1 / s``), so the values are numpy's.
+    """
+    nb, nt, nf = vis.shape
+    order = coeffs.size - 1
+    one = np.float32(1.0)
+    n = 0
+    for b in range(nb):
+        for t in range(nt - order):
+            for f in range(nf):
+                usable = True
+                for j in range(order + 1):
+                    if not ok[b, t + j, f]:
+                        usable = False
+                        break
+                if not usable:
+                    continue
+                acc = vis[b, t, f] * coeffs[0]
+                var = inv_w[b, t, f] * (coeffs[0] * coeffs[0])
+                for j in range(1, order + 1):
+                    acc += coeffs[j] * vis[b, t + j, f]
+                    var += (coeffs[j] * coeffs[j]) * inv_w[b, t + j, f]
+                scale = one / np.sqrt(var)
+                out[n] = acc.real * scale
+                out[n + 1] = acc.imag * scale
+                n += 2
+    return n
+
+
+def visibility_noise(vs: VisibilitySet,
+                     stokes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> NoiseEstimate:
     """The noise σ of a unit-weight Stokes I sample, by the least sky-contaminated estimator
-    (module docstring). ``sigma`` is 0 when no estimator applies (one integration, no V)."""
+    (module docstring). ``sigma`` is 0 when no estimator applies (one integration, no V).
+    ``stokes``: ``vs.stokes_i()`` when the caller already has it."""
     found = {name: s for name, s in (("stokes_v", stokes_v_sigma(vs)),
-                                     ("time_difference", time_difference_sigma(vs)))
+                                     ("time_difference", time_difference_sigma(vs, stokes=stokes)))
              if s is not None and np.isfinite(s) and s > 0}
     if not found:
         return NoiseEstimate(0.0, "none", {})

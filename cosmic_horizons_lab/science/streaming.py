@@ -114,7 +114,12 @@ def map_chunks(stage: Callable[..., torch.Tensor], arrays: Sequence[np.ndarray],
     """``out[start:stop] = stage(*chunk tensors)`` for every chunk of ``plan``: a per-row
     stage (flagging a baseline, calibrating a cell) over arrays larger than the device."""
     for start, stop, tensors in stream_chunks(arrays, plan, device):
-        out[start:stop] = stage(*tensors).cpu().numpy()
+        result, dst = stage(*tensors), out[start:stop]
+        if device.type == "cuda" and tuple(result.shape) == dst.shape and dst.flags.c_contiguous \
+                and dst.flags.writeable:
+            torch.from_numpy(dst).copy_(result)  # one copy from the card, no host temporary
+        else:
+            dst[...] = result.cpu().numpy()
         if progress is not None:
             progress(stop, plan.n_items)
     return out

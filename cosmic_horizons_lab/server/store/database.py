@@ -22,6 +22,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from cosmic_horizons_lab.protocol.clock import isoformat, utcnow
+from cosmic_horizons_lab.server.store.inline_sqlite import inline_creator
 from cosmic_horizons_lab.server.store.orm import Event, JobRecord
 
 PublishFn = Callable[[list[dict[str, Any]]], None]
@@ -92,6 +93,9 @@ class Store:
         kwargs: dict[str, Any] = {"echo": echo}
         if not self.is_sqlite:
             kwargs.update(pool_size=5, max_overflow=5, pool_pre_ping=True)
+        elif "+aiosqlite" in url:
+            # no thread hand-over per call: see store/inline_sqlite.py
+            kwargs["async_creator"] = inline_creator(url)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             sa_event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
