@@ -363,13 +363,13 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
     if compiled:
         uvw_np = np.ascontiguousarray(uvw_lambda, np.float64)
         keep = np.flatnonzero(weight)
-        w_lo, w_hi = loops.abs_w_range(uvw_np, keep) if len(keep) else (0.0, 0.0)
+        n_vis = len(keep)
+        w_lo, w_hi = loops.abs_w_range(uvw_np, keep) if n_vis else (0.0, 0.0)
     else:
         # torch's path (the GPU's): the inputs go to the device once and stay there
         staged = gridding_torch.stage(uvw_lambda, vis, weight, device)
-        keep = range(staged.n_vis)  # only its length is read below
+        n_vis = staged.n_vis
         w_lo, w_hi = staged.w_lo, staged.w_hi
-    n_vis = len(keep)
     nm1 = geom.nm1()
     nm1_max = float(np.abs(nm1).max())
     use_w = bool(do_w and nm1_max > 0 and n_vis and (w_hi - w_lo) * nm1_max > 1e-9)
