@@ -93,6 +93,9 @@ def jp_server_config(db_url, work_dir, datasets_dir, lab_config):
             "warm_datasets": False,
             **lab_config,
         },
+        # The fork server's warm spare imports torch and the science after a server's first job:
+        # tests/test_fork_server.py tests it; here it would only take CI's 2 cores from the tests.
+        "LocalBackend": {"warm_spare": False},
     }
 
 

@@ -139,6 +139,91 @@ async def test_a_fork_server_whose_server_went_still_records_its_jobs_then_exits
     assert jobdir.read_launch_token(spec.job_dir) == (spec.launch_token, bid)
 
 
+DEMO = Path(__file__).resolve().parents[1] / "cosmic_horizons_lab" / "data" / "day2_TDEM0003_10s_norx_1src_1spw.uvfits"
+
+
+def _image_spec(root: Path, name: str) -> LaunchSpec:
+    """A real science job: a 128² dirty image (and PSF) of the shipped VLA observation."""
+    job_id = uuid.uuid4().hex
+    job_dir = jobdir.job_dir(root / "jobs", "u", job_id)
+    jobdir.write_job_file(job_dir, {
+        "id": job_id, "agent": "ImageReconstruction", "params": {"npix": 128, "niter": 0, "gpu_count": 0},
+        "dataset": {"id": "VLA.TDEM0003.1src", "path": str(DEMO), "format": "uvfits"}, "inputs": [],
+        "correlation_id": "c-" + name, "user": "u", "server_root": str(root), "attempt": 1,
+        "sample_interval": 1.0,
+    })
+    return LaunchSpec(job_id=job_id, job_dir=job_dir, agent="ImageReconstruction", user="u", gpu_count=0,
+                      max_runtime_seconds=None, correlation_id="c-" + name, launch_token="chl" + uuid.uuid4().hex)
+
+
+async def _warm_spare(backend: LocalBackend, timeout: float = 120.0) -> int:
+    """Start the fork server (with a throwaway Script job) and wait until its spare is warm."""
+    assert backend._forker is not None
+    log = backend.work_dir / "forkserver.log"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text() if log.exists() else ""
+        warm = [line for line in text.splitlines() if line.startswith("spare ") and ": warm" in line]
+        if warm:
+            return int(warm[-1].split()[1].rstrip(":"))
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"no warm spare: {text}")
+
+
+async def test_a_science_job_runs_in_the_warm_spare_and_computes_what_a_fresh_process_computes(tmp_path):
+    """The spare's image is the fresh process's image, and it keeps the starter's contract: the
+    token names its pid, its own session, the jobs' niceness; a Script job never takes it."""
+    from astropy.io import fits
+
+    images, pids = {}, {}
+    for spare in (True, False):
+        root = tmp_path / ("spare" if spare else "fresh")
+        root.mkdir()
+        backend = _backend(root, True)
+        backend.warm_spare = spare
+        try:
+            script = _spec(root, "env", SCRIPTS["env"])
+            first = await backend.submit(script)  # starts the fork server
+            assert (await _until_ended(backend, first)).status == "COMPLETED"
+            warm_pid = await _warm_spare(backend) if spare else None
+            assert first != str(warm_pid)  # a Script job never takes the spare
+            spec = _image_spec(root, "img")
+            bid = await backend.submit(spec)
+            pids[spare] = (bid, warm_pid)
+            if spare:
+                assert bid == str(warm_pid)
+                proc = psutil.Process(int(bid))
+                assert proc.nice() == 10 and os.getsid(int(bid)) == int(bid)
+            state = await _until_ended(backend, bid, 300)
+            assert (state.status, state.exit_code) == ("COMPLETED", 0), (spec.job_dir / jobdir.LOG_FILE).read_text()
+            assert jobdir.read_launch_token(spec.job_dir) == (spec.launch_token, bid)
+            images[spare] = [fits.getdata(spec.job_dir / "outputs" / f"{name}.fits").squeeze()
+                             for name in ("dirty", "psf")]
+        finally:
+            await backend.stop()
+    (dirty, psf), (fresh_dirty, fresh_psf) = images[True], images[False]
+    assert dirty.shape == (128, 128) and abs(float(psf.max()) - 1.0) < 1e-3  # a PSF peaks at 1
+    assert abs(dirty).max() > 0
+    for ours, fresh in ((dirty, fresh_dirty), (psf, fresh_psf)):
+        assert abs(ours - fresh).max() <= 1e-6 * abs(fresh).max()
+
+
+async def test_the_spare_is_not_used_when_the_jobs_threads_differ_and_exits_with_its_fork_server(tmp_path):
+    backend = _backend(tmp_path, True)
+    try:
+        first = await backend.submit(_spec(tmp_path, "ok", SCRIPTS["ok"]))
+        await _until_ended(backend, first)
+        warm_pid = await _warm_spare(backend)
+        spec = _image_spec(tmp_path, "img")
+        spec.env["OMP_NUM_THREADS"] = "1" if os.environ.get("OMP_NUM_THREADS") != "1" else "2"
+        bid = await backend.submit(spec)
+        assert bid != str(warm_pid) and psutil.pid_exists(warm_pid)
+        assert (await _until_ended(backend, bid, 300)).status == "COMPLETED"
+    finally:
+        await backend.stop()
+    psutil.Process(warm_pid).wait(30)  # told its job will not come, the spare ends
+
+
 @pytest.fixture(autouse=True)
 def _no_strays(tmp_path):
     yield

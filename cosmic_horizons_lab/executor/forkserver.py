@@ -17,7 +17,15 @@ Each child keeps the contract of the shell starter (``backends/local.py``'s ``WR
   reaps it), as the shell did: ``128 + n`` for a crash by signal ``n`` (SIGSEGV, SIGABRT …); none for a
   child killed (SIGKILL, SIGTERM …: its group killed with it, the shell wrote none either).
 
-Protocol on stdin/stdout, one JSON object a line. In: ``{"job_dir", "token", "nice", "env"}``.
+With ``--spare`` it also keeps one warm *spare* (``executor/warmup.py``): a child forked ahead of
+demand that imported the science and loaded its compiled loops, then waits. A science job
+(an agent whose ``extra`` is ``"science"``) whose environment agrees with the spare's is handed
+to it instead of a fresh fork, under the same contract: the launch token names the spare's
+pid before the spare is told which job it runs. A new spare is made when this process is
+idle, at ``--spare-nice`` (the jobs' niceness, so warming never outranks a running job).
+
+Protocol on stdin/stdout, one JSON object a line. In: ``{"job_dir", "token", "nice", "env",
+"agent"}`` (``agent`` optional).
 Out: ``{"pid": n}`` or ``{"error": "…"}`` for each request, in order, and ``{"exit": n,
 "code": c}`` when a child ended. When the server goes (stdin closes, or this process is
 re-parented) it starts nothing more, waits for its children and writes their exit statuses,
@@ -26,6 +34,7 @@ then exits. It runs in a session of its own for that reason.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import os
@@ -40,6 +49,8 @@ import cosmic_horizons_lab.executor.__main__ as executor_main
 import cosmic_horizons_lab.executor.registry
 import cosmic_horizons_lab.executor.sampler
 import cosmic_horizons_lab.executor.script
+from cosmic_horizons_lab.executor import warmup
+from cosmic_horizons_lab.executor.registry import get_agent
 from cosmic_horizons_lab.protocol.jobdir import (
     EXIT_FILE,
     LAUNCH_TOKEN_FILE,
@@ -60,14 +71,35 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class Spare:
+    """The fork server's end of a warm spare: its pid, the pipe it reads its one job from, and
+    the pipe on which it says it is warm."""
+
+    def __init__(self, pid: int, request_w: int, ready_r: int) -> None:
+        self.pid = pid
+        self.request_w = request_w
+        self.ready_r = ready_r
+        self.ready = False
+
+    def close(self) -> None:
+        for fd in (self.request_w, self.ready_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class ForkServer:
-    def __init__(self, inp: int, out: int) -> None:
+    def __init__(self, inp: int, out: int, spare: bool = False, spare_nice: int = 0) -> None:
         self.inp = inp
         self.out = out
         self.parent = os.getppid()
         #: pid -> job directory of each child not yet reaped
         self.children: dict[int, Path] = {}
         self.closed = False
+        self.want_spare = spare
+        self.spare_nice = max(0, min(19, spare_nice))
+        self.spare: Spare | None = None
         # SIGCHLD interrupts select() at once; the handler itself does nothing
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
@@ -86,14 +118,28 @@ class ForkServer:
         """Answer requests until the server goes; in a child, return its request (to run it)."""
         buf = b""
         while not self.closed or self.children:
+            if self.closed and self.spare is not None:
+                self.drop_spare()  # its job will not come: it reads the end of its pipe and exits
             fds = [self.wake_r] + ([] if self.closed else [self.inp])
+            if self.spare is not None and not self.spare.ready:
+                fds.append(self.spare.ready_r)
             try:
                 ready, _, _ = select.select(fds, [], [], REAP_SECONDS)
             except InterruptedError:
                 ready = []
             if self.wake_r in ready:
                 os.read(self.wake_r, 4096)
+            if self.spare is not None and self.spare.ready_r in ready:
+                self.spare.ready = os.read(self.spare.ready_r, 1) == b"1"
+                if not self.spare.ready:  # it could not warm up: jobs start fresh from now on
+                    self.drop_spare()
+                    self.want_spare = False
             self.reap()
+            if not ready and not self.closed and self.want_spare and self.spare is None:
+                try:
+                    self.make_spare()  # idle: warm the next science job's process now
+                except _Child as child:
+                    return child.request
             if self.closed or self.inp not in ready:
                 continue
             chunk = os.read(self.inp, 65536)
@@ -117,10 +163,43 @@ class ForkServer:
                 self.send({"pid": pid})
         return None
 
+    def make_spare(self) -> None:
+        request_r, request_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(request_w)
+            os.close(ready_r)
+            os.setsid()  # a session of its own, as every job's process
+            raise _Child({"spare": True, "request": request_r, "ready": ready_w, "nice": self.spare_nice})
+        os.close(request_r)
+        os.close(ready_w)
+        self.spare = Spare(pid, request_w, ready_r)
+
+    def drop_spare(self) -> None:
+        if self.spare is not None:
+            self.spare.close()
+            self.spare = None
+
+    def fits_spare(self, req: dict[str, Any]) -> bool:
+        """Whether this request may go to the warm spare: a science agent, a niceness the spare
+        can reach (it can only lower its priority), and the environment it warmed up in."""
+        if self.spare is None or not self.spare.ready or not req.get("agent"):
+            return False
+        if int(req.get("nice", 0)) < self.spare_nice or not warmup.compatible(req.get("env") or {}):
+            return False
+        try:
+            agent = get_agent(str(req["agent"]))
+        except Exception:  # an agent that does not import fails in the job, with its traceback
+            return False
+        return getattr(agent, "extra", None) == "science"
+
     def start(self, req: dict[str, Any]) -> int:
         job_dir = Path(req["job_dir"])
         token = req.get("token") or "-"
         (job_dir / EXIT_FILE).unlink(missing_ok=True)  # a token file always goes with a fresh status
+        if self.fits_spare(req):
+            return self.hand_to_spare(req, job_dir, token)
         go_r, go_w = os.pipe()
         ready_r, ready_w = os.pipe()
         pid = os.fork()
@@ -143,6 +222,18 @@ class ForkServer:
             os.close(go_w)
         return pid
 
+    def hand_to_spare(self, req: dict[str, Any], job_dir: Path, token: str) -> int:
+        spare, self.spare = self.spare, None
+        assert spare is not None
+        self.children[spare.pid] = job_dir
+        try:
+            _write_atomic(job_dir / LAUNCH_TOKEN_FILE, f"{token} {spare.pid}\n")
+            os.write(spare.request_w, (json.dumps({**req, "nice": int(req.get("nice", 0)) - self.spare_nice})
+                                       + "\n").encode())
+        finally:
+            spare.close()  # the spare reads its request, or the end of the pipe and exits
+        return spare.pid
+
     def reap(self) -> None:
         """Record each ended child's exit status, then reap it.
 
@@ -158,6 +249,12 @@ class ForkServer:
             if info is None or info.si_pid == 0:
                 return
             pid = info.si_pid
+            if self.spare is not None and pid == self.spare.pid:  # it ended before it had a job
+                if not self.spare.ready:
+                    self.want_spare = False  # it could not warm up: no crash loop, jobs start fresh
+                self.drop_spare()
+                os.waitpid(pid, 0)
+                continue
             code = info.si_status if info.si_code == os.CLD_EXITED else 128 + info.si_status
             job_dir = self.children.pop(pid, None)
             # Killed (a cancel, a timeout, a kill of its group): no status, as the shell starter,
@@ -188,8 +285,9 @@ def run_child(req: dict[str, Any]) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # as a fresh interpreter has them
     signal.signal(signal.SIGINT, signal.default_int_handler)
     job_dir = Path(req["job_dir"])
-    os.read(req["go"], 1)  # b"1", or nothing when the fork server died first
-    os.close(req["go"])
+    if req.get("go") is not None:  # a spare's token was written before it got its request
+        os.read(req["go"], 1)  # b"1", or nothing when the fork server died first
+        os.close(req["go"])
     if read_launch_token(job_dir) != (req.get("token") or "-", str(os.getpid())):
         return 3  # the launch was never recorded: run nothing (the next launch will)
     log = os.open(job_dir / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -209,14 +307,49 @@ def run_child(req: dict[str, Any]) -> int:
     return executor_main.main([str(job_dir)])
 
 
-def main() -> None:
-    server = ForkServer(sys.stdin.fileno(), sys.stdout.fileno())
+def run_spare(spare: dict[str, Any]) -> int:
+    """In a spare: warm up, say so, then run the one job the fork server hands over (or none)."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)  # nothing it prints while warming may reach the fork server's protocol
+    os.nice(spare["nice"])
+    try:
+        loaded = warmup.warm()
+    except BaseException as exc:
+        print(f"spare {os.getpid()}: warming up failed, jobs start fresh: {exc!r}", file=sys.stderr, flush=True)
+        os.write(spare["ready"], b"0")
+        return 0
+    print(f"spare {os.getpid()}: warm ({loaded} compiled loops loaded)", file=sys.stderr, flush=True)
+    os.write(spare["ready"], b"1")
+    os.close(spare["ready"])
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(spare["request"], 65536)
+        if not chunk:
+            return 0  # no job for it: the fork server went or made it redundant
+        line += chunk
+    os.close(spare["request"])
+    return run_child({**json.loads(line), "go": None})
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m cosmic_horizons_lab.executor.forkserver")
+    ap.add_argument("--spare", action="store_true", help="keep a warm spare for science jobs")
+    ap.add_argument("--spare-nice", type=int, default=0, help="the spare's niceness while it warms up")
+    args = ap.parse_args(argv)
+    server = ForkServer(sys.stdin.fileno(), sys.stdout.fileno(), spare=args.spare, spare_nice=args.spare_nice)
     request = server.serve()
     if request is None:
         return
     os.close(server.wake_r)
     os.close(server.wake_w)
-    code = run_child(request)
+    if server.spare is not None:  # a job's process holds no end of the spare's pipes
+        server.spare.close()
+    code = run_spare(request) if request.get("spare") else run_child(request)
     gc.freeze()  # as the executor's own entry point: skip the final collections
     sys.exit(code)
 
