@@ -31,6 +31,14 @@ SCIENCE_MODULES: tuple[str, ...] = (
     "cosmic_horizons_lab.science.detection",
 )
 
+#: What the science imports on first use (readers of Measurement Sets and UVFITS, FITS and
+#: WCS writers, image filters): imported too when installed, skipped when not.
+LAZY_IMPORTS: tuple[str, ...] = (
+    "casacore.tables", "pyuvdata", "astropy.io.fits", "astropy.wcs", "astropy.table",
+    "scipy.ndimage", "scipy.optimize", "cosmic_horizons_lab.science.background",
+    "cosmic_horizons_lab.science.sourcefit", "cosmic_horizons_lab.science.crossmatch",
+)
+
 #: Environment variables that torch, numba or the science read when imported or when their
 #: thread pools start: a job whose values differ from the spare's starts fresh instead.
 IMPORT_TIME_ENV: tuple[str, ...] = (
@@ -84,9 +92,15 @@ def load_cached_loops(package: str = "cosmic_horizons_lab") -> int:
     return loaded
 
 
-def warm(modules: tuple[str, ...] = SCIENCE_MODULES) -> int:
-    """Import ``modules`` (and so torch and numba), then load their cached loops; the number of
-    loops loaded. Nothing here touches a GPU: CUDA starts in the job, with its own devices."""
+def warm(modules: tuple[str, ...] = SCIENCE_MODULES, optional: tuple[str, ...] = LAZY_IMPORTS) -> int:
+    """Import ``modules`` (and so torch and numba) and whichever of ``optional`` are installed,
+    then load their cached loops; the number of loops loaded. Nothing here touches a GPU: CUDA
+    starts in the job, with its own devices."""
     for name in modules:
         importlib.import_module(name)
+    for name in optional:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass  # not installed: the job that needs it says so itself
     return load_cached_loops()
