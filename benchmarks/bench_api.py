@@ -64,6 +64,12 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time (user + system), from /proc: steadier than rates on a shared host."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Lab:
     """One server under test and the clients' plumbing to it."""
 
@@ -120,7 +126,12 @@ class Viewer:
     def __init__(self, lab: Lab, after: int) -> None:
         self.lab = lab
         self.first_after = after
-        self.raw: list[tuple[float, str]] = []
+        # two flat lists, not a list of (time, text) tuples: strings and floats are not tracked
+        # by the garbage collector, and a million tracked tuples (500 clients) made this
+        # process's full collections pause its reading for tens of milliseconds, which the
+        # delivery figures then counted as the server's
+        self.times: list[float] = []
+        self.msgs: list[str] = []
         self.last_id = after
         self.connects: list[float] = []
         self.ws: Any = None
@@ -128,8 +139,21 @@ class Viewer:
         self.stopped = False
 
     async def connect(self) -> None:
-        self.ws = await websocket_connect(self.lab.ws_request(self.last_id))
+        self.closed = asyncio.Event()
+        # a callback per message, not a read_message() coroutine: no future and no queue per
+        # message in this process, which shares the two cores with the server it measures
+        self.ws = await websocket_connect(self.lab.ws_request(self.last_id), on_message_callback=self._on_message)
         self.connects.append(time.time())
+
+    def _on_message(self, msg: str | bytes | None) -> None:
+        if msg is None:  # the connection closed
+            self.closed.set()
+            return
+        self.times.append(time.time())
+        self.msgs.append(msg)  # type: ignore[arg-type]
+        # the last id is the message's last '"id":N' at the top of an event: events end
+        # with their payload, and the id comes first in each event's JSON
+        self.last_id = _last_id(msg)  # type: ignore[arg-type]
 
     def start(self, reconnect: bool = False) -> None:
         self.task = asyncio.ensure_future(self._run(reconnect))
@@ -142,21 +166,14 @@ class Viewer:
                 except (OSError, HTTPClientError, StreamClosedError):  # the server is not back yet
                     await asyncio.sleep(0.1 + 0.1 * random.random())
                     continue
-            while True:
-                msg = await self.ws.read_message()
-                if msg is None:
-                    break
-                self.raw.append((time.time(), msg))
-                # the last id is the message's last '"id":N' at the top of an event: events end
-                # with their payload, and the id comes first in each event's JSON
-                self.last_id = _last_id(msg)
+            await self.closed.wait()
             self.ws = None
             if not reconnect:
                 return
 
     def events(self) -> list[tuple[float, dict[str, Any]]]:
         out = []
-        for now, msg in self.raw:
+        for now, msg in zip(self.times, self.msgs):
             data = json.loads(msg)
             out.extend((now, ev) for ev in (data if isinstance(data, list) else [data]))
         return out
@@ -202,6 +219,26 @@ def delivery(viewers: list[Viewer], live_from: int) -> list[float]:
     return lat
 
 
+def first_and_spread(viewers: list[Viewer], live_from: int) -> tuple[list[float], list[float]]:
+    """Per event: its delivery to the first client that read it, and the spread to the last.
+
+    All clients run in this one process, which reads their sockets one after another: the
+    spread is mostly this process's own reading of 100 or 500 copies (and the server's
+    writing of them), the first client's figure the closest to the server's own delay.
+    """
+    seen: dict[int, list[float]] = {}
+    ts: dict[int, float] = {}
+    for v in viewers:
+        for now, ev in v.events():
+            if ev["id"] > live_from:
+                seen.setdefault(ev["id"], []).append(now)
+                if ev["id"] not in ts:
+                    ts[ev["id"]] = datetime.fromisoformat(ev["ts"]).timestamp()
+    first = [min(times) - ts[i] for i, times in seen.items()]
+    spread = [max(times) - min(times) for times in seen.values()]
+    return first, spread
+
+
 async def statuses(lab: Lab, ids: list[str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for job_id in ids:
@@ -234,29 +271,33 @@ async def users(args: argparse.Namespace, n_viewers: int) -> list[tuple[str, str
         status_lat: list[float] = []
         stop = asyncio.Event()
         poller = asyncio.ensure_future(poll_statuses(lab, ids, status_lat, stop))
+        server_pid = lab.server.proc.pid
+        cpu0 = (cpu_seconds(server_pid), time.process_time())
         t0 = time.perf_counter()
         ids.extend(await lab.server.submit_burst(lab.http, {"agent": "Script", "params": {"path": "trivial.py"}},
                                                  args.jobs, args.clients))
         submit_seconds = time.perf_counter() - t0
+        cpu1 = (cpu_seconds(server_pid), time.process_time())
         load_submit = load()
         wanted = set(ids)
         v0 = viewers[0]
         seen = 0
         done_200 = None
         while time.perf_counter() - t0 < args.timeout:
-            for _, msg in v0.raw[seen:]:
+            for msg in v0.msgs[seen:]:
                 if any(t in msg for t in TERMINAL_EVENTS):
                     data = json.loads(msg)
                     for ev in data if isinstance(data, list) else [data]:
                         if ev["type"] == "job.completed" and ev["job_id"] in wanted:
                             done.add(ev["job_id"])
-            seen = len(v0.raw)
+            seen = len(v0.msgs)
             if done_200 is None and time.perf_counter() - t0 >= 200:
                 done_200 = len(done)
             if len(done) == len(wanted):
                 break
             await asyncio.sleep(0.2)
         all_done = time.perf_counter() - t0
+        cpu2 = (cpu_seconds(server_pid), time.process_time())
         load_run = load()
         stop.set()
         await poller
@@ -267,16 +308,25 @@ async def users(args: argparse.Namespace, n_viewers: int) -> list[tuple[str, str
         for v in viewers:
             v.close()
         lat = delivery(viewers, start_id)
+        first, spread = first_and_spread(viewers, start_id)
         once = exactly_once(viewers, lab.store_event_ids(start_id))
         counts = await statuses(lab, ids)
         tag = f"users, {n_viewers} clients, {slots} default slots"
         return [
             (tag, f"submissions/s ({len(ids)} jobs, {args.clients} submitters, jobs running)", f"{len(ids) / submit_seconds:.0f}", load_submit),
+            (tag, "CPU ms per submission while they arrive: server / these clients",
+             f"{1000 * (cpu1[0] - cpu0[0]) / len(ids):.2f} / {1000 * (cpu1[1] - cpu0[1]) / len(ids):.2f}", load_submit),
+            (tag, "CPU ms per job, whole run: server / these clients",
+             f"{1000 * (cpu2[0] - cpu0[0]) / len(ids):.2f} / {1000 * (cpu2[1] - cpu0[1]) / len(ids):.2f}", load_run),
             (tag, "event delivery p50 / p99", f"{1000 * pct(lat, 50):.1f} / {1000 * pct(lat, 99):.1f} ms", load_run),
             (tag, "GET status p50 / p99 (during the run)", f"{1000 * pct(status_lat, 50):.1f} / {1000 * pct(status_lat, 99):.1f} ms", load_run),
             (tag, "jobs COMPLETED within 200 s", f"{done_200} / {len(ids)}", load_run),
             (tag, "time until all jobs COMPLETED", f"{all_done:.1f} s ({counts})", load_run),
-            (tag, "events per client / deliveries timed", f"{len(v0.events())} / {len(lat)}", load_run),
+            (tag, "delivery to the first client p50 / p99; spread first → last client p50 / p99",
+             f"{1000 * pct(first, 50):.1f} / {1000 * pct(first, 99):.1f} ms; {1000 * pct(spread, 50):.1f} / {1000 * pct(spread, 99):.1f} ms",
+             load_run),
+            (tag, "events per client / messages per client / deliveries timed",
+             f"{len(v0.events())} / {len(v0.msgs)} / {len(lat)}", load_run),
             (tag, "every client got every event exactly once", str(once), load_run),
         ]
     finally:

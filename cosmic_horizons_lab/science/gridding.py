@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numba
@@ -43,6 +44,7 @@ import torch
 from cosmic_horizons_lab.science import gridding_loops as loops
 from cosmic_horizons_lab.science import gridding_torch
 from cosmic_horizons_lab.science.device import host_threads
+from cosmic_horizons_lab.science.plane_transform import PlaneTransform
 
 SIGMA = 2.0  # oversampling of the grid that uniform and Briggs weighting count on
 #: Oversampling factors ``σ`` of the uv grid to choose from. A smaller grid means
@@ -190,7 +192,7 @@ def _choose_kernels(epsilon: float, geom: ImageGeometry, n_vis: int, w_span: flo
             else:
                 wkernel = _w_kernel(epsilon, sigma_w)
                 w_support = wkernel.support
-                planes = w_span * 2 * sigma_w * x_range + w_support + 1
+                planes = w_span * 2 * sigma_w * x_range + w_support
             cost = n_vis * kernel.support**2 * w_support * per_add + planes * nv * nu * per_cell
             if best is None or cost < best[0]:
                 best = (cost, kernel, (nv, nu), wkernel, sigma_w or 0.0)
@@ -220,123 +222,28 @@ def ifft2_unnormalised(grid: torch.Tensor) -> torch.Tensor:
     return torch.fft.ifft2(grid, norm="forward")
 
 
-def _ifft_rows_unnormalised(x: torch.Tensor, out: torch.Tensor | None,
-                            workers: int = 1) -> torch.Tensor:
-    """``Σ_k x_k exp(+2πi k j / N)`` along the rows (last axis) of a 2-D complex64 tensor.
-
-    On the CPU this runs in place in ``x`` (when its rows are contiguous in memory),
-    through ``scipy.fft`` (pocketfft, multithreaded and in single precision), measured
-    2-3x faster than torch's CPU FFT on the batched row transforms of a w plane; on a
-    GPU it is cuFFT through ``torch.fft``, into ``out`` when given. Both are spelled
-    with ``norm="forward"``, see :func:`ifft2_unnormalised`.
-    """
-    if x.device.type == "cpu":
-        try:
-            import scipy.fft
-        except ImportError:  # pragma: no cover - scipy is a dependency of the science extra
-            pass
-        else:
-            # in place: a fresh output of this size would cost page faults every plane
-            res = scipy.fft.ifft(x.numpy(), axis=1, norm="forward", workers=workers,
-                                 overwrite_x=True)
-            if not np.shares_memory(res, x.numpy()):
-                x.copy_(torch.from_numpy(res))
-            return x
-    return torch.fft.ifft(x, dim=1, norm="forward", out=out)
-
-
-def _wrapped_segments(lo: int, count: int, n: int) -> list[tuple[int, int, int]]:
-    """Cells ``lo .. lo + count - 1`` of a periodic axis of ``n`` as contiguous runs
-    ``(source offset, wrapped start, length)``; more than one run when they wrap."""
-    runs, src = [], 0
-    while src < count:
-        start = (lo + src) % n
-        length = min(count - src, n - start)
-        runs.append((src, start, length))
-        src += length
-    return runs
-
-
-class _PlaneTransform:
-    """Image pixels of the unnormalised inverse FFT of one w plane, held on a compact grid.
-
-    The plane is zero except on the block of cells the data touch, ``nrow`` rows
-    from ``vlo`` and ``ncol`` columns from ``ulo`` of the periodic ``nv × nu``
-    grid. The plane buffer holds that block from its corner, each row ``stride``
-    cells long (``max(ncol, nu)``): a shift of the input by ``(vlo, ulo)`` cells
-    is a phase ``exp(2πi (ulo jx / nu + vlo jy / nv))`` on the output, the same for
-    every plane, which :func:`dirty_image` applies once at the end (:meth:`phase`)
-    instead of wrapping every plane onto the grid.
-
-    Instead of one full 2-D FFT of the oversampled grid followed by a roll and a
-    crop, the FFT runs along u, in place, only on the rows that hold data (about
-    half of them), then along v only for the image's columns (half of them, from
-    a transposed buffer whose rows past ``nrow`` stay zero). Data beyond the grid's
-    band (``ncol > nu`` or ``nrow > nv``) are folded back first (aliasing).
-    """
-
-    def __init__(self, nrow: int, ncol: int, vlo: int, ulo: int, nv: int, nu: int,
-                 geom: ImageGeometry, device: torch.device) -> None:
-        self.nrow, self.ncol, self.nv, self.nu = nrow, ncol, nv, nu
-        self.vlo, self.ulo = vlo, ulo
-        self.stride = max(ncol, nu)
-        self.rows_in = min(nrow, nv)  # rows of the v transform's input that can hold data
-        oy, ox = geom.npix_y // 2, geom.npix_x // 2
-        # image row i <- FFT row (i - oy) mod nv, and likewise for columns
-        self.out_rows = _wrapped_segments(-oy, geom.npix_y, nv)
-        self.out_cols = _wrapped_segments(-ox, geom.npix_x, nu)
-        self.geom = geom
-        self.workers = torch.get_num_threads()  # FFT threads on the CPU (coarse-grained)
-        # the v transform runs on a transposed (x, v) buffer: along its contiguous rows,
-        # a batched FFT is several times faster than along strided columns on the CPU
-        self.tall = torch.zeros((geom.npix_x, nv), dtype=torch.complex64, device=device)
-        self.tall_f = torch.empty((geom.npix_x, nv), dtype=torch.complex64, device=device)
-
-    @property
-    def cells(self) -> int:
-        """Size of one plane buffer."""
-        return self.nrow * self.stride
-
-    def __call__(self, grid: torch.Tensor) -> torch.Tensor:
-        """The (npix_x, nv) transform, transposed: image pixel (i, j) is element
-        ``(j, (i - oy) mod nv)`` of it (see ``out_rows``), times :meth:`phase`'s conjugate.
-        ``grid`` is overwritten."""
-        g = grid.view(self.nrow, self.stride)
-        for start in range(self.nu, self.ncol, self.nu):  # columns beyond the band alias
-            length = min(self.nu, self.ncol - start)
-            g[:, :length] += g[:, start:start + length]
-        wide = _ifft_rows_unnormalised(g[:, :self.nu], None, self.workers)
-        n = self.rows_in
-        if self.tall.device.type == "cpu" and self.nrow <= self.nv:
-            # one pass, every core (the CPU FFT below works in place, so the rows past
-            # n are cleared each time)
-            with loops.dynamic_chunks(4):
-                loops.gather_columns(wide.numpy(), -(self.geom.npix_x // 2), n,
-                                     self.tall.numpy())
-            return _ifft_rows_unnormalised(self.tall, self.tall_f, self.workers)
-        if self.tall.device.type == "cpu":
-            self.tall[:, n:].zero_()
-        for csrc, cdst, clen in self.out_cols:
-            target = self.tall[csrc:csrc + clen, :n]
-            target.copy_(wide[:n, cdst:cdst + clen].T)
-            for start in range(self.nv, self.nrow, self.nv):  # rows beyond the band alias
-                length = min(self.nv, self.nrow - start)
-                self.tall[csrc:csrc + clen, :length] += wide[start:start + length,
-                                                             cdst:cdst + clen].T
-        return _ifft_rows_unnormalised(self.tall, self.tall_f, self.workers)
-
-    def phase_turns(self) -> tuple[float, float]:
-        """``(ulo / nu, vlo / nv)``: the output's phase is ``2π (that · (jx, jy))`` turns."""
-        return self.ulo / self.nu, self.vlo / self.nv
-
-
 def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
                 geom: ImageGeometry, device: torch.device, *, epsilon: float = 1e-5,
                 do_w: bool = True, progress=None) -> np.ndarray:
-    """Un-normalised dirty image ``Re Σ w V exp(-2πi (u l + v m + w (n-1)))`` (float64 [y, x]).
+    """Un-normalised dirty image ``Re Σ w V exp(-2πi (u l + v m + w (n-1)))`` (float64 [y, x]);
+    :func:`dirty_images` for one set of visibilities."""
+    return dirty_images(uvw_lambda, [vis], weight, geom, device, epsilon=epsilon, do_w=do_w,
+                        progress=progress)[0]
+
+
+def dirty_images(uvw_lambda: np.ndarray, vis_sets: Sequence[np.ndarray], weight: np.ndarray,
+                 geom: ImageGeometry, device: torch.device, *, epsilon: float = 1e-5,
+                 do_w: bool = True, progress=None) -> list[np.ndarray]:
+    """Un-normalised dirty images, one per ``vis_sets`` entry, of the same rows and weights:
+    ``Re Σ w V exp(-2πi (u l + v m + w (n-1)))`` (float64 [y, x]).
+
+    On the CPU the images share one spreading pass: one sort, one evaluation of the
+    kernels per visibility and plane, each value added to its own image's grid (a dirty
+    image and its PSF, whose visibilities are ones); each image still has its own FFTs.
+    Torch's path grids them one after the other.
 
     ``uvw_lambda``: (n, 3) in wavelengths (one row per visibility, channels
-    already folded in); ``vis`` and ``weight``: (n,). Zero-weight samples are
+    already folded in); each of ``vis_sets`` and ``weight``: (n,). Zero-weight samples are
     dropped. Work is chunked to the device's free memory.
 
     How the work is organised (each choice is for speed; the result is the same
@@ -353,13 +260,17 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
       transformed as soon as no later visibility can touch it.
     * Planes live on a compact grid covering only the cells the data touch
       (wrapped onto the periodic grid at FFT time), and are transformed with
-      :class:`_PlaneTransform`.
+      :class:`.plane_transform.PlaneTransform`.
     * Planes are summed with Horner's rule in the per-plane phase step
       ``exp(2πi dw (n - 1 - nshift))``, one multiply-add per plane, instead of an
       ``exp`` per pixel and plane.
     """
     compiled = _compiled_spreading(device)
     weight = np.asarray(weight)
+    if not compiled and len(vis_sets) > 1:
+        return [dirty_images(uvw_lambda, [v], weight, geom, device, epsilon=epsilon, do_w=do_w,
+                             progress=progress)[0] for v in vis_sets]
+    n_img = len(vis_sets)
     if compiled:
         uvw_np = np.ascontiguousarray(uvw_lambda, np.float64)
         keep = np.flatnonzero(weight)
@@ -367,14 +278,15 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
         w_lo, w_hi = loops.abs_w_range(uvw_np, keep) if n_vis else (0.0, 0.0)
     else:
         # torch's path (the GPU's): the inputs go to the device once and stay there
-        staged = gridding_torch.stage(uvw_lambda, vis, weight, device)
+        staged = gridding_torch.stage(uvw_lambda, vis_sets[0], weight, device)
         n_vis = staged.n_vis
         w_lo, w_hi = staged.w_lo, staged.w_hi
-    nm1 = geom.nm1()
-    nm1_max = float(np.abs(nm1).max())
+    x_img = loops.image_nm1_transposed(geom.npix_x, geom.npix_y, geom.cell_x, geom.cell_y)
+    nm1_lo, nm1_hi = float(x_img.min()), float(x_img.max())  # n - 1 at every pixel, [x, y]
+    nm1_max = max(abs(nm1_lo), abs(nm1_hi))
     use_w = bool(do_w and nm1_max > 0 and n_vis and (w_hi - w_lo) * nm1_max > 1e-9)
-    nshift = 0.5 * (float(nm1.min()) + float(nm1.max())) if use_w else 0.0
-    x_range = 0.5 * (float(nm1.max()) - float(nm1.min()))
+    nshift = 0.5 * (nm1_lo + nm1_hi) if use_w else 0.0
+    x_range = 0.5 * (nm1_hi - nm1_lo)
     kernel, (nv, nu), wkernel, sigma_w = _choose_kernels(
         epsilon, geom, n_vis, (w_hi - w_lo) if use_w else None, x_range, compiled)
     support = kernel.support
@@ -384,14 +296,19 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
     if use_w:
         whalf = wkernel.support / 2
         dw = 1.0 / (2 * sigma_w * x_range)
-        w0 = w_lo - dw * whalf
-        n_planes = int(math.ceil((w_hi - w0) / dw + whalf)) + 1
+        # the lowest |w| sits just above whalf - 1 plane spacings: its W planes are 0 .. W - 1
+        # (plane -1 would take only the kernel's edge, zero to its accuracy), and the highest
+        # reaches plane ⌊w_pix + whalf⌋: ⌈span⌉ + W - 1 planes or one more, as ducc0's
+        w0 = w_lo - dw * (whalf - 1 + 1e-6)
+        n_planes = int(math.floor((w_hi - w0) / dw + whalf)) + 1
     else:
         dw, w0, n_planes = 1.0, 0.0, 1
     if compiled:
+        vis_cols = (np.asarray(vis_sets[0])[:, None] if n_img == 1 else
+                    np.stack([np.asarray(v) for v in vis_sets], axis=1))  # one per image
         with loops.dynamic_chunks(4096):
             u_pix, v_pix, w_pix, vals, u_first, v_first = loops.prepare(
-                uvw_np, np.asarray(vis), weight, keep, scale_u, scale_v, half, w0,
+                uvw_np, vis_cols, weight, keep, scale_u, scale_v, half, w0,
                 1.0 / dw if use_w else 0.0, nshift)
     else:
         prepared = gridding_torch.prepare(staged, scale_u, scale_v, half, w0, dw, nshift,
@@ -405,34 +322,42 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
     else:
         ulo = vlo = 0
         ncol = nrow = 1
-    transform = _PlaneTransform(nrow, ncol, vlo, ulo, nv, nu, geom, device)
+    transform = PlaneTransform(nrow, ncol, vlo, ulo, nv, nu, geom, device)
     oy, ox = geom.npix_y // 2, geom.npix_x // 2
 
     # Accumulator precision follows the accuracy asked for; the grid itself is complex64.
     acc_dtype = torch.complex128 if epsilon < 1e-5 else torch.complex64
-    x_img = np.ascontiguousarray((nm1 - nshift).T)  # [x, y], as acc
-    step_back = torch.from_numpy(loops.phasor(x_img, -dw)).to(device, acc_dtype) if use_w else None
-    acc = torch.zeros((geom.npix_x, geom.npix_y), dtype=acc_dtype, device=device)  # transposed
+    x_img -= nshift  # n - 1 - nshift, [x, y] as acc
+    step_back = _phasor(x_img, -dw, acc_dtype, device) if use_w else None
+    # transposed, [image, x, y]
+    accs = torch.zeros((n_img, geom.npix_x, geom.npix_y), dtype=acc_dtype, device=device)
     ref_plane = None
 
-    def add_plane(p: int, grid: torch.Tensor) -> None:
+    def add_plane(p: int, grids: torch.Tensor) -> None:
         """acc ← acc · exp(-2πi (p - ref) dw x) + image of plane p (Horner's rule), in
-        place; ``grid`` is cleared for reuse."""
+        place, for every image (``grids[k]`` or, with one image, ``grids``); the grids are
+        cleared for reuse."""
         nonlocal ref_plane
-        columns = transform(grid)
-        grid.zero_()
         gap = p - ref_plane if (ref_plane is not None and use_w) else 0
-        step = step_back if gap <= 1 else \
-            torch.from_numpy(loops.phasor(x_img, -gap * dw)).to(device, acc_dtype)
-        if device.type == "cpu":
-            with loops.dynamic_chunks(8):
-                loops.horner_step(acc.numpy(), step.numpy() if gap else acc.numpy(),
-                                  columns.numpy(), -(geom.npix_y // 2), gap > 0)
-        else:
-            if gap:
-                acc.mul_(step)
-            for src, dst, length in transform.out_rows:
-                acc.narrow(1, src, length).add_(columns.narrow(1, dst, length))
+        step = step_back if gap <= 1 else _phasor(x_img, -gap * dw, acc_dtype, device)
+        planes = grids if grids.dim() > 1 else grids[None]  # torch's path: one image
+        for k in range(n_img):
+            acc = accs[k]
+            if transform.fused:
+                transform.add_into(planes[k], acc.numpy(), step.numpy() if gap else acc.numpy(),
+                                   gap > 0)
+                continue
+            columns = transform(planes[k])
+            planes[k].zero_()
+            if device.type == "cpu":
+                with loops.dynamic_chunks(8):
+                    loops.horner_step(acc.numpy(), step.numpy() if gap else acc.numpy(),
+                                      columns.numpy(), -(geom.npix_y // 2), gap > 0)
+            else:
+                if gap:
+                    acc.mul_(step)
+                for src, dst, length in transform.out_rows:
+                    acc.narrow(1, src, length).add_(columns.narrow(1, dst, length))
         ref_plane = p
         if progress is not None:
             progress(p + 1, n_planes)
@@ -460,11 +385,22 @@ def dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
     else:
         table, step = np.zeros(0), 1.0
     turns = (w0 + ref_plane * dw) if (use_w and ref_plane is not None) else 0.0
-    image = np.empty((geom.npix_y, geom.npix_x))
-    with loops.dynamic_chunks(16):
-        loops.finish(acc.cpu().numpy(), x_img, turns, *transform.phase_turns(), ox, oy,
-                     kernel.fourier(jx), kernel.fourier(jy), table, step, dw, image)
-    return image
+    images = []
+    kx, ky = kernel.fourier(jx), kernel.fourier(jy)
+    for k in range(n_img):
+        image = np.empty((geom.npix_y, geom.npix_x))
+        with loops.dynamic_chunks(16):
+            loops.finish(accs[k].cpu().numpy(), x_img, turns, *transform.phase_turns(), ox, oy,
+                         kx, ky, table, step, dw, image)
+        images.append(image)
+    return images
+
+
+def _phasor(x: np.ndarray, turns: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``exp(2πi turns x)`` as ``dtype`` on ``device`` (computed on the host in float64)."""
+    out = torch.empty(x.shape, dtype=dtype)
+    loops.phasor_into(x, turns, out.numpy())
+    return out.to(device)
 
 
 @dataclass
@@ -477,7 +413,7 @@ class _PlaneWork:
     u_pix: np.ndarray
     v_pix: np.ndarray
     w_pix: np.ndarray  # in plane spacings from the first plane
-    vals: np.ndarray  # complex64, weights and phases applied
+    vals: np.ndarray  # complex64 (n, images), weights and phases applied
     u_first: np.ndarray  # first covered cell (float64)
     v_first: np.ndarray
     kernel: Kernel
@@ -487,7 +423,7 @@ class _PlaneWork:
     ncol: int
     vlo: int
     ulo: int
-    stride: int  # cells per row of a plane buffer (see _PlaneTransform)
+    stride: int  # cells per row of a plane buffer (see PlaneTransform)
 
 
 def _compiled_spreading(device: torch.device) -> bool:
@@ -515,7 +451,7 @@ def _spread_compiled(work: _PlaneWork, add_plane) -> None:
         order, work.u_pix, work.v_pix, work.w_pix, work.vals, work.u_first, work.v_first)
     del order
     ring_size = int(math.ceil(block + 2 * whalf)) + 2
-    ring = np.zeros((ring_size, work.nrow * work.stride), np.complex64)
+    ring = np.zeros((ring_size, work.vals.shape[1], work.nrow * work.stride), np.complex64)
     biggest = max(int(np.diff(starts[::ntv]).max(initial=0)), 1)  # visibilities in a block
     ku = np.empty((biggest, support), np.float32)
     kv = np.empty((biggest, support), np.float32)
@@ -555,7 +491,8 @@ def _spread_compiled(work: _PlaneWork, add_plane) -> None:
 
 def warm_up() -> None:
     """Compile and cache the CPU loops (what the first call otherwise waits for), on a tiny
-    problem that takes every branch: w stacking and without."""
+    problem that takes every branch: w stacking and without, one image and a dirty image
+    with its PSF (whose stacked visibilities are another array layout to numba)."""
     rng = np.random.default_rng(0)
     uvw = rng.normal(size=(256, 3)) * 500.0
     vis = rng.normal(size=256) + 1j * rng.normal(size=256)
@@ -564,6 +501,7 @@ def warm_up() -> None:
     for v, w in ((vis.astype(np.complex64), weight.astype(np.float32)), (vis, weight)):
         for do_w in (True, False):
             dirty_image(uvw, v, w, geom, torch.device("cpu"), epsilon=1e-4, do_w=do_w)
+        dirty_images(uvw, [v, np.ones_like(v)], w, geom, torch.device("cpu"), epsilon=1e-4)
 
 
 def direct_dirty_image(uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,

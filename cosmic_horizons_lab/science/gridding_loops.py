@@ -20,6 +20,10 @@ its whole static share.
   means no two threads ever write the same cell (a tile row is at least as
   tall as the kernel), so there are no atomics and no private grids.
 
+* :func:`rows_to_columns`, :func:`pad_columns` and :func:`horner_block`: the single-thread
+  (``nogil``) steps between the block FFTs of :mod:`.plane_transform`, which runs them on
+  its own threads, each on a block that stays in its core's cache.
+
 The torch scatter (``index_add_``) in ``gridding.py`` stays the path on a GPU,
 where atomic adds are cheap; both paths are checked against ducc0 and the
 direct Fourier sum in ``tests/science/test_imaging.py``.
@@ -125,26 +129,32 @@ def _spread_range(g: np.ndarray, p: int, lo: int, hi: int, s: int, w_pix: np.nda
                   vals: np.ndarray, u_first: np.ndarray, v_first: np.ndarray, ku: np.ndarray,
                   kv: np.ndarray, support: int, wcoef: np.ndarray, ulo: int, vlo: int,
                   ncol: int) -> None:
-    """Add visibilities ``lo:hi`` to plane ``p``'s grid ``g``, each weighted by the w kernel
-    at its distance from the plane (none without w stacking, ``wcoef`` empty)."""
+    """Add visibilities ``lo:hi`` to plane ``p``'s grids ``g`` (one per image: ``g[k]`` takes
+    ``vals[:, k]``), each weighted by the w kernel at its distance from the plane (none
+    without w stacking, ``wcoef`` empty). The kernel's weights and the cells are computed
+    once for all the images (a dirty image and its PSF share them)."""
     wsupport = wcoef.shape[1]
     whalf = 0.5 * wsupport
+    n_img = vals.shape[1]
     for i in range(lo, hi):
         if wsupport > 0:
             x = p - w_pix[i] + whalf
             piece = int(math.floor(x))
             if piece < 0 or piece >= wsupport:
                 continue
-            t = vals[i] * np.float32(_piece(wcoef, piece, x - piece))
+            wk = np.float32(_piece(wcoef, piece, x - piece))
         else:
-            t = vals[i]
+            wk = np.float32(1.0)
         row0 = (int(v_first[i]) - vlo) * ncol + int(u_first[i]) - ulo
         li = i - s
-        for a in range(support):
-            tv = t * kv[li, a]
-            row = row0 + a * ncol
-            for c in range(support):
-                g[row + c] += tv * ku[li, c]
+        for k in range(n_img):
+            t = vals[i, k] * wk
+            gk = g[k]
+            for a in range(support):
+                tv = t * kv[li, a]
+                row = row0 + a * ncol
+                for c in range(support):
+                    gk[row + c] += tv * ku[li, c]
 
 
 def _spread_block(grids: np.ndarray, planes: np.ndarray, slots: np.ndarray, starts: np.ndarray, s: int,
@@ -172,15 +182,17 @@ def _spread_block(grids: np.ndarray, planes: np.ndarray, slots: np.ndarray, star
 def take(order: np.ndarray, u_pix: np.ndarray, v_pix: np.ndarray, w_pix: np.ndarray,
          vals: np.ndarray, u_first: np.ndarray, v_first: np.ndarray
          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The six per-visibility arrays in ``order``, on every core and in one parallel loop
-    (numpy's fancy indexing runs on one)."""
+    """The six per-visibility arrays in ``order`` (``vals``: one column per image), on every
+    core and in one parallel loop (numpy's fancy indexing runs on one)."""
     n = len(order)
     ou, ov, ow = np.empty(n), np.empty(n), np.empty(n)
-    oval = np.empty(n, vals.dtype)
+    oval = np.empty(vals.shape, vals.dtype)
     ouf, ovf = np.empty(n), np.empty(n)
     for i in numba.prange(n):
         j = order[i]
-        ou[i], ov[i], ow[i], oval[i] = u_pix[j], v_pix[j], w_pix[j], vals[j]
+        ou[i], ov[i], ow[i] = u_pix[j], v_pix[j], w_pix[j]
+        for k in range(vals.shape[1]):
+            oval[i, k] = vals[j, k]
         ouf[i], ovf[i] = u_first[j], v_first[j]
     return ou, ov, ow, oval, ouf, ovf
 
@@ -195,14 +207,17 @@ def prepare(uvw: np.ndarray, vis: np.ndarray, weight: np.ndarray, keep: np.ndarr
     As in :func:`~cosmic_horizons_lab.science.gridding.dirty_image`: rows with
     ``w < 0`` become their Hermitian conjugates, the others are conjugated; the
     weight and the phase ``exp(2πi w nshift)`` are applied (in float64, then stored
-    as complex64). Returns u, v (cells), w (plane spacings from ``w0``, or 0 when
-    ``inv_dw`` is 0), the values, and the first covered cell along u and v.
+    as complex64). ``vis`` has one column per image (a dirty image and its PSF share
+    the row's phase). Returns u, v (cells), w (plane spacings from ``w0``, or 0 when
+    ``inv_dw`` is 0), the values (one column per image), and the first covered cell
+    along u and v.
     """
     n = len(keep)
     u_pix = np.empty(n)
     v_pix = np.empty(n)
     w_pix = np.empty(n)
-    vals = np.empty(n, np.complex64)
+    n_img = vis.shape[1]
+    vals = np.empty((n, n_img), np.complex64)
     u_first = np.empty(n)
     v_first = np.empty(n)
     two_pi = 2.0 * math.pi
@@ -213,17 +228,18 @@ def prepare(uvw: np.ndarray, vis: np.ndarray, weight: np.ndarray, keep: np.ndarr
         v = uvw[i, 1] * sgn * scale_v
         w = uvw[i, 2] * sgn
         wt = float(weight[i])
-        re = float(vis[i].real) * wt
-        im = -float(vis[i].imag) * wt * sgn
+        c, s = 1.0, 0.0
         if inv_dw != 0.0:
             turns = w * nshift
             t = (turns - math.floor(turns)) * two_pi
             c, s = math.cos(t), math.sin(t)
-            re, im = re * c - im * s, re * s + im * c
             w_pix[j] = (w - w0) * inv_dw
         else:
             w_pix[j] = 0.0
-        vals[j] = np.complex64(complex(re, im))
+        for k in range(n_img):
+            re = float(vis[i, k].real) * wt
+            im = -float(vis[i, k].imag) * wt * sgn
+            vals[j, k] = np.complex64(complex(re * c - im * s, re * s + im * c))
         u_pix[j] = u
         v_pix[j] = v
         u_first[j] = math.floor(u - half) + 1.0
@@ -281,30 +297,6 @@ def finish(acc: np.ndarray, x: np.ndarray, turns: float, turns_u: float, turns_v
             out[iy, ix] = val / corr
 
 
-@numba.njit(cache=True, parallel=True)
-def gather_columns(wide: np.ndarray, first_col: int, n_rows: int, tall: np.ndarray) -> None:
-    """``tall[x, r] = wide[r, (x + first_col) mod nu]`` for ``r < n_rows``, and zero past
-    them: the image's columns of a u-transformed plane, transposed for the v transform.
-
-    Works in blocks of 16 columns so that every read of ``wide`` uses whole cache lines.
-    """
-    nx = tall.shape[0]
-    nu = wide.shape[1]
-    n_blocks = (nx + 15) // 16
-    for bx in numba.prange(n_blocks):
-        x0 = bx * 16
-        x1 = min(nx, x0 + 16)
-        cols = np.empty(16, np.int64)
-        for x in range(x0, x1):
-            cols[x - x0] = (x + first_col) % nu
-        for r in range(n_rows):
-            row = wide[r]
-            for x in range(x0, x1):
-                tall[x, r] = row[cols[x - x0]]
-        for x in range(x0, x1):
-            tall[x, n_rows:] = 0
-
-
 @numba.njit(cache=True, parallel=True, fastmath=True)
 def horner_step(acc: np.ndarray, step: np.ndarray, columns: np.ndarray, first_row: int,
                 use_step: bool) -> None:
@@ -351,3 +343,83 @@ spread_block_by_plane = numba.njit(cache=True, parallel=True, fastmath=True)(
     _spread_block_by_plane)
 #: Cell updates (visibilities × planes × W²) below which a block runs on one thread.
 PARALLEL_MIN_WORK = 2_000_000
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def horner_block(acc: np.ndarray, step: np.ndarray, columns: np.ndarray, x0: int, x1: int,
+                 first_row: int, use_step: bool) -> None:
+    """:func:`horner_step` for image columns ``x0 .. x1 - 1`` (``columns[x - x0]``), on the
+    calling thread and without the GIL."""
+    ny = acc.shape[1]
+    nv = columns.shape[1]
+    start = first_row % nv
+    split = min(ny, nv - start)
+    for x in range(x0, x1):
+        a, col = acc[x], columns[x - x0]
+        if use_step:
+            st = step[x]
+            for y in range(split):
+                a[y] = a[y] * st[y] + col[start + y]
+            for y in range(split, ny):
+                a[y] = a[y] * st[y] + col[y - split]
+        else:
+            for y in range(split):
+                a[y] += col[start + y]
+            for y in range(split, ny):
+                a[y] += col[y - split]
+
+
+@numba.njit(cache=True, parallel=True)
+def image_nm1_transposed(npix_x: int, npix_y: int, cell_x: float, cell_y: float) -> np.ndarray:
+    """``n - 1`` at every pixel, ``[x, y]`` (float64): ``ImageGeometry.nm1().T``, in one
+    parallel pass (numpy's broadcasts took 0.1 s at 2048²)."""
+    out = np.empty((npix_x, npix_y))
+    ox, oy = npix_x // 2, npix_y // 2
+    for ix in numba.prange(npix_x):
+        l2 = ((ix - ox) * cell_x) ** 2
+        for iy in range(npix_y):
+            lm2 = l2 + ((iy - oy) * cell_y) ** 2
+            out[ix, iy] = -lm2 / (math.sqrt(1.0 - min(lm2, 1.0)) + 1.0)
+    return out
+
+
+@numba.njit(cache=True, parallel=True, fastmath=True)
+def phasor_into(x: np.ndarray, turns: float, out: np.ndarray) -> None:
+    """:func:`phasor` into ``out`` (of any complex dtype), without a complex128 temporary."""
+    flat, res = x.reshape(-1), out.reshape(-1)
+    for i in numba.prange(flat.size):
+        ph = 2.0 * math.pi * turns * flat[i]
+        res[i] = complex(math.cos(ph), math.sin(ph))
+
+
+@numba.njit(cache=True, nogil=True)
+def rows_to_columns(rows: np.ndarray, r0: int, first_col: int, tall: np.ndarray,
+                    clear: np.ndarray) -> None:
+    """``tall[x, r0 + i] = rows[i, (x + first_col) mod nu]`` for every image column x, then
+    ``clear`` zeroed: a block of u-transformed rows of a plane, still in cache, transposed
+    into the compact ``(npix_x, nrow)`` input of the v transform, and the plane's rows made
+    ready for the next plane."""
+    nb, nu = rows.shape
+    nx = tall.shape[0]
+    c0 = first_col % nu
+    split = min(nx, nu - c0)  # columns c0 .. nu - 1 first, then from 0 (wrapped)
+    for x in range(split):
+        for i in range(nb):
+            tall[x, r0 + i] = rows[i, c0 + x]
+    for x in range(split, nx):
+        for i in range(nb):
+            tall[x, r0 + i] = rows[i, x - split]
+    clear[:, :] = 0
+
+
+@numba.njit(cache=True, nogil=True)
+def pad_columns(tall: np.ndarray, x0: int, x1: int, buf: np.ndarray) -> None:
+    """``buf[x - x0] = tall[x]`` followed by zeros, for ``x0 <= x < x1``: the v transform's
+    zero-padded input for one block of image columns."""
+    n = tall.shape[1]
+    for x in range(x0, x1):
+        b = buf[x - x0]
+        t = tall[x]
+        for r in range(n):
+            b[r] = t[r]
+        b[n:] = 0

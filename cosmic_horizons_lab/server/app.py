@@ -30,6 +30,7 @@ from cosmic_horizons_lab.backends.base import Backend
 from cosmic_horizons_lab.server.accounting.costs import Accounting, CostModel, budgets_from_settings
 from cosmic_horizons_lab.server.datasets import DatasetRegistry
 from cosmic_horizons_lab.server.events import EventBus
+from cosmic_horizons_lab.server.heap import freeze_startup_heap
 from cosmic_horizons_lab.server.handlers import routes
 from cosmic_horizons_lab.protocol.jobdir import OutputIndex
 from cosmic_horizons_lab.server.advisor import Advisor
@@ -407,6 +408,8 @@ class CosmicHorizons(ObservabilitySettings, ExtensionApp):
                 await self.event_bridge.start()
             if self.warm_datasets:
                 self._warming = asyncio.get_running_loop().run_in_executor(None, self._warm_datasets)
+            # start-up's objects out of the full collections' sight (server/heap.py)
+            freeze_startup_heap()
             self.ready.set()
 
     def _warm_datasets(self) -> None:

@@ -255,6 +255,10 @@ class Dispatcher:
         exhausted = False
         arrays_sent: set[str] = set()
         unlimited: list[Ready] = []
+        # Jobs of one GPU count that fit the free slots together start as one group: one intent
+        # transaction and one record transaction for all of them, not two per job.
+        group: list[Ready] = []
+        group_gpus, group_room = 0, 0
         for job in queued:
             deps = [parents.get(p) for p in job.depends_on or []]
             if any(d is None or d.status in (Status.FAILED, Status.CANCELLED) for d in deps):
@@ -288,15 +292,26 @@ class Dispatcher:
                 if batch is not None:
                     active[batch.id] += 1
                 continue
+            if group and (job.gpu_count != group_gpus or len(group) >= group_room):
+                # the free slots counted for the group are taken: start it, then count again
+                started = await self.launch([Launch([item]) for item in group])
+                group = []
+                if started is None:
+                    exhausted = True
+                    break  # the backend is unreachable: try again after the backoff
+                free = self.backend.free_slots(job.gpu_count) or 0
             if free <= 0:
                 exhausted = True
                 break  # strict priority: a smaller job does not overtake a waiting bigger one
-            started = await self.launch([Launch([(job, deps, after_ok)])])
-            if started is None:
-                exhausted = True
-                break  # the backend is unreachable: try again after the backoff
-            if started and batch is not None:
+            if not group:
+                # free_slots(n) jobs needing n GPUs each can start now, by the backend's word
+                group_gpus, group_room = job.gpu_count, free
+            group.append((job, deps, after_ok))
+            if batch is not None:
                 active[batch.id] += 1
+        if group:
+            if await self.launch([Launch([item]) for item in group]) is None:
+                exhausted = True
         if unlimited:
             await self.launch(self._pack(unlimited, features))
         if dependency_failed:
@@ -340,7 +355,9 @@ class Dispatcher:
             return 0
         if self.drill_pause:
             await asyncio.sleep(self.drill_pause)
-        gate = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+        # a backend with slots starts its jobs one after another (it hands out its slots as it
+        # goes); one that queues them itself takes a few submissions at once
+        gate = asyncio.Semaphore(SUBMIT_CONCURRENCY if self.backend.free_slots(0) is None else 1)
         accepted: list[dict[str, str] | None] = [None] * len(launches)
         refused: dict[str, str] = {}
         down: list[str] = []

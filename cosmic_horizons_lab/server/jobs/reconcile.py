@@ -169,10 +169,14 @@ class Reconciler:
             return  # most ticks: every job as it was; no transaction at all
         ended: list[JobRecord] = []
         async with self.store.write() as tx:
+            # the rows read above again, now inside the transaction: one query per table for all
+            jobs = {j.id: j for j in (await tx.session.scalars(
+                sa.select(JobRecord).where(JobRecord.id.in_([c[0] for c in changes])))).all()}
+            runs = {r.id: r for r in (await tx.session.scalars(
+                sa.select(Run).where(Run.id.in_([c[1] for c in changes])))).all()}
             for job_id, run_id, records, offset, state in changes:
-                job = await tx.session.get(JobRecord, job_id)
-                run = await tx.session.get(Run, run_id)
-                if job.status not in ACTIVE:
+                job, run = jobs.get(job_id), runs.get(run_id)
+                if job is None or run is None or job.status not in ACTIVE:
                     continue
                 if records:
                     self._apply_records(tx, job, run, records, offset)
