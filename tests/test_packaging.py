@@ -91,8 +91,13 @@ def _third_party_imports() -> dict[str, set[str]]:
 
 
 #: Modules of the core layers that run only when an extra is installed and configured, with that
-#: extra: the server imports them only then (the bridge when ``event_bus_url`` is set).
-EXTRA_ONLY_MODULES = {"cosmic_horizons_lab/server/bridge/nats.py": "bus"}
+#: extra: the server imports them only then (the bridge when ``event_bus_url`` is set), and the
+#: fork server's warm spare runs the warm-up only for agents of the science extra (a spare that
+#: cannot import it switches spares off; ``tests/test_fork_server.py``).
+EXTRA_ONLY_MODULES = {
+    "cosmic_horizons_lab/server/bridge/nats.py": "bus",
+    "cosmic_horizons_lab/executor/warmup.py": "science",
+}
 
 
 def test_every_import_of_the_core_layers_is_a_core_dependency():
