@@ -224,6 +224,39 @@ async def test_the_spare_is_not_used_when_the_jobs_threads_differ_and_exits_with
     psutil.Process(warm_pid).wait(30)  # told its job will not come, the spare ends
 
 
+async def test_a_spare_warms_only_while_no_job_runs(tmp_path):
+    """No spare is made while a job runs; one still warming when a job starts is stopped
+    (SIGSTOP) until no job runs, then warms and is used: warming beside a job slowed the job."""
+    backend = _backend(tmp_path, True)
+    try:
+        first = await backend.submit(_spec(tmp_path, "sleep1", "import time\ntime.sleep(1.5)\n"))
+        server = psutil.Process(backend._forker.proc.pid)
+        while (await backend.poll([first]))[first].status == "RUNNING":
+            assert [c.pid for c in server.children()] in ([int(first)], [])  # no spare beside it
+            await asyncio.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while not (spares := [c for c in server.children() if c.pid != int(first)]):
+            assert time.monotonic() < deadline, "no spare after the job ended"
+            await asyncio.sleep(0.01)
+        (spare,) = spares
+        log = backend.work_dir / "forkserver.log"
+        assert f"spare {spare.pid}: warm" not in log.read_text()  # still importing (seconds)
+        second = await backend.submit(_spec(tmp_path, "sleep2", "import time\ntime.sleep(2)\n"))
+        assert second != str(spare.pid)  # a Script job never takes the spare
+        deadline = time.monotonic() + 1
+        while spare.status() != psutil.STATUS_STOPPED:
+            assert time.monotonic() < deadline, spare.status()
+            await asyncio.sleep(0.01)
+        assert (await _until_ended(backend, second)).status == "COMPLETED"
+        assert await _warm_spare(backend) == spare.pid  # continued once no job ran, then warm
+        assert spare.status() != psutil.STATUS_STOPPED
+        image = _image_spec(tmp_path, "img")
+        assert await backend.submit(image) == str(spare.pid)
+        assert (await _until_ended(backend, str(spare.pid), 300)).status == "COMPLETED"
+    finally:
+        await backend.stop()
+
+
 @pytest.fixture(autouse=True)
 def _no_strays(tmp_path):
     yield

@@ -21,8 +21,9 @@ With ``--spare`` it also keeps one warm *spare* (``executor/warmup.py``): a chil
 demand that imported the science and loaded its compiled loops, then waits. A science job
 (an agent whose ``extra`` is ``"science"``) whose environment agrees with the spare's is handed
 to it instead of a fresh fork, under the same contract: the launch token names the spare's
-pid before the spare is told which job it runs. A new spare is made when this process is
-idle, at ``--spare-nice`` (the jobs' niceness, so warming never outranks a running job).
+pid before the spare is told which job it runs. A new spare is made when no job runs, at
+``--spare-nice`` (the jobs' niceness) under ``SCHED_IDLE``, and is stopped while a job runs
+(:meth:`ForkServer.pace_spare`), so warming never takes a core or cache a job wants.
 
 Protocol on stdin/stdout, one JSON object a line. In: ``{"job_dir", "token", "nice", "env",
 "agent"}`` (``agent`` optional).
@@ -65,6 +66,27 @@ REAP_SECONDS = 0.2
 KILL_SIGNALS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
 
 
+def _fork_in_session() -> tuple[int, int, int]:
+    """Fork a child in a session (and process group) of its own, with a pipe each way.
+
+    The parent gets ``(pid, to_child, from_child)``, the child ``(0, from_parent, to_parent)``.
+    The child makes its session before anything else; a parent that waits for the child's first
+    byte before it names the pid (:meth:`ForkServer.start`) knows that a cancel killing the
+    group of that pid reaches the whole job.
+    """
+    down_r, down_w = os.pipe()
+    up_r, up_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(down_w)
+        os.close(up_r)
+        os.setsid()
+        return 0, down_r, up_w
+    os.close(down_r)
+    os.close(up_w)
+    return pid, down_w, up_r
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -80,8 +102,19 @@ class Spare:
         self.request_w = request_w
         self.ready_r = ready_r
         self.ready = False
+        self.stopped = False
+
+    def pause(self, stop: bool) -> None:
+        """Stop or continue its warming (SIGSTOP / SIGCONT)."""
+        if stop != self.stopped:
+            try:
+                os.kill(self.pid, signal.SIGSTOP if stop else signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            self.stopped = stop
 
     def close(self) -> None:
+        self.pause(False)  # a stopped spare must run to read the end of its pipe and exit
         for fd in (self.request_w, self.ready_r):
             try:
                 os.close(fd)
@@ -135,9 +168,10 @@ class ForkServer:
                     self.drop_spare()
                     self.want_spare = False
             self.reap()
-            if not ready and not self.closed and self.want_spare and self.spare is None:
+            self.pace_spare()
+            if not ready and not self.closed and self.want_spare and self.spare is None and not self.children:
                 try:
-                    self.make_spare()  # idle: warm the next science job's process now
+                    self.make_spare()  # idle, no job running: warm the next science job's process now
                 except _Child as child:
                     return child.request
             if self.closed or self.inp not in ready:
@@ -164,17 +198,22 @@ class ForkServer:
         return None
 
     def make_spare(self) -> None:
-        request_r, request_w = os.pipe()
-        ready_r, ready_w = os.pipe()
-        pid = os.fork()
+        pid, request, ready = _fork_in_session()
         if pid == 0:
-            os.close(request_w)
-            os.close(ready_r)
-            os.setsid()  # a session of its own, as every job's process
-            raise _Child({"spare": True, "request": request_r, "ready": ready_w, "nice": self.spare_nice})
-        os.close(request_r)
-        os.close(ready_w)
-        self.spare = Spare(pid, request_w, ready_r)
+            raise _Child({"spare": True, "request": request, "ready": ready, "nice": self.spare_nice})
+        self.spare = Spare(pid, request, ready)
+
+    def pace_spare(self) -> None:
+        """A spare still warming up waits while any job runs, and warms while none does.
+
+        Warming is ~3 s of imports and loading compiled code. Beside a running job it slowed the
+        job even under ``SCHED_IDLE`` (2.1-3.5 s of gridding instead of 1.3-1.9 s for a 512²
+        image on this 2-core host, ``benchmarks/bench_whole_image.py --as-job``): the two cores
+        share caches and memory bandwidth, which a scheduling policy does not divide. (If the
+        fork server is killed meanwhile, the kernel continues and hangs up the orphaned spare.)
+        """
+        if self.spare is not None and not self.spare.ready:
+            self.spare.pause(bool(self.children))
 
     def drop_spare(self) -> None:
         if self.spare is not None:
@@ -200,26 +239,20 @@ class ForkServer:
         (job_dir / EXIT_FILE).unlink(missing_ok=True)  # a token file always goes with a fresh status
         if self.fits_spare(req):
             return self.hand_to_spare(req, job_dir, token)
-        go_r, go_w = os.pipe()
-        ready_r, ready_w = os.pipe()
-        pid = os.fork()
+        pid, go, ready = _fork_in_session()
         if pid == 0:
-            os.close(go_w)
-            os.close(ready_r)
-            os.setsid()  # its own session and group before the server can know its pid (cancel)
-            os.write(ready_w, b"1")
-            os.close(ready_w)
-            raise _Child({**req, "go": go_r})
-        os.close(go_r)
-        os.close(ready_w)
+            os.write(ready, b"1")
+            os.close(ready)
+            raise _Child({**req, "go": go})
         self.children[pid] = job_dir
+        self.pace_spare()
         try:
-            os.read(ready_r, 1)  # its session is made (or it died: it then runs nothing)
-            os.close(ready_r)
+            os.read(ready, 1)  # its session is made (or it died: it then runs nothing)
+            os.close(ready)
             _write_atomic(job_dir / LAUNCH_TOKEN_FILE, f"{token} {pid}\n")
         finally:
-            os.write(go_w, b"1")
-            os.close(go_w)
+            os.write(go, b"1")
+            os.close(go)
         return pid
 
     def hand_to_spare(self, req: dict[str, Any], job_dir: Path, token: str) -> int:
@@ -317,6 +350,7 @@ def run_spare(spare: dict[str, Any]) -> int:
     os.close(devnull)
     os.dup2(2, 1)  # nothing it prints while warming may reach the fork server's protocol
     os.nice(spare["nice"])
+    idle = _set_policy(SCHED_IDLE)  # warm only on cores no job wants
     try:
         loaded = warmup.warm()
     except BaseException as exc:
@@ -333,7 +367,36 @@ def run_spare(spare: dict[str, Any]) -> int:
             return 0  # no job for it: the fork server went or made it redundant
         line += chunk
     os.close(spare["request"])
+    if idle:
+        _set_policy(os.SCHED_OTHER)  # the job runs at its niceness alone, as a fresh process does
     return run_child({**json.loads(line), "go": None})
+
+
+#: The scheduling policy a spare warms up under: it gets a core only when no other process
+#: (the server, another user's work) wants one. While a job of this fork server runs, the spare
+#: is stopped altogether (:meth:`ForkServer.pace_spare`): the policy alone did not keep it from
+#: slowing the job.
+SCHED_IDLE = getattr(os, "SCHED_IDLE", None)
+
+
+def _set_policy(policy: int | None) -> bool:
+    """Put every thread of this process under ``policy``; whether it could. Linux lets an
+    unprivileged process leave ``SCHED_IDLE`` for ``SCHED_OTHER`` at its own niceness, and
+    threads started while idle (a thread pool's) are moved back with the rest."""
+    if policy is None or not hasattr(os, "sched_setscheduler"):
+        return False
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    done = False
+    for tid in tids:
+        try:
+            os.sched_setscheduler(tid, policy, os.sched_param(0))
+            done = True
+        except OSError:  # a thread that ended meanwhile; or a kernel without the policy
+            pass
+    return done
 
 
 def main(argv: list[str] | None = None) -> None:

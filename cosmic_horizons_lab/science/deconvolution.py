@@ -43,7 +43,7 @@ import torch
 
 from cosmic_horizons_lab.science.clean import CleanResult, hogbom, psf_window
 from cosmic_horizons_lab.science.device import chunk_size
-from cosmic_horizons_lab.science.gridding import ImageGeometry, dirty_image
+from cosmic_horizons_lab.science.gridding import DEFAULT_EPSILON, ImageGeometry, dirty_image
 
 #: Largest samples × component pixels a major cycle's model prediction may cost, per device kind.
 PREDICT_LIMIT = {"cpu": 4e9, "cuda": 2e11}
@@ -76,7 +76,7 @@ def cotton_schwab(dirty: np.ndarray, psf: np.ndarray, device: torch.device, *,
                   uvw_lambda: np.ndarray, vis: np.ndarray, weight: np.ndarray,
                   geom: ImageGeometry, expected_noise: float, gain: float = 0.1,
                   niter: int = 1000, threshold_sigma: float = 3.0, major_gain: float = 0.8,
-                  max_major_cycles: int = 20, auto_mask: float = 0.0, epsilon: float = 1e-5,
+                  max_major_cycles: int = 20, auto_mask: float = 0.0, epsilon: float = DEFAULT_EPSILON,
                   do_w: bool = True, progress: Callable[[float], None] | None = None) -> CleanResult:
     """CLEAN ``dirty`` (Jy/beam, normalised by ``Σ weight``) by the algorithm of the module
     docstring. ``psf``: peak 1 at its centre, twice the image's size for components anywhere;

@@ -19,7 +19,7 @@ import torch
 
 from cosmic_horizons_lab.science.clean import Beam, CleanResult, fit_beam, restore
 from cosmic_horizons_lab.science.deconvolution import cotton_schwab
-from cosmic_horizons_lab.science.gridding import ImageGeometry, dirty_image, dirty_images
+from cosmic_horizons_lab.science.gridding import DEFAULT_EPSILON, ImageGeometry, dirty_image, dirty_images
 from cosmic_horizons_lab.science.noise import image_noise, visibility_noise
 from cosmic_horizons_lab.science.skymodel import C
 from cosmic_horizons_lab.science.visibilities import VisibilitySet
@@ -106,7 +106,7 @@ def choose_geometry(uvw: np.ndarray, usable: np.ndarray, npix: int,
 
 def make_images(vs: VisibilitySet, device: torch.device, *, npix: int = 512,
                 cell_arcsec: float | None = None, weighting: str = "natural", robust: float = 0.0,
-                epsilon: float = 1e-5, psf_epsilon: float | None = None, do_w: bool = True,
+                epsilon: float = DEFAULT_EPSILON, psf_epsilon: float | None = None, do_w: bool = True,
                 niter: int = 1000, gain: float = 0.1,
                 threshold_sigma: float = 3.0, major_gain: float = 0.8, max_major_cycles: int = 20,
                 auto_mask: float = 5.0, progress=None) -> ImagingResult:

@@ -35,6 +35,21 @@ def test_schema_is_valid_json_schema_with_defaults(name):
         jsonschema.validate({"no_such_parameter": 1}, schema)
 
 
+def test_imaging_defaults_to_the_gridders_accuracy_and_wscleans():
+    """The schema (what the form and the API show) and the science agree on ε by default,
+    and it is WSClean's ``-wgridder-accuracy`` default, read from the installed WSClean
+    where there is one."""
+    import shutil
+
+    from cosmic_horizons_lab.science.gridding import DEFAULT_EPSILON
+
+    assert get_agent("ImageReconstruction").schema()["properties"]["epsilon"]["default"] == DEFAULT_EPSILON
+    if shutil.which("wsclean"):
+        usage = subprocess.run(["wsclean"], capture_output=True, text=True).stdout
+        line = usage[usage.index("-wgridder-accuracy"):].splitlines()[1]
+        assert float(line.split("Default:")[1]) == DEFAULT_EPSILON, line
+
+
 def test_alphacal_accepts_the_seed_payload_and_refuses_unknown_strategies():
     import jsonschema
 

@@ -55,8 +55,10 @@ class ImageReconstructionAgent(Agent):
             "max_major_cycles": {"type": "integer", "minimum": 0, "maximum": 1000, "default": 20,
                                  "description": "Most major cycles (model subtracted from the "
                                                 "visibilities); 0 runs the minor cycle alone."},
-            "epsilon": {"type": "number", "minimum": 1e-7, "maximum": 1e-2, "default": 1e-5,
-                        "description": "Gridding accuracy (sets the kernel support)."},
+            "epsilon": {"type": "number", "minimum": 1e-7, "maximum": 1e-2, "default": 1e-4,
+                        "description": "Gridding accuracy (sets the kernel support); the "
+                                       "default is WSClean's and ducc0's wgridder default "
+                                       "(science.gridding.DEFAULT_EPSILON)."},
             "w_correction": {"type": "boolean", "default": True,
                              "description": "Correct the w term (w-stacking); off is faster for "
                                             "small fields."},
@@ -67,6 +69,7 @@ class ImageReconstructionAgent(Agent):
         import numpy as np
 
         from cosmic_horizons_lab.science import device as dev
+        from cosmic_horizons_lab.science.gridding import DEFAULT_EPSILON
         from cosmic_horizons_lab.science.imaging import make_images, write_fits
         from cosmic_horizons_lab.science.visibilities import read_visibilities
 
@@ -91,7 +94,7 @@ class ImageReconstructionAgent(Agent):
         stages.enter("grid")
         result = make_images(vs, device, npix=int(p.get("npix", 512)),
                              cell_arcsec=p.get("cell_arcsec"), weighting=p.get("weighting", "natural"),
-                             robust=float(p.get("robust", 0.0)), epsilon=float(p.get("epsilon", 1e-5)),
+                             robust=float(p.get("robust", 0.0)), epsilon=float(p.get("epsilon", DEFAULT_EPSILON)),
                              do_w=bool(p.get("w_correction", True)), niter=int(p.get("niter", 1000)),
                              gain=float(p.get("gain", 0.1)),
                              threshold_sigma=float(p.get("threshold_sigma", 3.0)),
