@@ -16,14 +16,17 @@ cell), natural weighting, Stokes I, ``niter 0``, a dirty image and its PSF as FI
   (``gc.freeze()``, so that the interpreter's teardown does not collect every object
   torch and numba made);
 * ``--as-job``: ours as the product runs it: an ImageReconstruction job (``niter 0``,
-  ``epsilon 1e-5``, the agent's defaults otherwise) submitted to the local backend, whose fork
+  the agent's defaults: ε 1e-4) submitted to the local backend, whose fork
   server hands it to its warm spare (``executor/warmup.py``: torch, numba and the science
   imported, the compiled loops loaded, before the job came). Timed from ``submit`` to the
   backend seeing the job end, with the job's own records, resource sampling and trace;
   before each run the bench waits for the next spare to be warm, as it is when a user looks
   at one image before asking for the next;
 * WSClean: ``wsclean -niter 0 -make-psf -size N N -scale … -weight natural -pol I -j
-  <CPUs>`` on the same MS.
+  <CPUs>`` on the same MS: its default w-stacking gridder, which is faster than its
+  w-gridder and differs from it (and from ours) by ~6 % rms, mostly toward the edges (the
+  last column); ``--wsclean-wgridder`` adds ``-use-wgridder``, the algorithm ours implements,
+  at its default accuracy 1e-4 (ours's default too).
 
 Each is timed from the start of its process to its end, alternately (ours, WSClean,
 ours, WSClean …), best of ``--repeat``, with the load average next to each. Ours also
@@ -239,13 +242,14 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_wsclean(ms: Path, out: Path, npix: int, cell: float) -> float:
+def run_wsclean(ms: Path, out: Path, npix: int, cell: float, wgridder: bool = False) -> float:
     out.mkdir(parents=True, exist_ok=True)
     exe = shutil.which("wsclean")
     if exe is None:
         raise RuntimeError("wsclean is not installed (Debian package 'wsclean')")
     cmd = [exe, "-quiet", "-size", str(npix), str(npix), "-scale", f"{cell}asec", "-weight", "natural",
            "-pol", "I", "-j", str(os.cpu_count() or 1), "-niter", "0", "-make-psf",
+           *(["-use-wgridder"] if wgridder else []),
            "-name", str(out / "ws"), str(ms)]
     t, cpu = time.perf_counter(), children_cpu()
     subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=900)
@@ -278,6 +282,9 @@ def main() -> None:
     ap.add_argument("--baseline-root", type=Path, default=None,
                     help="also run ours from this checkout, in the same alternation (baseline, "
                          "ours, WSClean, …), for a before/after comparison at the same load")
+    ap.add_argument("--wsclean-wgridder", action="store_true",
+                    help="WSClean with -use-wgridder (its w-gridder, ours's algorithm, at its "
+                         "default accuracy 1e-4) instead of its default w-stacking gridder")
     ap.add_argument("--as-job", action="store_true",
                     help="ours as an ImageReconstruction job on the local backend, handed to the "
                          "fork server's warm spare (the product's path), instead of a fresh process")
@@ -300,7 +307,8 @@ def main() -> None:
         print(f"{n_vis:.3e} Stokes I visibilities (171 baselines × {args.times} times × "
               f"{args.channels} channels, 4 pols) as a Measurement Set, {made}; "
               f"{os.cpu_count()} CPUs; load {load()}; "
-              f"ours from {args.package_root}{', gc.freeze() at exit' if args.freeze_at_exit else ''}")
+              f"ours from {args.package_root}{', gc.freeze() at exit' if args.freeze_at_exit else ''}; "
+              f"WSClean's {'w-gridder (-use-wgridder)' if args.wsclean_wgridder else 'default gridder'}")
         rows = []
         ours_by_size, base_by_size, ws_by_size = {}, {}, {}
         as_job = AsJob(root / "asjob", args.package_root) if args.as_job else None
@@ -322,7 +330,7 @@ def main() -> None:
                 ours_runs.append((wall, load(), stages))
                 print(f"  {npix}² ours    {wall:6.2f} s (load {ours_runs[-1][1]}) "
                       + " ".join(f"{k} {v:.2f}" for k, v in stages.items()), flush=True)
-                wall, cpu = run_wsclean(ms, root / f"ws{npix}", npix, c)
+                wall, cpu = run_wsclean(ms, root / f"ws{npix}", npix, c, args.wsclean_wgridder)
                 ws_runs.append((wall, load(), cpu))
                 print(f"  {npix}² WSClean {wall:6.2f} s (load {ws_runs[-1][1]}) cpu {cpu:.2f}",
                       flush=True)

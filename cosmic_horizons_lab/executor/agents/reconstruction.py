@@ -57,7 +57,7 @@ class ImageReconstructionAgent(Agent):
                                                 "visibilities); 0 runs the minor cycle alone."},
             "epsilon": {"type": "number", "minimum": 1e-7, "maximum": 1e-2, "default": 1e-4,
                         "description": "Gridding accuracy (sets the kernel support); the "
-                                       "default is WSClean's and ducc0's wgridder default "
+                                       "default is WSClean's for its w-gridder "
                                        "(science.gridding.DEFAULT_EPSILON)."},
             "w_correction": {"type": "boolean", "default": True,
                              "description": "Correct the w term (w-stacking); off is faster for "
