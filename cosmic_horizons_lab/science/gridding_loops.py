@@ -297,27 +297,35 @@ def finish(acc: np.ndarray, x: np.ndarray, turns: float, turns_u: float, turns_v
             out[iy, ix] = val / corr
 
 
+@numba.njit(cache=True, fastmath=True, inline="always")
+def _horner_column(a: np.ndarray, st: np.ndarray, col: np.ndarray, first_row: int,
+                   use_step: bool) -> None:
+    """One image column of Horner's rule: ``a[y] = a[y] · st[y] + col[(y + first_row) mod nv]``
+    (``st`` unused without ``use_step``): the inner loop of :func:`horner_step` (all columns,
+    in parallel) and :func:`horner_block` (a range, on the calling thread)."""
+    ny, nv = a.shape[0], col.shape[0]
+    start = first_row % nv
+    split = min(ny, nv - start)  # col[start:] first, then from its start (wrapped)
+    if use_step:
+        for y in range(split):
+            a[y] = a[y] * st[y] + col[start + y]
+        for y in range(split, ny):
+            a[y] = a[y] * st[y] + col[y - split]
+    else:
+        for y in range(split):
+            a[y] += col[start + y]
+        for y in range(split, ny):
+            a[y] += col[y - split]
+
+
 @numba.njit(cache=True, parallel=True, fastmath=True)
 def horner_step(acc: np.ndarray, step: np.ndarray, columns: np.ndarray, first_row: int,
                 use_step: bool) -> None:
     """``acc[x, y] = acc[x, y] · step[x, y] + columns[x, (y + first_row) mod nv]``, in one
     pass over memory (Horner's rule over the w planes)."""
-    nx, ny = acc.shape
-    nv = columns.shape[1]
-    start = first_row % nv
-    split = min(ny, nv - start)  # columns[x, start:] first, then from its start (wrapped)
+    nx = acc.shape[0]
     for x in numba.prange(nx):
-        a, st, col = acc[x], step[x], columns[x]
-        if use_step:
-            for y in range(split):
-                a[y] = a[y] * st[y] + col[start + y]
-            for y in range(split, ny):
-                a[y] = a[y] * st[y] + col[y - split]
-        else:
-            for y in range(split):
-                a[y] += col[start + y]
-            for y in range(split, ny):
-                a[y] += col[y - split]
+        _horner_column(acc[x], step[x], columns[x], first_row, use_step)
 
 
 def _spread_block_by_plane(grids: np.ndarray, planes: np.ndarray, slots: np.ndarray,
@@ -350,23 +358,8 @@ def horner_block(acc: np.ndarray, step: np.ndarray, columns: np.ndarray, x0: int
                  first_row: int, use_step: bool) -> None:
     """:func:`horner_step` for image columns ``x0 .. x1 - 1`` (``columns[x - x0]``), on the
     calling thread and without the GIL."""
-    ny = acc.shape[1]
-    nv = columns.shape[1]
-    start = first_row % nv
-    split = min(ny, nv - start)
     for x in range(x0, x1):
-        a, col = acc[x], columns[x - x0]
-        if use_step:
-            st = step[x]
-            for y in range(split):
-                a[y] = a[y] * st[y] + col[start + y]
-            for y in range(split, ny):
-                a[y] = a[y] * st[y] + col[y - split]
-        else:
-            for y in range(split):
-                a[y] += col[start + y]
-            for y in range(split, ny):
-                a[y] += col[y - split]
+        _horner_column(acc[x], step[x], columns[x - x0], first_row, use_step)
 
 
 @numba.njit(cache=True, parallel=True)
