@@ -102,11 +102,18 @@ class Intake:
                             # one refused submission must not sink the others written with it
                             outcomes.append((fut, exc, False))
                             continue
-                        job = self._add_job(tx, user, sub, correlation_id=cid, idempotency_key=key,
+                        job = self._new_job(tx, user, sub, correlation_id=cid, idempotency_key=key,
                                             traceparent=traceparent or "")
                         if key:
                             known[(user, key)] = job
                         outcomes.append((fut, job, True))
+                    created = [value for _, value, made in outcomes if made]
+                    if created:
+                        # one executemany for the group, not the ORM's unit of work per object
+                        # (about a sixth of the server's time per submission); the jobs are
+                        # answered as built, and the checks above never needed them flushed
+                        await tx.session.execute(sa.insert(JobRecord.__table__),
+                                                 [_row(job) for job in created])
             except Exception as exc:
                 for *_, fut, _ in group:
                     if not fut.done():
@@ -192,6 +199,25 @@ class Intake:
         job_id: str | None = None,
         traceparent: str | None = None,
     ) -> JobRecord:
+        """A new QUEUED job added to the session (written at its flush) and its event."""
+        job = self._new_job(tx, user, sub, correlation_id=correlation_id, idempotency_key=idempotency_key,
+                            batch=batch, job_id=job_id, traceparent=traceparent)
+        tx.session.add(job)
+        return job
+
+    def _new_job(
+        self,
+        tx: Tx,
+        user: str,
+        sub: Submission,
+        *,
+        correlation_id: str | None,
+        idempotency_key: str | None = None,
+        batch: BatchRecord | None = None,
+        job_id: str | None = None,
+        traceparent: str | None = None,
+    ) -> JobRecord:
+        """A new QUEUED job, not yet in the session (the caller writes it), and its event."""
         now = utcnow()
         job = JobRecord(
             id=job_id or new_id(),
@@ -220,7 +246,6 @@ class Intake:
             created_at=now,
             updated_at=now,
         )
-        tx.session.add(job)
         tx.emit(
             "job.submitted",
             user=user,
@@ -236,6 +261,11 @@ class Intake:
             },
         )
         return job
+
+
+def _row(job: JobRecord) -> dict[str, Any]:
+    """The columns :meth:`Intake._new_job` set on ``job`` (the same for every job it builds)."""
+    return {k: v for k, v in vars(job).items() if not k.startswith("_sa_")}
 
 
 def _topological_order(names: list[str], deps: list[list[str]]) -> list[int]:

@@ -185,6 +185,9 @@ class Orchestrator:
         """
         if reconcile:
             await self.reconciler.reconcile()
+            # on SQLite the store's calls do not yield, so a tick is one long step of the event
+            # loop: let the requests and the fan-out that waited meanwhile in between the two
+            await asyncio.sleep(0)
         await self.dispatcher.dispatch()
         self.last_tick = time.time()
 
