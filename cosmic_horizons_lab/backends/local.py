@@ -104,8 +104,9 @@ class LocalBackend(Backend):
         help="With the fork server: keep one spare job process that has imported the science "
         "(torch, numba) and loaded its compiled loops, and hand it the next science job "
         "(cosmic_horizons_lab.executor.warmup). A science job then starts in milliseconds instead "
-        "of 2-3 s of imports, at the price of one idle process (~0.3 GB) waiting. Script jobs "
-        "never use it.",
+        "of 2-3 s of imports, at the price of one idle process (~0.45 GB) waiting. It warms only "
+        "while no job runs (paused while one does), so it never slows a job. Script jobs never "
+        "use it.",
     ).tag(config=True)
 
     def __init__(self, *, slots: int, gpus: list[dict[str, Any]], on_exit: Any = None, **kwargs: Any) -> None:
