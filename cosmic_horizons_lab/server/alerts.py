@@ -27,7 +27,6 @@ serialises the evaluation of servers sharing the database, so two never open the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import uuid
@@ -40,6 +39,7 @@ import sqlalchemy as sa
 
 from cosmic_horizons_lab.protocol.clock import isoformat, utcnow
 from cosmic_horizons_lab.server.accounting.costs import Budgets
+from cosmic_horizons_lab.server.background import stop_task
 from cosmic_horizons_lab.server.store.database import Store, Tx
 from cosmic_horizons_lab.server.store.orm import Alert, JobRecord, JobSample, WebhookDelivery
 
@@ -118,10 +118,7 @@ class Alerts:
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):  # the loop itself catches everything else
-                await self._task
+        await stop_task(self._task)  # the loop itself catches everything else
 
     def on_published(self, events: list[dict[str, Any]]) -> None:
         """Evaluate soon after a transition that can open or clear an alert (never for our own events)."""

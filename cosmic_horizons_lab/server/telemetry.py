@@ -16,6 +16,7 @@ from collections import deque
 from typing import Any
 
 from cosmic_horizons_lab.protocol.clock import isoformat, utcnow
+from cosmic_horizons_lab.server.background import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +109,8 @@ class GpuTelemetry:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         if self._session is not None:
             session, self._session = self._session, None
             await asyncio.to_thread(_shutdown, session)

@@ -43,8 +43,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from cosmic_horizons_lab.protocol.clock import isoformat, utcnow
 from cosmic_horizons_lab.protocol.states import TERMINAL
 from cosmic_horizons_lab.server.api.responses import status_to_json
-from cosmic_horizons_lab.server.store.orm import JobRecord, WebhookDelivery, WebhookSecret
+from cosmic_horizons_lab.server.background import stop_task
 from cosmic_horizons_lab.server.store.database import Store, Tx
+from cosmic_horizons_lab.server.store.orm import JobRecord, WebhookDelivery, WebhookSecret
 from cosmic_horizons_lab.server.tracing import Tracing, traceparent_of
 
 log = logging.getLogger(__name__)
@@ -168,12 +169,7 @@ class Webhooks:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await stop_task(self._task)
 
     async def _loop(self) -> None:
         while True:

@@ -12,7 +12,6 @@ every account, everyone's agents' figures and the leaderboard (which is operator
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from cosmic_horizons_lab.protocol.clock import isoformat, utcnow
 from cosmic_horizons_lab.server.analytics import requests
 from cosmic_horizons_lab.server.analytics.export import JOBS, RUNS, SAMPLES, ParquetExport
 from cosmic_horizons_lab.server.analytics.queries import Analytics
+from cosmic_horizons_lab.server.background import stop_task
 from cosmic_horizons_lab.server.errors import Forbidden
 from cosmic_horizons_lab.server.store.database import Store
 
@@ -56,10 +56,7 @@ class UsageAnalytics:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):  # the loop itself catches everything else
-                await self._task
+        await stop_task(self._task)  # the loop itself catches everything else
 
     async def _loop(self) -> None:
         while True:

@@ -39,6 +39,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from nats.js.api import StorageType, StreamConfig
 
 from cosmic_horizons_lab.protocol import events as envelope
+from cosmic_horizons_lab.server.background import stop_task
 from cosmic_horizons_lab.server.bridge.cursor import Cursor
 from cosmic_horizons_lab.server.store.database import Store
 
@@ -166,13 +167,8 @@ class NatsBridge:
         self._task = asyncio.create_task(self._run(), name="nats-bridge")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         try:
             await self.cursor.save()
         finally:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,6 +25,7 @@ from cosmic_horizons_lab.protocol.clock import utcnow
 from cosmic_horizons_lab.protocol.states import TERMINAL, Status
 from cosmic_horizons_lab.server.api import requests
 from cosmic_horizons_lab.server.api.submission import SubmissionValidator
+from cosmic_horizons_lab.server.background import stop_task
 from cosmic_horizons_lab.server.datasets import DatasetRegistry
 from cosmic_horizons_lab.server.errors import Conflict, LabError, NotFound
 from cosmic_horizons_lab.server.jobs.dispatch import BackendHealth, Dispatcher
@@ -134,12 +135,7 @@ class Orchestrator:
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await stop_task(self._task)
 
     def wake(self, reconcile: bool = False) -> None:
         """Run the loop now: to dispatch (a submission), or also to reconcile (a job ended, a cancel)."""

@@ -14,7 +14,6 @@ ended before this server started, or whose read failed) is read then.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import tempfile
@@ -29,6 +28,7 @@ from cosmic_horizons_lab.protocol import jobdir
 from cosmic_horizons_lab.protocol.clock import isoformat, utcnow
 from cosmic_horizons_lab.protocol.states import is_terminal
 from cosmic_horizons_lab.server.api.requests import job_query
+from cosmic_horizons_lab.server.background import stop_task
 from cosmic_horizons_lab.server.datasets import DatasetRegistry
 from cosmic_horizons_lab.server.errors import BadRequest, LabError
 from cosmic_horizons_lab.server.science_worker import ScienceUnavailable, run_science
@@ -150,10 +150,7 @@ class Coverage:
 
     async def stop(self) -> None:
         """Stop reading owed footprints (what is left is read on the first request after a restart)."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):  # the task catches its own errors
-                await self._task
+        await stop_task(self._task)  # the task catches its own errors
         self._task = None
 
     def image_of(self, job: JobRecord, parents: dict[str, JobRecord]) -> Path | None:
