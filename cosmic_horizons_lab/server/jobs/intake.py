@@ -139,7 +139,8 @@ class Intake:
                     await check(tx, user, sub)
             batch = BatchRecord(id=new_id(), user=user, parallel_limit=limit, kind="batch", created_at=utcnow())
             tx.session.add(batch)
-            jobs = [self._add_job(tx, user, sub, correlation_id=correlation_id, batch=batch) for sub in subs]
+            jobs = [self._new_job(tx, user, sub, correlation_id=correlation_id, batch=batch) for sub in subs]
+            tx.session.add_all(jobs)  # the ORM writes them after the batch their key names
         self.wake()
         return batch, jobs
 
@@ -170,9 +171,10 @@ class Intake:
                 for check in self.checks:
                     await check(tx, user, sub)
                 sub.depends_on = parents
-                jobs[names[i]] = self._add_job(
+                jobs[names[i]] = job = self._new_job(
                     tx, user, sub, correlation_id=correlation_id, batch=batch, job_id=ids[names[i]]
                 )
+                tx.session.add(job)
         self.wake()
         return batch, jobs
 
@@ -186,24 +188,6 @@ class Intake:
         missing = [p for p in parents if p not in found]
         if missing:
             raise BadRequest(f"unknown parent job {missing[0]!r}", field=field)
-
-    def _add_job(
-        self,
-        tx: Tx,
-        user: str,
-        sub: Submission,
-        *,
-        correlation_id: str | None,
-        idempotency_key: str | None = None,
-        batch: BatchRecord | None = None,
-        job_id: str | None = None,
-        traceparent: str | None = None,
-    ) -> JobRecord:
-        """A new QUEUED job added to the session (written at its flush) and its event."""
-        job = self._new_job(tx, user, sub, correlation_id=correlation_id, idempotency_key=idempotency_key,
-                            batch=batch, job_id=job_id, traceparent=traceparent)
-        tx.session.add(job)
-        return job
 
     def _new_job(
         self,
