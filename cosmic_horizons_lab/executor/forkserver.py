@@ -22,7 +22,7 @@ demand that imported the science and loaded its compiled loops, then waits. A sc
 (an agent whose ``extra`` is ``"science"``) whose environment agrees with the spare's is handed
 to it instead of a fresh fork, under the same contract: the launch token names the spare's
 pid before the spare is told which job it runs. A new spare is made when no job runs, at
-``--spare-nice`` (the jobs' niceness) under ``SCHED_IDLE``, and is stopped while a job runs
+``--spare-nice`` (the jobs' niceness, below the server's), and is stopped while a job runs
 (:meth:`ForkServer.pace_spare`), so warming never takes a core or cache a job wants.
 
 Protocol on stdin/stdout, one JSON object a line. In: ``{"job_dir", "token", "nice", "env",
@@ -207,9 +207,10 @@ class ForkServer:
         """A spare still warming up waits while any job runs, and warms while none does.
 
         Warming is ~3 s of imports and loading compiled code. Beside a running job it slowed the
-        job even under ``SCHED_IDLE`` (2.1-3.5 s of gridding instead of 1.3-1.9 s for a 512²
-        image on this 2-core host, ``benchmarks/bench_whole_image.py --as-job``): the two cores
-        share caches and memory bandwidth, which a scheduling policy does not divide. (If the
+        job (2.1-3.5 s of gridding instead of 1.3-1.9 s for a 512² image on this 2-core host,
+        ``benchmarks/bench_whole_image.py --as-job``), even under ``SCHED_IDLE``, which was
+        measured and dropped: the two cores share caches and memory bandwidth, which a
+        scheduling policy does not divide. (If the
         fork server is killed meanwhile, the kernel continues and hangs up the orphaned spare.)
         """
         if self.spare is not None and not self.spare.ready:
@@ -350,7 +351,6 @@ def run_spare(spare: dict[str, Any]) -> int:
     os.close(devnull)
     os.dup2(2, 1)  # nothing it prints while warming may reach the fork server's protocol
     os.nice(spare["nice"])
-    idle = _set_policy(SCHED_IDLE)  # warm only on cores no job wants
     try:
         loaded = warmup.warm()
     except BaseException as exc:
@@ -367,36 +367,7 @@ def run_spare(spare: dict[str, Any]) -> int:
             return 0  # no job for it: the fork server went or made it redundant
         line += chunk
     os.close(spare["request"])
-    if idle:
-        _set_policy(os.SCHED_OTHER)  # the job runs at its niceness alone, as a fresh process does
     return run_child({**json.loads(line), "go": None})
-
-
-#: The scheduling policy a spare warms up under: it gets a core only when no other process
-#: (the server, another user's work) wants one. While a job of this fork server runs, the spare
-#: is stopped altogether (:meth:`ForkServer.pace_spare`): the policy alone did not keep it from
-#: slowing the job.
-SCHED_IDLE = getattr(os, "SCHED_IDLE", None)
-
-
-def _set_policy(policy: int | None) -> bool:
-    """Put every thread of this process under ``policy``; whether it could. Linux lets an
-    unprivileged process leave ``SCHED_IDLE`` for ``SCHED_OTHER`` at its own niceness, and
-    threads started while idle (a thread pool's) are moved back with the rest."""
-    if policy is None or not hasattr(os, "sched_setscheduler"):
-        return False
-    try:
-        tids = [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:
-        tids = [0]
-    done = False
-    for tid in tids:
-        try:
-            os.sched_setscheduler(tid, policy, os.sched_param(0))
-            done = True
-        except OSError:  # a thread that ended meanwhile; or a kernel without the policy
-            pass
-    return done
 
 
 def main(argv: list[str] | None = None) -> None:
