@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import pytest
 from tornado.httpclient import HTTPClientError
@@ -106,3 +107,20 @@ async def test_a_burst_is_batched_into_few_messages(jp_ws_fetch, api, lab, scrip
     ws.close()
     assert [e["type"] for e in got] == ["job.submitted"] * 100
     assert messages <= 3
+
+
+async def test_the_stream_socket_sends_small_frames_without_nagle_delay(jp_ws_fetch, api, lab, script):
+    """Each event leaves in a small frame, often right behind the previous one. With Nagle's
+    algorithm on, such a frame waits for the client's ACK of the last, which clients delay
+    (40 ms on Linux): the tail of delivery latency under a burst. The server's own socket
+    (found through its subscription) must have TCP_NODELAY set, and events still flow."""
+    ws = await jp_ws_fetch("cosmic-horizons", "api", "events", params={"after": 0})
+    _, job, _ = await api.post("jobs/submit", {"agent": "Script", "params": {"path": script(QUICK)}})
+    got = await _read_events(ws, lambda ev: _terminal_count(ev) >= 1)
+    assert got[-1]["type"] == "job.completed"
+    handlers = [sub.direct.__self__ for subs in lab.bus._subs.values() for sub in subs if sub.direct is not None]
+    assert handlers, "the caught-up connection is written to directly"
+    for handler in handlers:
+        sock = handler.ws_connection.stream.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    ws.close()
