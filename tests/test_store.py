@@ -68,3 +68,39 @@ async def test_sqlite_runs_in_wal_mode(tmp_path):
         mode = (await session.execute(sa.text("PRAGMA journal_mode"))).scalar()
     assert mode == "wal"
     await store.close()
+
+
+@BOTH
+async def test_the_migrations_build_the_schema_the_orm_declares(db_url):
+    """Alembic's own comparison of the migrated database with the ORM's metadata: an index,
+    column or table declared in one place and not the other is a difference."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from cosmic_horizons_lab.server.store.orm import Base
+
+    store = Store(db_url)
+    await store.open()
+    async with store.engine.connect() as conn:
+        diff = await conn.run_sync(lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata))
+    await store.close()
+    indexes = [d for d in diff if isinstance(d, tuple) and d[0] in ("add_index", "remove_index")]
+    assert indexes == [], indexes
+    assert not [d for d in diff if isinstance(d, tuple) and d[0] in ("add_table", "remove_table", "add_column", "remove_column")]
+
+
+async def test_dispatch_reads_its_first_jobs_off_the_index_without_sorting(tmp_path):
+    """SQLite's planner on dispatch's own query: the order comes from ``ix_jobs_dispatch_order``,
+    no temporary B-tree sorts the queued jobs, however many there are."""
+    from sqlalchemy.dialects import sqlite
+
+    from cosmic_horizons_lab.server.jobs.dispatch import queued_first
+
+    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}")
+    await store.open()
+    for seen in ([], ["a", "b"]):
+        query = queued_first("host:/work", 8, seen).compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True})
+        async with store.read() as session:
+            plan = " | ".join(row[-1] for row in (await session.execute(sa.text(f"EXPLAIN QUERY PLAN {query}"))).all())
+        assert "ix_jobs_dispatch_order" in plan and "TEMP B-TREE" not in plan, plan
+    await store.close()

@@ -154,6 +154,22 @@ async def record_launched(store: Store, lifecycle: Lifecycle, backend: Backend, 
     return recorded, taken_back
 
 
+def queued_first(server_id: str, window: int, seen: list[str] | None = None) -> sa.Select:
+    """The first ``window`` of the server's QUEUED jobs without a launch intent, not in ``seen``:
+    highest priority first, FIFO within one. The order is the index ``ix_jobs_dispatch_order``'s,
+    so the database reads the first few off it rather than sorting every queued job."""
+    query = (
+        sa.select(JobRecord)
+        .where(JobRecord.server_id == server_id, JobRecord.status == Status.QUEUED.value,
+               JobRecord.launch_token.is_(None))
+        .order_by(JobRecord.priority.desc(), JobRecord.created_at, JobRecord.id)
+        .limit(window)
+    )
+    if seen:
+        query = query.where(JobRecord.id.not_in(seen))
+    return query
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -220,16 +236,7 @@ class Dispatcher:
         """
         features = self.backend.supported_features()
         async with self.store.read() as session:
-            query = (
-                sa.select(JobRecord)
-                .where(JobRecord.server_id == self.server_id, JobRecord.status == Status.QUEUED.value,
-                       JobRecord.launch_token.is_(None))
-                .order_by(JobRecord.priority.desc(), JobRecord.created_at, JobRecord.id)
-                .limit(window)
-            )
-            if seen:
-                query = query.where(JobRecord.id.not_in(seen))
-            queued = (await session.scalars(query)).all()
+            queued = (await session.scalars(queued_first(self.server_id, window, seen))).all()
             if not queued:
                 return False
             seen.extend(j.id for j in queued)

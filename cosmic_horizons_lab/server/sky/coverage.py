@@ -210,12 +210,8 @@ class Coverage:
             async with self.store.read() as session:
                 parents = {p.id: p for p in (await session.scalars(
                     sa.select(JobRecord).where(JobRecord.id.in_(parent_ids)))).all()} if parent_ids else {}
-            items = []
-            for job in jobs:
-                image = self.image_of(job, parents)
-                dataset = self.dataset_of(job, parents) if image is None else None
-                items.append({"key": job.id, "image": str(image) if image else None,
-                              "dataset": str(dataset.path) if dataset is not None and dataset.path.exists() else None})
+            # a few stat calls per job, for hundreds of jobs ending together: off the event loop
+            items = await asyncio.to_thread(self._sources, jobs, parents)
             todo = [i for i in items if i["image"] or i["dataset"]]
             answers = {a["key"]: a for a in await asyncio.to_thread(self.call_worker, "footprints", {"items": todo})} \
                 if todo else {}
@@ -228,10 +224,24 @@ class Coverage:
                     basis=a.get("basis", "none") if "error" not in a else "none",
                     ra_deg=a.get("ra_deg"), dec_deg=a.get("dec_deg"), radius_deg=a.get("radius_deg"),
                     image=item["image"] if a.get("basis") == "image" else None, error=a.get("error"), computed_at=now)
+            table = SkyFootprint.__table__
             async with self.store.write() as tx:
-                for row in rows.values():
-                    await tx.session.merge(row)
+                # each job's row replaced: two statements for the lot, not a merge (a SELECT and
+                # an INSERT or UPDATE) per job, on the loop the event stream shares
+                await tx.session.execute(sa.delete(table).where(table.c.job_id.in_(list(rows))))
+                await tx.session.execute(sa.insert(table), [
+                    {c.key: getattr(row, c.key) for c in table.columns} for row in rows.values()])
             return rows
+
+    def _sources(self, jobs: list[JobRecord], parents: dict[str, JobRecord]) -> list[dict[str, Any]]:
+        """What each job's footprint is read from: its image, else its visibilities, else nothing."""
+        items = []
+        for job in jobs:
+            image = self.image_of(job, parents)
+            dataset = self.dataset_of(job, parents) if image is None else None
+            items.append({"key": job.id, "image": str(image) if image else None,
+                          "dataset": str(dataset.path) if dataset is not None and dataset.path.exists() else None})
+        return items
 
     def call_worker(self, command: str, request: dict[str, Any]) -> Any:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:

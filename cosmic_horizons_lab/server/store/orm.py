@@ -63,7 +63,6 @@ class JobRecord(Base):
     __table_args__ = (
         sa.UniqueConstraint("user", "idempotency_key", name="uq_jobs_user_idempotency_key"),
         sa.Index("ix_jobs_user_created", "user", "created_at"),
-        sa.Index("ix_jobs_server_status", "server_id", "status", "priority", "created_at"),
         sa.Index("ix_jobs_updated", "updated_at", "id"),  # the analytics export's watermark (0008)
     )
 
@@ -110,6 +109,14 @@ class JobRecord(Base):
     gpu_hours: Mapped[float | None] = mapped_column(sa.Float)
     cost_usd: Mapped[float | None] = mapped_column(sa.Float)
     su_charged: Mapped[float | None] = mapped_column(sa.Float)
+
+
+#: Dispatch's order (dispatch.py: a server's QUEUED jobs, highest priority first, then oldest), so
+#: that its "first few" are read off the index instead of sorting every queued job on each
+#: dispatch: with thousands queued that sort was a tenth of the server's time (0010). Its
+#: (server_id, status) prefix also serves reconciliation's active jobs.
+sa.Index("ix_jobs_dispatch_order", JobRecord.server_id, JobRecord.status, JobRecord.priority.desc(),
+         JobRecord.created_at, JobRecord.id)
 
 
 class Run(Base):
