@@ -51,6 +51,11 @@ from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient
 
+try:  # the clients' event loop where it is installed (run_clients)
+    import uvloop
+except ImportError:
+    uvloop = None
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.services import LabServer, kill_job_groups, write_script  # noqa: E402
 
@@ -68,11 +73,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def client_loop() -> str:
-    try:
-        import uvloop
-    except ImportError:
-        return "asyncio"
-    return f"uvloop {uvloop.__version__}"
+    return f"uvloop {uvloop.__version__}" if uvloop is not None else "asyncio"
 
 
 def load() -> str:
@@ -662,11 +663,7 @@ def run_clients(main: Any) -> Any:
     delivery figure timed this process more than the server. uvloop reads a socket in C. The
     server under test keeps its own loop (Jupyter's, asyncio's).
     """
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
+    return (uvloop.run if uvloop is not None else asyncio.run)(main)
 
 
 def main() -> None:
