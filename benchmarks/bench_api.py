@@ -406,15 +406,14 @@ def exactly_once(viewers: list[Viewer], expected: list[int]) -> bool:
     return all([ev["id"] for _, ev in v.events()] == expected for v in viewers)
 
 
-def delivery(viewers: list[Viewer], live_from: int, between: tuple[float, float] | None = None) -> list[float]:
-    """Each event's delivery to each client (events committed ``between`` two times, if given)."""
+def delivery(viewers: list[Viewer], live_from: int) -> list[tuple[float, float]]:
+    """Each event's delivery to each client, with the event's commit time (to split by phase)."""
     lat = []
     for v in viewers:
         for now, ev in v.events():
             if ev["id"] > live_from:
                 ts = datetime.fromisoformat(ev["ts"]).timestamp()
-                if between is None or between[0] <= ts < between[1]:
-                    lat.append(now - ts)
+                lat.append((ts, now - ts))
     return lat
 
 
@@ -514,8 +513,9 @@ async def users(args: argparse.Namespace, n_viewers: int) -> list[tuple[str, str
         await wait_all_have(viewers, last)
         for v in viewers:
             v.close()
-        lat = delivery(viewers, start_id)
-        lat_burst, lat_after = delivery(viewers, start_id, (0, wall1)), delivery(viewers, start_id, (wall1, float("inf")))
+        timed = delivery(viewers, start_id)
+        lat = [d for _, d in timed]
+        lat_burst, lat_after = [d for t, d in timed if t < wall1], [d for t, d in timed if t >= wall1]
         first, spread = first_and_spread(viewers, start_id)
         once = exactly_once(viewers, lab.store_event_ids(start_id))
         counts = await statuses(lab, ids)
@@ -633,7 +633,7 @@ async def busy(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
         await wait_all_have(viewers, last)
         for v in viewers:
             v.close()
-        lat = delivery(viewers, live_from)
+        lat = [d for _, d in delivery(viewers, live_from)]
         once = exactly_once(viewers, lab.store_event_ids(start_id))
         return [
             (tag, f"submissions/s ({len(ids)} jobs, {args.clients} submitters, slots blocked)", f"{len(ids) / submit_seconds:.0f}", load_submit),
