@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+from pathlib import Path
+
+import psutil
 import pytest
 
 from cosmic_horizons_lab.data import DEMO_DATASETS
+from cosmic_horizons_lab.server import datasets as datasets_module
 from cosmic_horizons_lab.server import science_worker
-from cosmic_horizons_lab.server.science_worker import ScienceUnavailable, run_science
+from cosmic_horizons_lab.server.science_worker import BACKGROUND_NICENESS, ScienceUnavailable, run_science
 
 DEMO = str(DEMO_DATASETS["VLA.TDEM0003.1src"])
 
@@ -34,3 +41,60 @@ def test_a_worker_over_its_memory_limit_fails_cleanly(monkeypatch):
 def test_a_worker_over_its_time_limit_fails_cleanly():
     with pytest.raises(ScienceUnavailable, match="took over"):
         run_science("inspection", ["describe", DEMO], timeout=0.01)
+
+
+def _worker_niceness(**kwargs) -> list[int]:
+    """The niceness of the worker's Python process, sampled from outside (psutil) while
+    ``run_science`` describes the demo, and the answer checked."""
+    seen: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        me = psutil.Process()
+        while not done.is_set():
+            for child in me.children(recursive=True):
+                try:
+                    cmd = child.cmdline()
+                    if cmd and Path(cmd[0]).name.startswith("python") and "cosmic_horizons_lab.science.inspection" in cmd:
+                        seen.append(child.nice())
+                except psutil.Error:  # it ended between the listing and the look
+                    pass
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        (shape,) = run_science("inspection", ["describe", DEMO], **kwargs)
+    finally:
+        done.set()
+        watcher.join()
+    assert shape["visibilities"] == 348160
+    assert seen, "the worker was never seen running"
+    return seen
+
+
+def test_a_background_worker_yields_the_cpu_and_a_waited_on_one_does_not():
+    """The start-up's dataset warm-up took a third of this machine's two cores from the first
+    submissions; work nobody waits on now runs niced, work a request waits on does not."""
+    own = os.nice(0)
+    assert set(_worker_niceness(background=True)) == {min(19, own + BACKGROUND_NICENESS)}
+    assert set(_worker_niceness()) == {own}
+
+
+def test_the_start_up_warm_up_reads_in_a_background_worker(tmp_path, monkeypatch):
+    from cosmic_horizons_lab.server.datasets import DatasetRegistry
+
+    registry = DatasetRegistry(tmp_path)
+    seen: list[int] = []
+    original = science_worker.run_science
+
+    def recording(module: str, args: list[str], **kwargs):
+        seen.append(kwargs.get("background", False))
+        return original(module, args, **kwargs)
+
+    monkeypatch.setattr(datasets_module, "run_science", recording)
+    registry.warm()
+    assert seen == [True]
+    # and what it read is what a listing is then served
+    demo = next(d for d in registry.list() if d.id == "VLA.TDEM0003.1src")
+    assert registry.describe(demo)["visibilities"] == 348160

@@ -109,11 +109,13 @@ async def test_a_footprint_is_read_when_its_job_ends_without_holding_it_up(api, 
     real = coverage.worker
     gate = threading.Event()
     calls: list[str] = []
+    backgrounds: list[bool] = []
 
-    def held_worker(kind: str, args: list[str]):
+    def held_worker(kind: str, args: list[str], *, background: bool = False):
         calls.append(args[0])
+        backgrounds.append(background)
         gate.wait(60)  # the worker is slow: the job's transition must not wait for it
-        return real(kind, args)
+        return real(kind, args, background=background)
 
     async def stored(job_id: str) -> SkyFootprint | None:
         async with lab.store.read() as session:
@@ -127,6 +129,8 @@ async def test_a_footprint_is_read_when_its_job_ends_without_holding_it_up(api, 
             assert time.monotonic() < deadline, "no footprint read started when the job ended"
             await asyncio.sleep(0.05)
         assert await stored(job["id"]) is None
+        # nobody waits on this read: its worker yields the CPU to the server and the jobs
+        assert backgrounds[calls.index("footprints")] is True
         gate.set()
         await asyncio.wait_for(coverage.idle(), 120)
     finally:

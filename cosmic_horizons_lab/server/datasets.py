@@ -104,10 +104,11 @@ class DatasetRegistry:
         return self.describe_many([dataset])[0]
 
     def warm(self) -> None:
-        """Read every listed dataset's shape now (blocking), so the first listing is served from cache."""
-        self.describe_many(self.list())
+        """Read every listed dataset's shape now (blocking), so the first listing is served from
+        cache; in a worker that yields the CPU (nobody waits on it yet)."""
+        self.describe_many(self.list(), background=True)
 
-    def describe_many(self, datasets: list[Dataset]) -> list[dict[str, Any] | None]:
+    def describe_many(self, datasets: list[Dataset], *, background: bool = False) -> list[dict[str, Any] | None]:
         """Shapes of several datasets, those not cached read by one worker process (blocking).
 
         None for what cannot be opened, and for a synthetic preset not generated yet. One
@@ -115,15 +116,16 @@ class DatasetRegistry:
         and is then served from the cache, rather than starting a second worker.
         """
         with self._describe_lock:
-            return self._describe_many(datasets)
+            return self._describe_many(datasets, background)
 
-    def _describe_many(self, datasets: list[Dataset]) -> list[dict[str, Any] | None]:
+    def _describe_many(self, datasets: list[Dataset], background: bool) -> list[dict[str, Any] | None]:
         keys = [(str(d.path), d.size_bytes, d.modified_at.timestamp() if d.modified_at else 0.0)
                 for d in datasets]
         todo = [(k, d) for k, d in zip(keys, datasets) if k not in self._shapes and d.path.exists()]
         if todo:
             try:
-                shapes = run_science("inspection", ["describe", *(str(d.path) for _, d in todo)])
+                shapes = run_science("inspection", ["describe", *(str(d.path) for _, d in todo)],
+                                     background=background)
             except ScienceUnavailable:
                 shapes = [None] * len(todo)
             for (key, _), shape in zip(todo, shapes):

@@ -17,10 +17,9 @@ import asyncio
 import json
 import logging
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
@@ -43,7 +42,13 @@ MAX_ORDER = 14
 #: Query parameters of sky/coverage and sky/footprints.
 COVERAGE_PARAMS = ("agent", "status", "from_date", "to_date", "dataset_id", "order")
 
-Worker = Callable[[str, list[str]], Any]
+
+class Worker(Protocol):
+    """How the sky reaches the science (``run_science``): a module, its arguments, and whether
+    anyone waits on the answer."""
+
+    def __call__(self, module: str, args: list[str], *, background: bool = False) -> Any: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +140,7 @@ class Coverage:
                     async with self.store.read() as session:
                         jobs = (await session.scalars(sa.select(JobRecord).where(JobRecord.id.in_(ids)))).all()
                     if jobs:
-                        await self._read(user, list(jobs))
+                        await self._read(user, list(jobs), background=True)
                 except asyncio.CancelledError:
                     raise
                 except SkyUnavailable as exc:  # no science extra here: the sky request will say so
@@ -204,7 +209,7 @@ class Coverage:
                 self._mocs.pop(next(iter(self._mocs)))
         return self._mocs[key]
 
-    async def _read(self, user: str, jobs: list[JobRecord]) -> dict[str, SkyFootprint]:
+    async def _read(self, user: str, jobs: list[JobRecord], background: bool = False) -> dict[str, SkyFootprint]:
         async with self._lock:  # two requests must not read the same files twice over
             parent_ids = {p for j in jobs for p in (j.depends_on or [])}
             async with self.store.read() as session:
@@ -213,8 +218,8 @@ class Coverage:
             # a few stat calls per job, for hundreds of jobs ending together: off the event loop
             items = await asyncio.to_thread(self._sources, jobs, parents)
             todo = [i for i in items if i["image"] or i["dataset"]]
-            answers = {a["key"]: a for a in await asyncio.to_thread(self.call_worker, "footprints", {"items": todo})} \
-                if todo else {}
+            answers = {a["key"]: a for a in await asyncio.to_thread(
+                self.call_worker, "footprints", {"items": todo}, background)} if todo else {}
             now = utcnow()
             rows = {}
             for job, item in zip(jobs, items):
@@ -243,11 +248,11 @@ class Coverage:
                           "dataset": str(dataset.path) if dataset is not None and dataset.path.exists() else None})
         return items
 
-    def call_worker(self, command: str, request: dict[str, Any]) -> Any:
+    def call_worker(self, command: str, request: dict[str, Any], background: bool = False) -> Any:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
             json.dump(request, fh)
         try:
-            return self.worker("sky", [command, fh.name])
+            return self.worker("sky", [command, fh.name], background=background)
         except ScienceUnavailable as exc:
             raise SkyUnavailable(str(exc), field=None) from exc
         finally:
