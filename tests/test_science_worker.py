@@ -82,19 +82,27 @@ def test_a_background_worker_yields_the_cpu_and_a_waited_on_one_does_not():
 
 
 def test_the_start_up_warm_up_reads_in_a_background_worker(tmp_path, monkeypatch):
+    """The warm-up reads the archive's files in a niced worker; the demo's and the presets'
+    shapes ship with the package (data.BUILTIN_SHAPES), so it starts none for them."""
+    import shutil
+
     from cosmic_horizons_lab.server.datasets import DatasetRegistry
 
-    registry = DatasetRegistry(tmp_path)
-    seen: list[int] = []
+    shutil.copy(DEMO, tmp_path / "mine.uvfits")
+    registry = DatasetRegistry(tmp_path / ".", tmp_path / "sim")
+    calls: list[tuple[list[str], bool]] = []
     original = science_worker.run_science
 
     def recording(module: str, args: list[str], **kwargs):
-        seen.append(kwargs.get("background", False))
+        calls.append((args, kwargs.get("background", False)))
         return original(module, args, **kwargs)
 
     monkeypatch.setattr(datasets_module, "run_science", recording)
     registry.warm()
-    assert seen == [True]
-    # and what it read is what a listing is then served
-    demo = next(d for d in registry.list() if d.id == "VLA.TDEM0003.1src")
-    assert registry.describe(demo)["visibilities"] == 348160
+    assert calls == [(["describe", str(tmp_path / "mine.uvfits")], True)]
+    # and a listing is then served from what it read, with no worker of its own
+    shapes = {d.id: shape for d, shape in zip(registry.list(), registry.describe_many(registry.list()))}
+    assert len(calls) == 1
+    assert shapes["mine"] == shapes["VLA.TDEM0003.1src"] == {
+        "baselines": 153, "times": 15, "channels": 64, "polarizations": 4, "visibilities": 348160}
+    assert shapes["SIM.small"]["channels"] == 32  # not generated yet, and listed with its shape

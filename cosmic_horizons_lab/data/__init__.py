@@ -48,4 +48,16 @@ SIMULATED_BYTES: dict[str, int] = {
     "SIM.sky": 3_703_680,
 }
 
-__all__ = ["DATA_DIR", "DEMO_DATASETS", "DEMO_SHA256", "SIMULATED_BYTES", "SIMULATED_DATASETS"]
+#: The shape of the demo and of each preset, as ``science.inspection describe`` reads it from the
+#: file (a preset's file is a pure function of the preset), so the server lists them without a
+#: science worker: for the demo alone that worker was 3 s of CPU (numpy, pyuvdata) at every
+#: server's start, taken from the first requests and jobs. tests/science/test_datasets.py reads
+#: each file with pyuvdata and checks these.
+BUILTIN_SHAPES: dict[str, dict[str, int]] = {
+    "VLA.TDEM0003.1src": {"baselines": 153, "times": 15, "channels": 64, "polarizations": 4, "visibilities": 348160},
+    "SIM.small": {"baselines": 171, "times": 16, "channels": 32, "polarizations": 2, "visibilities": 175104},
+    "SIM.rfi": {"baselines": 171, "times": 64, "channels": 64, "polarizations": 2, "visibilities": 1400832},
+    "SIM.sky": {"baselines": 171, "times": 48, "channels": 16, "polarizations": 2, "visibilities": 262656},
+}
+
+__all__ = ["BUILTIN_SHAPES", "DATA_DIR", "DEMO_DATASETS", "DEMO_SHA256", "SIMULATED_BYTES", "SIMULATED_DATASETS"]

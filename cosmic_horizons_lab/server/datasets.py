@@ -111,8 +111,9 @@ class DatasetRegistry:
     def describe_many(self, datasets: list[Dataset], *, background: bool = False) -> list[dict[str, Any] | None]:
         """Shapes of several datasets, those not cached read by one worker process (blocking).
 
-        None for what cannot be opened, and for a synthetic preset not generated yet. One
-        reader at a time: a listing that comes while the start-up warm-up reads waits for it
+        None for what cannot be opened. The demo's and the presets' shapes ship with the package
+        (a preset's is listed before it is generated), so they need no worker. One reader at a
+        time: a listing that comes while the start-up warm-up reads waits for it
         and is then served from the cache, rather than starting a second worker.
         """
         with self._describe_lock:
@@ -121,6 +122,9 @@ class DatasetRegistry:
     def _describe_many(self, datasets: list[Dataset], background: bool) -> list[dict[str, Any] | None]:
         keys = [(str(d.path), d.size_bytes, d.modified_at.timestamp() if d.modified_at else 0.0)
                 for d in datasets]
+        for key, d in zip(keys, datasets):
+            if key not in self._shapes and (shipped := self._shipped_shape(d)) is not None:
+                self._shapes[key] = shipped
         todo = [(k, d) for k, d in zip(keys, datasets) if k not in self._shapes and d.path.exists()]
         if todo:
             try:
@@ -131,6 +135,20 @@ class DatasetRegistry:
             for (key, _), shape in zip(todo, shapes):
                 self._shapes[key] = shape
         return [self._shapes.get(k) for k in keys]
+
+    def _shipped_shape(self, dataset: Dataset) -> dict[str, Any] | None:
+        """The shape the package ships for the demo or a preset (``data.BUILTIN_SHAPES``), where
+        ``dataset`` is that very file: a preset's only while its file has the size generation
+        writes, or is not generated yet (a listing shows what a job will read)."""
+        from cosmic_horizons_lab.data import BUILTIN_SHAPES, SIMULATED_BYTES
+
+        entry = self._builtin_entries().get(dataset.id)
+        if entry is None or dataset.source == "archive" or dataset.path != entry[0]:
+            return None
+        if dataset.source == "simulated" and dataset.size_bytes != SIMULATED_BYTES.get(dataset.id):
+            return None
+        shape = BUILTIN_SHAPES.get(dataset.id)
+        return dict(shape) if shape is not None else None
 
     def _scan(self) -> dict[str, Dataset]:
         try:

@@ -94,3 +94,21 @@ def test_listed_preset_sizes_are_what_generation_writes(name, tmp_path):
 
     path = materialize(name, tmp_path / f"{name}.uvfits")
     assert path.stat().st_size == SIMULATED_BYTES[name]
+    _assert_shipped_shape_is_pyuvdatas(name, path)
+
+
+def test_the_demo_shape_the_package_ships_is_pyuvdatas(demo_path):
+    _assert_shipped_shape_is_pyuvdatas("VLA.TDEM0003.1src", demo_path)
+
+
+def _assert_shipped_shape_is_pyuvdatas(ds_id, path):
+    """The listing serves ``BUILTIN_SHAPES`` without reading the file: it must be what pyuvdata
+    reads from the file, and what our own reader says."""
+    from pyuvdata import UVData
+
+    from cosmic_horizons_lab.data import BUILTIN_SHAPES
+
+    uv = UVData.from_file(str(path), read_data=False)
+    assert BUILTIN_SHAPES[ds_id] == {"baselines": uv.Nbls, "times": uv.Ntimes, "channels": uv.Nfreqs,
+                                     "polarizations": uv.Npols, "visibilities": uv.Nblts * uv.Nfreqs * uv.Npols}
+    assert describe_dataset(path)["shape"] == BUILTIN_SHAPES[ds_id]
