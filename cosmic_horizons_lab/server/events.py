@@ -24,6 +24,13 @@ from typing import Any
 Event = dict[str, Any]
 #: the longest wait between two sends of the fan-out (seconds), however long the last one took
 MAX_SEND_GAP = 0.04
+#: the most of the event loop's time the fan-out takes under a burst: after a send of ``t``
+#: seconds the next waits ``t * (1 / SEND_SHARE - 1)``. A send is a system call per
+#: connection; to 500 of them it takes milliseconds, and at a half share (the wait equal to
+#: the send) the submissions of a burst got 485-513 a second at 500 clients, against 560-662
+#: at a quarter, with delivery p99 17-18 ms against 30-37 (``bench_api.py users500``). To 100
+#: connections a send is short, and the ``min_interval`` decides.
+SEND_SHARE = 0.25
 #: An event as subscribers get it: its id and its JSON text, serialised once for all of them.
 Encoded = tuple[int, str]
 
@@ -185,25 +192,26 @@ class EventBus:
     message per connection. Every send is a system call per connection (100 to 500 of them on
     the cores the server shares with its jobs), and each message is a wake-up for every
     client; under a burst of commits this bounds both at ``1 / min_interval`` a second while
-    adding at most ``min_interval`` to a delivery. The interval grows to the last send's own
-    duration (a send to 500 sockets takes tens of milliseconds on this machine), so that
-    sending takes at most about half of the loop's time and requests and commits get the
-    rest. Everything else (the ids, the order, the replay memory) is settled at publish time,
+    adding at most ``min_interval`` to a delivery. The interval grows with the last send's own
+    duration (a send to 500 sockets takes milliseconds on this machine), so that sending
+    takes at most ``send_share`` of the loop's time and requests and commits get the rest. Everything else (the ids, the order, the replay memory) is settled at publish time,
     in commit order.
     """
 
-    def __init__(self, max_pending: int = 50_000, recent_per_user: int = 20_000, min_interval: float = 0.005) -> None:
+    def __init__(self, max_pending: int = 50_000, recent_per_user: int = 20_000, min_interval: float = 0.005,
+                 send_share: float = SEND_SHARE) -> None:
         self._subs: dict[str, set[Subscription]] = defaultdict(set)
         self.max_pending = max_pending
         self.published = 0
         self.recent = RecentEvents(recent_per_user)
         self._warming: asyncio.Lock | None = None
         self.min_interval = min_interval
+        self.send_share = send_share
         #: per user: encoded events committed but not yet sent, in id order
         self._outbox: dict[str, list[Encoded]] = {}
         self._flush_handle: asyncio.Handle | None = None
         self._last_flush = float("-inf")
-        #: the wait between two sends: ``min_interval``, or the last send's duration if longer
+        #: the wait between two sends: ``min_interval``, or longer after a long send (``send_share``)
         self._gap = min_interval
 
     async def warm(self, store: Any) -> None:
@@ -258,7 +266,8 @@ class EventBus:
             for sub in list(subs):
                 sub.push(evs, wire)
         took = time.perf_counter() - started
-        self._gap = min(max(self.min_interval, took), MAX_SEND_GAP)  # a GC pause must not hold the next send
+        wait = took * (1 / self.send_share - 1)
+        self._gap = min(max(self.min_interval, wait), MAX_SEND_GAP)  # a GC pause must not hold the next send
         try:
             self._last_flush = asyncio.get_running_loop().time()
         except RuntimeError:
