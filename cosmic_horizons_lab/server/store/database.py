@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,24 @@ PublishFn = Callable[[list[dict[str, Any]]], None]
 MIGRATIONS = str(Path(__file__).parent / "migrations")
 
 
-def event_to_json(ev: Event) -> dict[str, Any]:
+@dataclass
+class NewEvent:
+    """An event emitted in a transaction, not written yet: :meth:`Store.write` writes every one
+    of a transaction with one ``INSERT … RETURNING id`` at its end, and stamps them. The ORM
+    would make each an object of its unit of work (identity map, state, cascade) that
+    nothing reads again: for the burst of a thousand submissions, a few percent of the
+    server's time."""
+
+    type: str
+    job_id: str | None
+    user: str
+    correlation_id: str | None
+    payload: dict[str, Any]
+    ts: datetime | None = None
+    id: int | None = None
+
+
+def event_to_json(ev: Event | NewEvent) -> dict[str, Any]:
     return {
         "id": ev.id,
         "type": ev.type,
@@ -59,7 +77,7 @@ class Tx:
     """One write transaction: the session plus the events it records."""
 
     session: AsyncSession
-    events: list[Event] = field(default_factory=list)
+    events: list[NewEvent] = field(default_factory=list)
 
     def emit(
         self,
@@ -68,17 +86,10 @@ class Tx:
         user: str,
         job: JobRecord | None = None,
         payload: dict[str, Any] | None = None,
-    ) -> Event:
-        # ts is provisional: write() stamps every event of the transaction with its commit time.
-        ev = Event(
-            type=type_,
-            job_id=job.id if job else None,
-            user=user,
-            ts=utcnow(),
-            correlation_id=job.correlation_id if job else None,
-            payload=payload or {},
-        )
-        self.session.add(ev)
+    ) -> NewEvent:
+        """Record an event; it commits with the transaction (its id and time are set then)."""
+        ev = NewEvent(type=type_, job_id=job.id if job else None, user=user,
+                      correlation_id=job.correlation_id if job else None, payload=payload or {})
         self.events.append(ev)
         return ev
 
@@ -131,12 +142,9 @@ class Store:
                 tx = Tx(session)
                 async with session.begin():
                     yield tx
-                    # An event's time is when it is committed (the outbox's moment), which is
-                    # also what delivery latency is measured from.
-                    stamp = utcnow()
-                    for ev in tx.events:
-                        ev.ts = stamp
                     await session.flush()
+                    if tx.events:
+                        await _write_events(session, tx.events)
                 if tx.events and self.publish is not None:
                     self.publish([event_to_json(ev) for ev in tx.events])
 
@@ -171,6 +179,21 @@ class Store:
             query = query.where(Event.user == user)
         async with self.read() as session:
             return (await session.scalar(query)) or 0
+
+
+async def _write_events(session: AsyncSession, events: list[NewEvent]) -> None:
+    """One statement for the transaction's events; each gets its id, in the order emitted."""
+    # An event's time is when it is committed (the outbox's moment), which is also what
+    # delivery latency is measured from.
+    stamp = utcnow()
+    table = Event.__table__
+    ids = (await session.execute(
+        sa.insert(table).returning(table.c.id, sort_by_parameter_order=True),
+        [{"type": ev.type, "job_id": ev.job_id, "user": ev.user, "ts": stamp,
+          "correlation_id": ev.correlation_id, "payload": ev.payload} for ev in events],
+    )).scalars().all()
+    for ev, event_id in zip(events, ids, strict=True):
+        ev.id, ev.ts = event_id, stamp
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
