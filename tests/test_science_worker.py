@@ -89,7 +89,7 @@ def test_the_start_up_warm_up_reads_in_a_background_worker(tmp_path, monkeypatch
     from cosmic_horizons_lab.server.datasets import DatasetRegistry
 
     shutil.copy(DEMO, tmp_path / "mine.uvfits")
-    registry = DatasetRegistry(tmp_path / ".", tmp_path / "sim")
+    registry = DatasetRegistry(tmp_path, tmp_path / "sim")
     calls: list[tuple[list[str], bool]] = []
     original = science_worker.run_science
 
