@@ -102,7 +102,8 @@ class CosmicHorizons(ObservabilitySettings, ExtensionApp):
     warm_datasets = Bool(
         True,
         help="Read every dataset's shape in the background at start, so the first dataset listing "
-             "answers at once instead of waiting for the science worker (seconds).",
+             "answers at once instead of waiting for the science worker (seconds). The worker runs "
+             "niced; the demo's and the presets' shapes ship with the package and need none.",
     ).tag(config=True)
 
     local_slots = Int(
