@@ -194,8 +194,9 @@ class EventBus:
     client; under a burst of commits this bounds both at ``1 / min_interval`` a second while
     adding at most ``min_interval`` to a delivery. The interval grows with the last send's own
     duration (a send to 500 sockets takes milliseconds on this machine), so that sending
-    takes at most ``send_share`` of the loop's time and requests and commits get the rest. Everything else (the ids, the order, the replay memory) is settled at publish time,
-    in commit order.
+    takes at most ``send_share`` of the loop's time and requests and commits get the rest.
+    Everything else (the ids, the order, the replay memory) is settled at publish time, in
+    commit order.
     """
 
     def __init__(self, max_pending: int = 50_000, recent_per_user: int = 20_000, min_interval: float = 0.005,
